@@ -1,0 +1,1 @@
+"""Augmentation stage: detector and specimen artefacts applied to simulated CBED patterns."""

@@ -1,0 +1,1 @@
+"""Data stage: Lightning data modules that stream simulated, augmented patterns into training."""

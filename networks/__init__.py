@@ -1,0 +1,1 @@
+"""Network stage: FCU-Net, U-Net baselines and property models as Lightning modules."""

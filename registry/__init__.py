@@ -1,0 +1,1 @@
+"""Registry stage: publish, version, download and load trained models (safetensors + model cards)."""
