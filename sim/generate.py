@@ -1,0 +1,344 @@
+"""From a configuration to a labelled dataset: plan each run, simulate it, label it, store it.
+
+A *run* is one structure in one orientation under one optics setting and one probe position; its single
+multislice pass yields the whole thickness series (``sampling.thicknesses_nm``), so a dataset of
+``num_patterns`` holds ``ceil(num_patterns / len(thicknesses))`` runs. Every random choice of run ``r`` comes
+from ``numpy.random.default_rng([seed, r])``, so a run's result does not depend on chunking, resuming or on
+which process computes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ConfigError, draw, validate
+from .detector import Detector, resample, resampling_matrix
+from .optics import Optics, probe_spread_radius_A
+
+log = logging.getLogger(__name__)
+
+CRYSTAL_SYSTEMS = ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "trigonal", "hexagonal", "cubic"]
+ABERRATION_KEYS = ["C30", "C12", "phi12", "C21", "phi21", "C23", "phi23", "C50"]
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    structure: object
+    info: dict
+    sigmas: dict
+    zone_axes: list
+    zone_labels: list
+
+
+@dataclass
+class RunSpec:
+    """Every drawn parameter of one run (lab frame: detector axes, beam along +z)."""
+
+    index: int
+    structure_id: int
+    zone_axis: tuple | None
+    zone: str
+    random_rotation: np.ndarray | None
+    in_plane_deg: float
+    optics: Optics
+    position_frac: np.ndarray
+    phonon_seed: int
+    extra: dict = field(default_factory=dict)
+
+
+def build_catalog(cfg) -> list[CatalogEntry]:
+    """Load every configured structure with its symmetry data; bad input raises ConfigError."""
+    from .orientations import parse_zone_axis, symmetry_distinct_zone_axes
+    from .specimen import orthogonal_lattice_basis
+    from .structures import StructureError, debye_waller_sigmas, load_structure, structure_info
+
+    entries = []
+    for spec in cfg.structure.names:
+        try:
+            st = load_structure(spec)
+        except StructureError as err:
+            raise ConfigError(f"structure {spec!r}: {err}") from None
+        sigmas = debye_waller_sigmas(st, default=cfg.structure.debye_waller_default_A)
+        sigmas.update({k: float(v) for k, v in cfg.sampling.sigmas_A.items()})
+        if cfg.orientation.zone_axes:
+            try:
+                parsed = [parse_zone_axis(z) for z in cfg.orientation.zone_axes]
+            except ValueError as err:
+                raise ConfigError(f"orientation.zone_axes: {err}") from None
+            axes, labels = [p[0] for p in parsed], [p[1] for p in parsed]
+        else:
+            # automatic axes: those with an exactly orthogonal periodic supercell (cheap, exact); other
+            # directions are reached by random orientations or by listing them in orientation.zone_axes
+            axes = [a for a in symmetry_distinct_zone_axes(st, cfg.orientation.max_index)
+                    if orthogonal_lattice_basis(st.lattice.matrix, a) is not None]
+            labels = ["[" + "".join(str(int(v)) for v in a) + "]" for a in axes]
+        entries.append(CatalogEntry(str(spec), st, structure_info(st), sigmas, list(axes), labels))
+    return entries
+
+
+def plan_run(cfg, catalog: list[CatalogEntry], seed: int, r: int) -> RunSpec:
+    """Draw run ``r``'s parameters from ``default_rng([seed, r])``."""
+    from .orientations import random_orientations
+
+    rng = np.random.default_rng([int(seed), int(r)])
+    sid = int(rng.integers(len(catalog)))
+    entry = catalog[sid]
+    o = cfg.optics
+    aberrations = {k: draw(v, rng) for k, v in o.aberrations_A.items()}
+    tilt_r = cfg.orientation.mistilt_max_mrad * math.sqrt(rng.uniform())
+    tilt_a = rng.uniform(0, 2 * math.pi)
+    optics = Optics(
+        energy=draw(o.energy, rng),
+        semiangle_mrad=draw(o.semiangle_mrad, rng),
+        defocus_A=draw(o.defocus_A, rng),
+        aberrations_A=aberrations,
+        tilt_mrad=(tilt_r * math.cos(tilt_a), tilt_r * math.sin(tilt_a)),
+        source_size_A=draw(o.source_size_A, rng),
+    )
+    if rng.uniform() < cfg.orientation.random_fraction or not entry.zone_axes:
+        rot = random_orientations(entry.structure, 1, seed=int(rng.integers(2**31)))[0]
+        zone_axis, zone, phi = None, "random", 0.0
+    else:
+        k = int(rng.integers(len(entry.zone_axes)))
+        rot, zone_axis, zone = None, tuple(int(v) for v in entry.zone_axes[k]), entry.zone_labels[k]
+        phi = draw(cfg.orientation.in_plane_deg, rng)
+    return RunSpec(r, sid, zone_axis, zone, rot, phi, optics, rng.uniform(size=2), int(rng.integers(2**31)))
+
+
+def _rot_z(deg: float) -> np.ndarray:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def simulation_frame_optics(optics: Optics, in_plane_deg: float) -> Optics:
+    """The probe as seen from a specimen rotated back by ``in_plane_deg``: the pattern is simulated with the
+    specimen unrotated and rotated onto the detector afterwards, so lab-frame beam tilt and aberration angles
+    are rotated by −φ (aberration angles ``phiNM`` are in rad)."""
+    from dataclasses import replace
+
+    phi = math.radians(in_plane_deg)
+    c, s = math.cos(-phi), math.sin(-phi)
+    tx, ty = optics.tilt_mrad
+    ab = {k: (v - phi if k.startswith("phi") else v) for k, v in optics.aberrations_A.items()}
+    return replace(optics, tilt_mrad=(c * tx - s * ty, s * tx + c * ty), aberrations_A=ab)
+
+
+def build_specimen(cfg, entry: CatalogEntry, spec: RunSpec, detector: Detector, t_max_A: float):
+    """The specimen of a run and its lateral size criterion (see :func:`sim.optics.probe_spread_radius_A`)."""
+    from .orientations import zone_axis_rotation
+    from .specimen import oriented_box_specimen, zone_axis_specimen
+
+    depth = max(t_max_A, cfg.sampling.slice_thickness_A)
+    if spec.zone_axis is not None:
+        # Periodic cell. Its exit wave is the periodic sum of the exit waves of the infinite crystal (the
+        # specimen is periodic with the cell, propagation is linear), so the cell's pattern samples the
+        # infinite crystal's CBED at 1/L (abTEM softens the aperture edge over one such pixel): L only has to
+        # make that sampling no coarser than a detector pixel.
+        try:
+            return zone_axis_specimen(entry.structure, spec.zone_axis, depth, detector.min_extent_A())
+        except ValueError:
+            rotation = zone_axis_rotation(entry.structure, spec.zone_axis)
+    else:
+        rotation = spec.random_rotation
+    # Non-periodic box: the probe, spread by scattering up to the detector's largest angle, never reaches an edge.
+    theta_mrad = detector.max_frequency * spec.optics.wavelength_A * 1e3
+    half = probe_spread_radius_A(spec.optics, depth, theta_mrad)
+    side = max(detector.min_extent_A(), 2 * half)
+    return oriented_box_specimen(entry.structure, rotation, (side, side, depth))
+
+
+def simulate_run(cfg, catalog: list[CatalogEntry], spec: RunSpec, detector: Detector) -> dict:
+    """Simulate and label one run; returns per-pattern arrays with a leading thickness axis."""
+    from .labels import disk_visible, kinematic_reflections, label_maps
+    from .multislice import Phonons, simulate_cbed, vacuum_probe
+
+    s = cfg.sampling
+    entry = catalog[spec.structure_id]
+    thicknesses = np.asarray(s.thicknesses_nm, dtype=float) * 10.0
+    specimen = build_specimen(cfg, entry, spec, detector, float(thicknesses.max()))
+    sim_optics = simulation_frame_optics(spec.optics, spec.in_plane_deg)
+    lx, ly = specimen.extent_A
+    if specimen.periodic:
+        ux, uy = specimen.repeat_cell.cell[0, 0], specimen.repeat_cell.cell[1, 1]
+        nx, ny = specimen.info["repetitions"][:2]
+        position = np.array([(nx // 2 + spec.position_frac[0]) * ux, (ny // 2 + spec.position_frac[1]) * uy])
+    else:
+        position = np.array([lx / 2, ly / 2]) + (spec.position_frac - 0.5) * 2.0
+    patterns, native_sampling, exact_t, grid = simulate_cbed(
+        specimen, sim_optics, position, thicknesses, sampling_A=s.real_space_A,
+        slice_thickness_A=s.slice_thickness_A,
+        phonons=Phonons(s.frozen_phonons, entry.sigmas, spec.phonon_seed),
+        parametrization=s.parametrization, device=cfg.optics.device, coherence_order=cfg.optics.coherence_order)
+    matrix = resampling_matrix(patterns.shape[1:], native_sampling, detector, spec.in_plane_deg)
+    det_patterns = resample(patterns, matrix, detector)
+    probe_native, probe_sampling = vacuum_probe(sim_optics, (lx, ly), s.real_space_A, cfg.optics.device)
+    probe = resample(probe_native, resampling_matrix(probe_native.shape, probe_sampling, detector), detector)
+
+    rotation = _rot_z(spec.in_plane_deg) @ specimen.rotation
+    refl = kinematic_reflections(entry.structure, rotation, spec.optics.wavelength_A, detector,
+                                 spec.optics.tilt_mrad, entry.sigmas, s.max_excitation_error, s.parametrization)
+    vg_map, disk_map = label_maps(refl, detector.shape, s.blob_sigma_px)
+    visible = disk_visible(refl)
+    R = s.max_reflections
+    m = min(R, len(refl["hkl"]))
+
+    def pad(a, fill, dtype):
+        out = np.full((R, *a.shape[1:]), fill, dtype=dtype)
+        out[:m] = a[:m]
+        return out
+
+    T = len(thicknesses)
+    info = entry.info
+    per_run = {
+        "labels/structure_id": spec.structure_id,
+        "labels/formula": info["formula"],
+        "labels/space_group": int(info["space_group_number"]),
+        "labels/crystal_system": CRYSTAL_SYSTEMS.index(info["crystal_system"]),
+        "labels/zone": spec.zone,
+        "labels/zone_axis": np.asarray(spec.zone_axis or (0, 0, 0), dtype=np.int32),
+        "labels/rotation": rotation,
+        "labels/in_plane_deg": spec.in_plane_deg,
+        "labels/mistilt_mrad": np.asarray(spec.optics.tilt_mrad),
+        "labels/energy_eV": spec.optics.energy,
+        "labels/semiangle_mrad": spec.optics.semiangle_mrad,
+        "labels/defocus_A": spec.optics.defocus_A,
+        "labels/aberrations": np.array([spec.optics.aberrations_A.get(k, 0.0) for k in ABERRATION_KEYS]),
+        "labels/source_size_A": spec.optics.source_size_A,
+        "labels/probe_position_A": position,
+        "labels/run_index": spec.index,
+        "labels/sim_grid_gpts": np.asarray(grid["gpts"], dtype=np.int32),
+        "labels/vg_map": vg_map,
+        "labels/disk_map": disk_map,
+        "labels/num_reflections": m,
+        "labels/reflections_hkl": pad(refl["hkl"], 0, np.int32),
+        "labels/reflections_g": pad(refl["g"], np.nan, np.float32),
+        "labels/reflections_px": pad(refl["pixel"], np.nan, np.float32),
+        "labels/reflections_excitation_error": pad(refl["excitation_error"], np.nan, np.float32),
+        "labels/reflections_F": pad(refl["F_abs"], np.nan, np.float32),
+        "labels/reflections_V": pad(refl["V_abs"], np.nan, np.float32),
+        "labels/reflections_visible": pad(visible, False, bool),
+        "probes": probe,
+    }
+    out = {k: np.repeat(np.asarray(v)[None], T, axis=0) for k, v in per_run.items()}
+    out["patterns"] = det_patterns
+    out["labels/thickness_A"] = exact_t
+    return out
+
+
+def array_specs(cfg, detector: Detector) -> dict:
+    """``name -> (per-pattern shape, dtype, fill)`` of every stored array (NaN / sentinel fills mark unwritten)."""
+    H, W = detector.shape
+    R = cfg.sampling.max_reflections
+    nan = np.nan
+    return {
+        "patterns": ((H, W), "float32", nan),
+        "probes": ((H, W), "float32", nan),
+        "labels/structure_id": ((), "int32", -1),
+        "labels/formula": ((), str, ""),
+        "labels/space_group": ((), "int32", 0),
+        "labels/crystal_system": ((), "int8", -1),
+        "labels/zone": ((), str, ""),
+        "labels/zone_axis": ((3,), "int32", 0),
+        "labels/rotation": ((3, 3), "float64", nan),
+        "labels/in_plane_deg": ((), "float32", nan),
+        "labels/mistilt_mrad": ((2,), "float32", nan),
+        "labels/thickness_A": ((), "float32", nan),
+        "labels/energy_eV": ((), "float64", nan),
+        "labels/semiangle_mrad": ((), "float32", nan),
+        "labels/defocus_A": ((), "float32", nan),
+        "labels/aberrations": ((len(ABERRATION_KEYS),), "float64", nan),
+        "labels/source_size_A": ((), "float32", nan),
+        "labels/probe_position_A": ((2,), "float32", nan),
+        "labels/run_index": ((), "int32", -1),
+        "labels/sim_grid_gpts": ((2,), "int32", 0),
+        "labels/vg_map": ((H, W), "float32", nan),
+        "labels/disk_map": ((H, W), "float32", nan),
+        "labels/num_reflections": ((), "int32", -1),
+        "labels/reflections_hkl": ((R, 3), "int32", 0),
+        "labels/reflections_g": ((R, 3), "float32", nan),
+        "labels/reflections_px": ((R, 2), "float32", nan),
+        "labels/reflections_excitation_error": ((R,), "float32", nan),
+        "labels/reflections_F": ((R,), "float32", nan),
+        "labels/reflections_V": ((R,), "float32", nan),
+        "labels/reflections_visible": ((R,), "bool", False),
+    }
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ["stemforge", "abtem", "numpy", "zarr", "pymatgen", "ase", "scipy"]:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def identity_config(cfg) -> dict:
+    """The configuration that defines a dataset's content (everything but where it lives and how it reports)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    c = {k: v for k, v in c.items() if k in {"structure", "orientation", "optics", "detector", "sampling", "dataset"}}
+    c["dataset"] = {k: v for k, v in c["dataset"].items() if k not in {"path", "progress"}}
+    return c
+
+
+def generate_dataset(cfg) -> str:
+    """Write (or finish) the dataset described by ``cfg``; returns its path.
+
+    Validates everything first (:class:`ConfigError` before any file is created), then simulates the missing
+    chunks in order with a progress bar, writing each chunk as soon as it is computed (memory stays flat).
+    """
+    from tqdm.auto import tqdm
+
+    from .dataset import DatasetWriter
+    from .multislice import configure_abtem
+
+    validate(cfg)
+    catalog = build_catalog(cfg)
+    d = cfg.detector
+    detector = Detector(shape=tuple(d.shape), pixel_size=float(d.pixel_size), supersample=int(d.supersample))
+    T = len(cfg.sampling.thicknesses_nm)
+    N = int(cfg.dataset.num_patterns)
+    chunk_runs = int(cfg.dataset.chunk_runs)
+    attrs = {
+        "config": identity_config(cfg),
+        "versions": _versions(),
+        "seed": int(cfg.dataset.seed),
+        "calibration": detector.as_dict(),
+        "structures": [{"name": e.name, **e.info} for e in catalog],
+        "crystal_systems": CRYSTAL_SYSTEMS,
+        "aberration_keys": ABERRATION_KEYS,
+        "units": {"patterns": "fraction of incident beam per pixel", "thickness_A": "Å", "energy_eV": "eV",
+                  "reflections_g": "1/Å (lab frame)", "reflections_px": "px (x=col, y=row)",
+                  "reflections_F": "Å", "reflections_V": "V", "vg_map": "V (Ewald-weighted |V_g|)"},
+    }
+    writer = DatasetWriter(cfg.dataset.path, N, chunk_runs * T, array_specs(cfg, detector), attrs)
+    configure_abtem(fftw_threads=cfg.sampling.fftw_threads)
+    missing = writer.missing_chunks()
+    log.info("%s: %d of %d chunks to simulate (%d patterns per chunk, %d thicknesses per run)",
+             cfg.dataset.path, len(missing), writer.num_chunks, writer.chunk_patterns, T)
+    bar = tqdm(total=len(missing) * chunk_runs, desc="simulating runs", unit="run",
+               disable=not cfg.dataset.progress)
+    for c in missing:
+        sl = writer.chunk_slice(c)
+        first_run = c * chunk_runs
+        pieces = []
+        for r in range(first_run, first_run + math.ceil((sl.stop - sl.start) / T)):
+            spec = plan_run(cfg, catalog, cfg.dataset.seed, r)
+            pieces.append(simulate_run(cfg, catalog, spec, detector))
+            bar.update(1)
+        chunk = {k: np.concatenate([p[k] for p in pieces])[: sl.stop - sl.start] for k in pieces[0]}
+        writer.write_chunk(c, chunk)
+    bar.close()
+    writer.finalize()
+    return str(cfg.dataset.path)

@@ -1,0 +1,24 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+
+
+@pytest.fixture(scope="session")
+def silicon():
+    from pymatgen.core import Lattice, Structure
+
+    return Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
+
+
+@pytest.fixture(scope="session")
+def real_data_dir():
+    path = ROOT.parent / "shared" / "data" / "real"
+    if not path.is_dir():
+        pytest.skip("../shared/data/real is not present")
+    return path
