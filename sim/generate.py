@@ -76,7 +76,7 @@ def build_catalog(cfg) -> list[CatalogEntry]:
             # directions are reached by random orientations or by listing them in orientation.zone_axes
             axes = [a for a in symmetry_distinct_zone_axes(st, cfg.orientation.max_index)
                     if orthogonal_lattice_basis(st.lattice.matrix, a) is not None]
-            labels = ["[" + "".join(str(int(v)) for v in a) + "]" for a in axes]
+            labels = [parse_zone_axis(a)[1] for a in axes]
         entries.append(CatalogEntry(str(spec), st, structure_info(st), sigmas, list(axes), labels))
     return entries
 
