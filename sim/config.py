@@ -181,13 +181,18 @@ def validate(cfg) -> None:
         raise ConfigError("dataset.path must be set")
     if not cfg.structure.names:
         raise ConfigError("structure.names must list at least one structure")
-    from .detector import Detector
-
     try:
-        det = Detector(shape=tuple(d.shape), pixel_size=float(d.pixel_size), supersample=int(d.supersample))
-        det.check_sampling(float(s.real_space_A))
+        build_detector(d).check_sampling(float(s.real_space_A))
     except ValueError as err:
         raise ConfigError(f"detector: {err}") from None
+
+
+def build_detector(d):
+    """The :class:`sim.detector.Detector` of a ``detector`` config group (the fields of its ``_target_``)."""
+    from .detector import Detector
+
+    return Detector(shape=tuple(int(v) for v in d.shape), pixel_size=float(d.pixel_size),
+                    supersample=int(d.supersample))
 
 
 def register_configs() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import ConfigError, draw, validate
+from .config import ConfigError, build_detector, draw, validate
 from .detector import Detector, resample, resampling_matrix
 from .optics import Optics, probe_spread_radius_A
 
@@ -305,8 +305,7 @@ def generate_dataset(cfg) -> str:
 
     validate(cfg)
     catalog = build_catalog(cfg)
-    d = cfg.detector
-    detector = Detector(shape=tuple(d.shape), pixel_size=float(d.pixel_size), supersample=int(d.supersample))
+    detector = build_detector(cfg.detector)
     T = len(cfg.sampling.thicknesses_nm)
     N = int(cfg.dataset.num_patterns)
     chunk_runs = int(cfg.dataset.chunk_runs)
