@@ -69,6 +69,7 @@ class SamplingConfig:
     """Numerical sampling: grid, slices, thickness series, frozen phonons and label rendering."""
 
     real_space_A: float = 0.12
+    k_oversample: float = 2.0
     slice_thickness_A: float = 2.0
     thicknesses_nm: list[float] = field(default_factory=lambda: [5.0, 10.0, 15.0, 20.0, 25.0, 30.0])
     frozen_phonons: int = 1
@@ -163,6 +164,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"sampling.thicknesses_nm has repeated values: {list(s.thicknesses_nm)}")
     positive("sampling.real_space_A", s.real_space_A)
     positive("sampling.slice_thickness_A", s.slice_thickness_A)
+    if s.k_oversample < 1:
+        raise ConfigError(f"sampling.k_oversample must be ≥ 1 (simulated pixels per detector pixel), got {s.k_oversample}")
     if s.frozen_phonons < 0:
         raise ConfigError(f"sampling.frozen_phonons must be ≥ 0, got {s.frozen_phonons}")
     for el, v in s.sigmas_A.items():

@@ -58,9 +58,10 @@ class Detector:
         h, w = self.shape
         return self.pixel_size * math.hypot(max(h // 2, h - h // 2), max(w // 2, w - w // 2))
 
-    def min_extent_A(self) -> float:
-        """Smallest simulation cell (Å) whose native reciprocal pixel (1/L) is not coarser than a detector pixel."""
-        return 1.0 / self.pixel_size
+    def min_extent_A(self, k_oversample: float = 1.0) -> float:
+        """Smallest simulation cell (Å) whose native reciprocal pixel (1/L) is ``k_oversample`` times finer than
+        a detector pixel."""
+        return k_oversample / self.pixel_size
 
     def check_sampling(self, sampling_A: float) -> None:
         """Refuse a real-space sampling whose antialiasing limit does not reach the detector's corners."""

@@ -137,10 +137,11 @@ def build_specimen(cfg, entry: CatalogEntry, spec: RunSpec, detector: Detector, 
     if spec.zone_axis is not None:
         # Periodic cell. Its exit wave is the periodic sum of the exit waves of the infinite crystal (the
         # specimen is periodic with the cell, propagation is linear), so the cell's pattern samples the
-        # infinite crystal's CBED at 1/L (abTEM softens the aperture edge over one such pixel): L only has to
-        # make that sampling no coarser than a detector pixel.
+        # infinite crystal's CBED at 1/L: L only sets how finely each detector pixel is sampled
+        # (sampling.k_oversample simulated pixels per detector pixel; see benchmarks/RESULTS.md).
         try:
-            return zone_axis_specimen(entry.structure, spec.zone_axis, depth, detector.min_extent_A())
+            return zone_axis_specimen(entry.structure, spec.zone_axis, depth,
+                                      detector.min_extent_A(cfg.sampling.k_oversample))
         except ValueError:
             rotation = zone_axis_rotation(entry.structure, spec.zone_axis)
     else:
@@ -148,7 +149,7 @@ def build_specimen(cfg, entry: CatalogEntry, spec: RunSpec, detector: Detector, 
     # Non-periodic box: the probe, spread by scattering up to the detector's largest angle, never reaches an edge.
     theta_mrad = detector.max_frequency * spec.optics.wavelength_A * 1e3
     half = probe_spread_radius_A(spec.optics, depth, theta_mrad)
-    side = max(detector.min_extent_A(), 2 * half)
+    side = max(detector.min_extent_A(cfg.sampling.k_oversample), 2 * half)
     return oriented_box_specimen(entry.structure, rotation, (side, side, depth))
 
 
