@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Throughput of the augmentation pipeline: patterns per second per CPU core.
+
+Builds the preset ``conf/augment/<preset>.yaml`` through Hydra (exactly what a
+training run instantiates), feeds it 256 x 256 samples (stand-ins from
+:func:`augment.synthetic_sample`, or the first patterns of a ``--dataset`` zarr
+group) through :func:`augment.augment_sample` on one thread (OpenCV, BLAS and
+OpenMP pools limited to 1), and reports
+
+* patterns per second per core from process CPU time (robust on a shared machine)
+  and from wall time, median over repeats;
+
+The process is set up with :func:`augment.configure_worker` as a training
+DataLoader worker should be (one thread for OpenCV and BLAS/OpenMP);
+``--tune-malloc`` adds its optional glibc malloc tuning (see ``augment/runtime.py``).
+* the time share of each transform and of albumentations' own bookkeeping.
+
+The last line is ``RESULT patterns_per_s_per_core=<float>`` (CPU-time based).
+
+Usage::
+
+    python benchmarks/augment_throughput.py --quick
+    python benchmarks/augment_throughput.py --preset crystal4d --repeats 5 --patterns 3000
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import augment  # noqa: E402
+
+
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (or platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_samples(dataset: str | None, n: int, size: int) -> list[dict]:
+    """``n`` samples from a zarr group following the data contract, or synthetic stand-ins."""
+    if dataset is None:
+        return [augment.synthetic_sample(i, shape=(size, size)) for i in range(n)]
+    import zarr
+
+    count = zarr.open_group(dataset, mode="r")["patterns"].shape[0]
+    return augment.read_samples(dataset, range(min(n, count)))
+
+
+def run_once(pipeline, samples: list[dict], n_patterns: int) -> tuple[float, float]:
+    """Augment ``n_patterns`` patterns (cycling over samples); return (cpu_s, wall_s)."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    for i in range(n_patterns):
+        s = samples[i % len(samples)]
+        augment.augment_sample(
+            pipeline,
+            s["pattern"],
+            s["probe"],
+            s["labels"],
+            s.get("reflections_px"),
+            s.get("num_reflections"),
+            pixel_size_inv_A=s["calibration"]["pixel_size"],
+        )
+    return time.process_time() - c0, time.perf_counter() - w0
+
+
+def per_transform_shares(pipeline, samples: list[dict], n_patterns: int) -> tuple[dict[str, float], float]:
+    """CPU seconds per transform, replaying Compose's loop; returns (per-transform, total incl. bookkeeping)."""
+    names = [f"{i}:{type(t).__name__}" for i, t in enumerate(pipeline.transforms)]
+    acc = dict.fromkeys(names, 0.0)
+    total = 0.0
+    for i in range(n_patterns):
+        s = samples[i % len(samples)]
+        data = {"image": s["pattern"], "probe": s["probe"], **s["labels"]}
+        if s.get("reflections_px") is not None:
+            data["keypoints"] = s["reflections_px"][: s["num_reflections"]]
+        data["pixel_size_inv_A"] = s["calibration"]["pixel_size"]
+        t_start = time.process_time()
+        pipeline.preprocess(data)
+        for name, t in zip(names, pipeline.transforms, strict=False):
+            t0 = time.process_time()
+            data = t(**data)
+            data = pipeline.check_data_post_transform(data)
+            acc[name] += time.process_time() - t0
+        pipeline.postprocess(data)
+        total += time.process_time() - t_start
+    return acc, total
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the report; the last line is the RESULT line."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short run (< 1 min): 3 x 400 patterns")
+    ap.add_argument("--preset", default="default", help="conf/augment/<preset>.yaml (default: default)")
+    ap.add_argument("--dataset", default=None, help="zarr group of the simulator (default: synthetic stand-ins)")
+    ap.add_argument("--size", type=int, default=256, help="pattern side in px for synthetic samples (default 256)")
+    ap.add_argument("--samples", type=int, default=16, help="distinct samples cycled through (default 16)")
+    ap.add_argument("--patterns", type=int, default=None, help="patterns per repeat (default 400 quick, 2000 full)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats (default 3 quick, 5 full)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--tune-malloc",
+        action="store_true",
+        help="also raise glibc's malloc mmap/trim thresholds (augment.configure_worker(tune_malloc=True))",
+    )
+    args = ap.parse_args(argv)
+    setup = augment.configure_worker(threads=1, tune_malloc=args.tune_malloc)
+    n_pat = args.patterns or (400 if args.quick else 2000)
+    repeats = args.repeats or (3 if args.quick else 5)
+
+    pipeline = augment.load_preset(args.preset, seed=args.seed)
+    samples = load_samples(args.dataset, args.samples, args.size)
+    shape = samples[0]["pattern"].shape
+    import albumentations
+    import scipy
+
+    print(f"machine: nproc={os.cpu_count()} cpu='{cpu_model()}' load_avg={os.getloadavg()}")
+    print(
+        f"versions: python={platform.python_version()} numpy={np.__version__} scipy={scipy.__version__} "
+        f"opencv={cv2.__version__} albumentations={albumentations.__version__}"
+    )
+    print(
+        f"preset={args.preset} shape={shape} samples={'synthetic' if args.dataset is None else args.dataset} "
+        f"threads=1 malloc_tuned={setup['malloc_tuned']} patterns/repeat={n_pat} repeats={repeats}"
+    )
+    print("pipeline:", " -> ".join(type(t).__name__ for t in pipeline.transforms) or "(identity)")
+
+    run_once(pipeline, samples, min(50, n_pat))  # warm-up (tables, caches)
+    cpu_rates, wall_rates = [], []
+    for r in range(repeats):
+        cpu_s, wall_s = run_once(pipeline, samples, n_pat)
+        cpu_rates.append(n_pat / cpu_s)
+        wall_rates.append(n_pat / wall_s)
+        print(f"repeat {r}: {n_pat / cpu_s:8.1f} patterns/s (CPU time)  {n_pat / wall_s:8.1f} patterns/s (wall)")
+
+    acc, total = per_transform_shares(pipeline, samples, max(n_pat // 2, 100))
+    n_share = max(n_pat // 2, 100)
+    print("time per pattern by stage (CPU time, one call of each transform incl. parameter sampling):")
+    for name, sec in acc.items():
+        print(f"  {name:<24s} {sec / n_share * 1e3:7.3f} ms  {100 * sec / total:5.1f} %")
+    other = total - sum(acc.values())
+    print(f"  {'compose pre/post':<24s} {other / n_share * 1e3:7.3f} ms  {100 * other / total:5.1f} %")
+    cpu_med, wall_med = statistics.median(cpu_rates), statistics.median(wall_rates)
+    print(f"median: {cpu_med:.1f} patterns/s/core (CPU time), {wall_med:.1f} patterns/s (wall); target >= 500")
+    print(f"RESULT patterns_per_s_per_core={cpu_med:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
