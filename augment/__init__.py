@@ -24,7 +24,7 @@ presets ``none``, ``crystal4d``, ``counting`` = ``default``), :func:`load_preset
 :func:`preset_config` (a preset instantiated / resolved without a running Hydra
 app), :func:`augment_sample` (one sample of the simulator's data contract in and
 out), :func:`reseed` and :func:`configure_worker` (per-worker seeds; one thread
-and optional allocator tuning: call both in a DataLoader ``worker_init_fn``),
+and allocator tuning: call both in a DataLoader ``worker_init_fn``),
 :func:`read_samples` / :func:`write_samples` (the zarr data contract) and
 :func:`synthetic_sample` (stand-in data for previews, benchmarks and tests).
 

@@ -2,15 +2,15 @@
 
 :func:`configure_worker` pins OpenCV's and the BLAS/OpenMP thread pools to one
 thread (one worker process per core is the efficient layout for this per-sample
-CPU work) and can, on glibc, raise ``malloc``'s mmap and trim thresholds so that
-freed image-sized buffers stay in the heap instead of being unmapped and
-faulted in again.  During development, with more large temporaries per pattern
-than the final code has, that tuning took the default preset from 317 to 422
-patterns/s/core on the 2-core VM of benchmarks/RESULTS.md; with the final code
-both settings measure the same (about 460 patterns/s/core, ~90k minor page
-faults per 2,500 patterns either way), so it is off by default.  Turn it on if
-a profile shows page-fault time (``/usr/bin/time -v``: minor page faults) in
-workers.  The cost is a process that keeps up to ~64 MB of freed memory.
+CPU work) and, on glibc, raises ``malloc``'s mmap and trim thresholds so that
+freed image-sized buffers stay in the heap instead of being unmapped and faulted
+in again.  The pipeline allocates a few dozen 64-1024 KB temporaries per
+pattern.  With glibc's defaults, whether these are served from the heap depends
+on the dynamic mmap threshold, i.e. on the process's allocation history: on the
+2-core VM of benchmarks/RESULTS.md the default preset ran at either ~465 or
+~330 patterns/s/core (~90k vs ~770k minor page faults per 2,500 patterns) for
+the same code; with the tuning it runs at ~480 every time.  The cost is a
+process that keeps up to ~64 MB of freed memory for reuse.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _tune_glibc_malloc(keep_bytes: int = 64 << 20) -> bool:
     return bool(ok)
 
 
-def configure_worker(threads: int = 1, tune_malloc: bool = False) -> dict[str, Any]:
+def configure_worker(threads: int = 1, tune_malloc: bool = True) -> dict[str, Any]:
     """Prepare the current process to run augmentation pipelines.
 
     Call it once per process, e.g. in a ``torch.utils.data.DataLoader``

@@ -10,9 +10,10 @@ OpenMP pools limited to 1), and reports
 * patterns per second per core from process CPU time (robust on a shared machine)
   and from wall time, median over repeats;
 
-The process is set up with :func:`augment.configure_worker` as a training
-DataLoader worker should be (one thread for OpenCV and BLAS/OpenMP);
-``--tune-malloc`` adds its optional glibc malloc tuning (see ``augment/runtime.py``).
+The process is set up with :func:`augment.configure_worker` exactly as a training
+DataLoader worker should be (one thread for OpenCV and BLAS/OpenMP; glibc malloc
+thresholds raised, see ``augment/runtime.py``); ``--default-malloc`` measures
+without the malloc tuning.
 * the time share of each transform and of albumentations' own bookkeeping.
 
 The last line is ``RESULT patterns_per_s_per_core=<float>`` (CPU-time based).
@@ -119,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="repeats (default 3 quick, 5 full)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--tune-malloc",
+        "--default-malloc",
         action="store_true",
-        help="also raise glibc's malloc mmap/trim thresholds (augment.configure_worker(tune_malloc=True))",
+        help="skip augment.configure_worker's glibc malloc tuning (threads are still limited to 1)",
     )
     args = ap.parse_args(argv)
-    setup = augment.configure_worker(threads=1, tune_malloc=args.tune_malloc)
+    setup = augment.configure_worker(threads=1, tune_malloc=not args.default_malloc)
     n_pat = args.patterns or (400 if args.quick else 2000)
     repeats = args.repeats or (3 if args.quick else 5)
 
