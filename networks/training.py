@@ -1,0 +1,136 @@
+"""Training orchestration behind ``scripts/train.py`` (lightning-hydra-template conventions).
+
+Everything is instantiated from the Hydra config by ``_target_``: the data module (with its augmentation
+pipeline), the LightningModule (with its network), callbacks, loggers and the Trainer. The dataset facts a
+model needs at inference — detector calibration, normalisation, energy / convergence ranges, structures,
+split — are stored in every checkpoint under ``checkpoint["stemforge"]`` for the model registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class DatasetCardCallback(pl.Callback):
+    """Writes the dataset / model facts into every checkpoint (``checkpoint["stemforge"]``)."""
+
+    def __init__(self, card: dict):
+        self.card = card
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        checkpoint["stemforge"] = self.card
+
+
+def _optics_ranges(dataset_config: dict) -> dict:
+    """Trained ranges of energy (eV) and convergence semi-angle (mrad) from the dataset's config."""
+    def span(spec):
+        if isinstance(spec, (int, float)):
+            return [float(spec), float(spec)]
+        if isinstance(spec, dict):
+            return [float(spec["min"]), float(spec["max"])]
+        return [float(min(spec)), float(max(spec))]
+
+    optics = dataset_config.get("optics", {})
+    return {"energy_eV": span(optics.get("energy", 0.0)), "semiangle_mrad": span(optics.get("semiangle_mrad", 0.0))}
+
+
+def model_card_facts(cfg: DictConfig, info: dict) -> dict:
+    """What the registry's model card needs to know about the data and the network."""
+    return {
+        "task": cfg.get("task_name", "train"),
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "input": {
+            "shape": info["shape"],
+            "pixel_size_inv_A": info["pixel_size"],
+            "normalisation": info["normalisation"],
+            "probe_convention": "vacuum probe image on the same detector grid, centred at (H//2, W//2)",
+            **_optics_ranges(info["dataset_config"]),
+        },
+        "structures": info["structures"],
+        "split": info["split"],
+        "dataset_config": info["dataset_config"],
+        "dataset_versions": info["versions"],
+        "augment": OmegaConf.to_container(cfg.augment, resolve=True) if cfg.get("augment") else None,
+    }
+
+
+def _resolve_ckpt(cfg: DictConfig) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not path.exists():
+            raise FileNotFoundError(f"ckpt_path=last but {path} does not exist")
+        return str(path)
+    if ckpt and not Path(ckpt).exists():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+    return ckpt
+
+
+def build_model(cfg: DictConfig, info: dict):
+    """Instantiate ``cfg.model``; ``num_phases: auto`` anywhere in it becomes the dataset's number of phases."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+
+    def fill(node):
+        if isinstance(node, dict):
+            return {k: (info["num_phases"] if v == "auto" and k == "num_phases" else fill(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        return node
+
+    # plain containers (not DictConfig/ListConfig) so checkpoints load with torch's weights_only=True
+    return instantiate(OmegaConf.create(fill(model_cfg)), _convert_="all")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit (and test) the configured model; returns the final metrics as plain floats."""
+    pl.seed_everything(int(cfg.seed), workers=True)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup()
+    info = datamodule.info
+    log.info("data: %s (%s patterns train/val/test)", cfg.data.path, info["split"]["sizes"])
+    model = build_model(cfg, info)
+    card = model_card_facts(cfg, info)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    callbacks.append(DatasetCardCallback(card))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    resolved = {k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k])
+                for k in cfg if k != "hydra"}
+    for lg in loggers:
+        lg.log_hyperparams({"config": resolved, "data": info})
+    metrics: dict = {}
+    if cfg.get("train", True):
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=_resolve_ckpt(cfg))
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if cfg.get("test", False) and info["split"]["sizes"][2] > 0:
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"metrics": metrics, "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+               "last_checkpoint": str(out / "checkpoints" / "last.ckpt"), "data": card["input"]}
+    summary["metrics"] = {k: (v if np.isfinite(v) else None) for k, v in metrics.items()}  # strict JSON
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    log.info("metrics: %s", {k: round(v, 5) for k, v in metrics.items()})
+    return metrics
+
+
+def optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
+    """The value a hyper-parameter search minimises or maximises (``cfg.optimized_metric``)."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
+    value = metrics[name]
+    return float(value) if np.isfinite(value) else float("nan")
