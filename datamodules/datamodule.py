@@ -11,14 +11,17 @@ from .splits import split_indices
 
 
 def _worker_init(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream (albumentations ignores global seeds)."""
+    """Give each DataLoader worker its own augmentation stream (albumentations ignores global seeds) and one
+    thread with augment's allocator settings (see ``augment.configure_worker``)."""
     import torch
 
     info = torch.utils.data.get_worker_info()
     ds = info.dataset
+    torch.set_num_threads(1)
     if ds.augment is not None:
-        from augment import reseed
+        from augment import configure_worker, reseed
 
+        configure_worker(threads=1)
         reseed(ds.augment, (int(info.seed) + worker_id) % (2**31))
 
 
