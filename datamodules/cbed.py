@@ -134,7 +134,8 @@ class CBEDDataset(Dataset):
             "symmetry": self.symmetry[sid],
             "index": np.int64(i),
         }
-        return {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in sample.items()}
+        # np.ascontiguousarray would turn 0-d scalars into shape (1,): batch them as (B,)
+        return {k: torch.as_tensor(np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v)) for k, v in sample.items()}
 
 
 class ChunkShuffleSampler(Sampler):

@@ -1,0 +1,154 @@
+"""The CBED data module: lazy worker-safe reading, held-out splits, augmentation, normalisation."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules import CBEDDataModule, ChunkShuffleSampler, normalise, split_indices
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("dm")
+    out = tmp / "dm.zarr"
+    proc = subprocess.run(
+        [sys.executable, str(root / "scripts" / "simulate.py"), "structure.names=[Si,Cu]", "sampling=fast",
+         "detector.shape=[32,32]", "detector.pixel_size=0.06", "dataset.num_patterns=24", "dataset.chunk_runs=2",
+         "orientation.random_fraction=0.5", f"dataset.path={out}", "dataset.progress=false"],
+        cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_batches_follow_the_contract(dataset):
+    dm = CBEDDataModule(str(dataset), batch_size=4, split={"method": "random", "val_fraction": 0.25,
+                                                           "test_fraction": 0.25})
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pattern"].shape == (4, 1, 32, 32) and batch["probe"].shape == (4, 1, 32, 32)
+    assert batch["vg_map"].shape == (4, 1, 32, 32) and batch["disk_map"].shape == (4, 1, 32, 32)
+    assert batch["peaks"].shape == (4, 128, 2) and batch["rotation"].shape == (4, 3, 3)
+    assert batch["symmetry"].shape == (4, 24, 3, 3)
+    assert torch.allclose(batch["probe"].amax(dim=(1, 2, 3)), torch.ones(4))  # probe_max normalisation
+    assert batch["phase"].shape == (4,) and batch["thickness_nm"].shape == (4,)
+    assert set(batch["phase"].tolist()) <= {0, 1}
+    assert (batch["thickness_nm"] > 0).all()
+    # symmetry ops are proper rotations of the right crystal (Si and Cu: 24 proper ops)
+    R = batch["symmetry"]
+    assert torch.allclose(R @ R.transpose(-1, -2), torch.eye(3).expand_as(R), atol=1e-5)
+
+
+def test_dataset_is_lazy_and_picklable(dataset):
+    dm = CBEDDataModule(str(dataset), batch_size=2)
+    dm.setup()
+    ds = dm._sets["train"]
+    assert ds._group is None and not ds._cache  # nothing read until a sample is asked for
+    clone = pickle.loads(pickle.dumps(ds))
+    sample = clone[0]
+    assert sample["pattern"].shape == (1, 32, 32)
+    # only one chunk per array is held
+    assert all(v[1].shape[0] <= 4 for v in clone._cache.values())
+
+
+def test_workers_see_every_sample_once(dataset):
+    dm = CBEDDataModule(str(dataset), batch_size=3, num_workers=2,
+                        split={"method": "random", "val_fraction": 0.0, "test_fraction": 0.0})
+    dm.setup()
+    seen = torch.cat([b["index"] for b in dm.train_dataloader()]).tolist()
+    expected = dm._sets["train"].indices.tolist()
+    assert sorted(seen) == sorted(expected) or len(seen) == len(expected) - 1  # drop_last of a single sample
+
+
+def test_chunk_sampler_visits_chunks_contiguously():
+    idx = np.arange(20)
+    order = list(ChunkShuffleSampler(idx, chunk_size=4, seed=1))
+    assert sorted(order) == list(range(20))
+    chunks = [idx[o] // 4 for o in order]
+    changes = sum(a != b for a, b in zip(chunks, chunks[1:]))
+    assert changes == 4  # five chunks, each visited in one stretch
+    assert order != list(ChunkShuffleSampler(idx, chunk_size=4, seed=2))
+
+
+def test_random_split_keeps_runs_together(dataset):
+    import zarr
+
+    lab = zarr.open_group(str(dataset), mode="r")["labels"]
+    labels = {k: lab[k][:] for k in ("run_index", "structure_id", "thickness_A")}
+    valid = np.ones(len(labels["run_index"]), dtype=bool)
+    tr, va, te = split_indices(labels, valid, "random", 0.25, 0.25, seed=3)
+    runs = labels["run_index"]
+    assert not (set(runs[tr]) & set(runs[va])) and not (set(runs[tr]) & set(runs[te]))
+    assert len(tr) + len(va) + len(te) == len(valid)
+
+
+def test_holdout_splits(dataset):
+    dm = CBEDDataModule(str(dataset), split={"method": "structure", "holdout_val": ["Cu"]})
+    dm.setup()
+    assert all(dm._sets["val"][i]["phase"].item() == 1 for i in range(len(dm._sets["val"])))
+    assert all(dm._sets["train"][i]["phase"].item() == 0 for i in range(len(dm._sets["train"])))
+    dm = CBEDDataModule(str(dataset), split={"method": "thickness", "holdout_test": [[4.0, 6.0]]})
+    dm.setup()
+    assert all(abs(dm._sets["test"][i]["thickness_nm"].item() - 5.0) < 1.0 for i in range(len(dm._sets["test"])))
+    assert all(dm._sets["train"][i]["thickness_nm"].item() < 4.0 for i in range(len(dm._sets["train"])))
+    dm = CBEDDataModule(str(dataset), split={"method": "orientation", "holdout_val": ["[111]"],
+                                             "max_angle_deg": 15.0})
+    dm.setup()
+    from sim.orientations import proper_point_group
+    from sim.structures import load_structure
+
+    for i in range(len(dm._sets["val"])):
+        s = dm._sets["val"][i]
+        st = load_structure(["Si", "Cu"][s["phase"].item()])
+        beam = s["rotation"].numpy()[2]
+        d = np.array([1.0, 1.0, 1.0]) @ st.lattice.matrix
+        dirs = proper_point_group(st) @ (d / np.linalg.norm(d))
+        assert np.abs(dirs @ beam).max() >= np.cos(np.radians(15.0)) - 1e-6
+    with pytest.raises(ValueError, match="not in the dataset"):
+        CBEDDataModule(str(dataset), split={"method": "structure", "holdout_val": ["Au"]}).setup()
+
+
+def test_augmentation_moves_peaks_and_is_seeded(dataset):
+    from augment import load_preset
+
+    pipe = load_preset("crystal4d", seed=7)
+    dm = CBEDDataModule(str(dataset), batch_size=2, augment=pipe, split={"method": "random", "val_fraction": 0.0,
+                                                                         "test_fraction": 0.0})
+    dm.setup()
+    ds = dm._sets["train"]
+    a = ds[0]
+    pipe2 = load_preset("crystal4d", seed=7)
+    dm2 = CBEDDataModule(str(dataset), batch_size=2, augment=pipe2, split=dm.split)
+    dm2.setup()
+    b = dm2._sets["train"][0]
+    assert torch.equal(a["pattern"], b["pattern"])
+    plain = CBEDDataModule(str(dataset), split=dm.split)
+    plain.setup()
+    c = plain._sets["train"][0]
+    assert not torch.equal(a["pattern"], c["pattern"])
+    # label maps were moved with the pattern: disk-map maxima sit on the (moved) peaks
+    peaks = a["peaks"][~torch.isnan(a["peaks"][:, 0])]
+    dm_ = a["disk_map"][0]
+    inside = [(x, y) for x, y in peaks.tolist() if 1 <= x < 31 and 1 <= y < 31]
+    for x, y in inside[:8]:
+        assert dm_[int(round(y)), int(round(x))] > 0.4
+
+
+def test_normalise():
+    pattern = np.full((4, 4), 2.0)
+    probe = np.zeros((4, 4))
+    probe[1, 1] = 4.0
+    p, q = normalise(pattern, probe, "probe_max", 1.0)
+    assert p.max() == 0.5 and q.max() == 1.0
+    p, q = normalise(pattern, probe, "probe_max", 0.5)
+    assert np.isclose(p.max(), np.sqrt(0.5))
+    with pytest.raises(ValueError):
+        normalise(pattern, np.zeros((4, 4)), "probe_max")
+    with pytest.raises(ValueError):
+        normalise(pattern, probe, "log")
