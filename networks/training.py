@@ -47,7 +47,7 @@ def model_card_facts(cfg: DictConfig, info: dict) -> dict:
     """What the registry's model card needs to know about the data and the network."""
     return {
         "task": cfg.get("task_name", "train"),
-        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "model_config": resolve_model_config(cfg, info),
         "input": {
             "shape": info["shape"],
             "pixel_size_inv_A": info["pixel_size"],
@@ -75,19 +75,26 @@ def _resolve_ckpt(cfg: DictConfig) -> str | None:
     return ckpt
 
 
-def build_model(cfg: DictConfig, info: dict):
-    """Instantiate ``cfg.model``; ``num_phases: auto`` anywhere in it becomes the dataset's number of phases."""
+def resolve_model_config(cfg: DictConfig, info: dict) -> dict:
+    """``cfg.model`` as a plain dict with its ``auto`` values filled from the dataset: ``num_phases`` (number of
+    structures) and ``image_size`` (detector side in px)."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    auto = {"num_phases": info["num_phases"], "image_size": int(info["shape"][0])}
 
     def fill(node):
         if isinstance(node, dict):
-            return {k: (info["num_phases"] if v == "auto" and k == "num_phases" else fill(v)) for k, v in node.items()}
+            return {k: (auto[k] if v == "auto" and k in auto else fill(v)) for k, v in node.items()}
         if isinstance(node, list):
             return [fill(v) for v in node]
         return node
 
+    return fill(model_cfg)
+
+
+def build_model(cfg: DictConfig, info: dict):
+    """Instantiate the LightningModule of ``cfg.model`` (see :func:`resolve_model_config`)."""
     # plain containers (not DictConfig/ListConfig) so checkpoints load with torch's weights_only=True
-    return instantiate(OmegaConf.create(fill(model_cfg)), _convert_="all")
+    return instantiate(OmegaConf.create(resolve_model_config(cfg, info)), _convert_="all")
 
 
 def train(cfg: DictConfig) -> dict:

@@ -57,6 +57,7 @@ def test_every_experiment_fits_two_steps(experiment, tiny_dataset, tmp_path):
     assert card["input"]["shape"] == [32, 32] and card["input"]["pixel_size_inv_A"] == 0.06
     assert card["structures"] == ["Si", "Cu"]
     assert card["model_config"]["_target_"].startswith("networks.modules.")
+    assert '"auto"' not in __import__("json").dumps(card["model_config"])  # filled from the dataset
 
 
 def test_compose_all_experiments_and_launchers(tmp_path):
