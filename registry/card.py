@@ -8,8 +8,8 @@ A card is a JSON object (``card.json`` beside ``model.safetensors``) built from 
 ``task``, ``task_family``  training task (``bragg_unet``) and family (bragg | thickness | phase | orientation)
 ``description``, ``license``, ``created`` (UTC ISO 8601)
 ``architecture``           ``module`` (LightningModule target), ``net`` (the network's Hydra config with its
-                           ``_target_``; what :func:`registry.load` instantiates), ``net_class``,
-                           ``num_parameters``, ``module_hyper_parameters``
+                           ``_target_``, ``auto`` values filled; what :func:`registry.load` instantiates),
+                           ``net_class``, ``num_parameters``, ``module_hyper_parameters``
 ``input``                  ``shape`` [H, W], ``pixel_size_inv_A``, ``energy_eV`` and ``semiangle_mrad`` ranges
                            trained on, ``normalisation`` {mode, power}, ``probe_convention``, ``call``
 ``labels``                 what the output means: ``key``, ``definition``, ``unit``, ``output_shape``
@@ -153,14 +153,16 @@ def task_family(module_target: str) -> str:
     return _FAMILIES.get(str(module_target).rsplit(".", 1)[-1], "unknown")
 
 
-def _net_config(model_config: dict, structures: list) -> dict:
+def _net_config(model_config: dict, structures: list, shape: list) -> dict:
     net = model_config.get("net")
     if not isinstance(net, dict) or not isinstance(net.get("_target_"), str):
         raise RegistryError("checkpoint's model_config has no 'net' with a '_target_'")
+    # as networks.training.resolve_model_config (older checkpoints kept "auto" in their model_config)
+    auto = {"num_phases": len(structures), "image_size": int(shape[0]) if shape else None}
 
-    def fill(node):  # mirror networks.training.build_model: num_phases "auto" = number of structures
+    def fill(node):
         if isinstance(node, dict):
-            return {k: (len(structures) if k == "num_phases" and v == "auto" else fill(v)) for k, v in node.items()}
+            return {k: (auto[k] if v == "auto" and k in auto else fill(v)) for k, v in node.items()}
         if isinstance(node, list):
             return [fill(v) for v in node]
         return node
@@ -242,7 +244,7 @@ def build_card(ckpt: dict, name: str, version: str, *, metrics: dict | None = No
             raise RegistryError(f"checkpoint's stemforge facts lack {key!r}")
     structures = list(facts.get("structures") or [])
     model_config = facts["model_config"]
-    net_cfg = _net_config(model_config, structures)
+    net_cfg = _net_config(model_config, structures, list(facts["input"].get("shape") or []))
     hparams = jsonable(dict(ckpt.get("hyper_parameters") or {}))
     family = task_family(model_config.get("_target_", ""))
     weights = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}

@@ -126,7 +126,8 @@ def test_preprocess_matches_training_normalisation(power):
 
 def _fake_checkpoint(module: str, net_cfg: dict, structures=("Si", "Cu")) -> dict:
     """A checkpoint as scripts/train.py writes it (same keys), with a freshly built network's weights."""
-    cfg = {**net_cfg, "num_phases": len(structures)} if net_cfg.get("num_phases") == "auto" else net_cfg
+    auto = {"num_phases": len(structures), "image_size": 32}
+    cfg = {k: (auto[k] if v == "auto" else v) for k, v in net_cfg.items()}
     net = build_net(cfg)
     return {
         "epoch": 1, "global_step": 10, "pytorch-lightning_version": "2.6.6",
@@ -147,7 +148,8 @@ FAMILIES = [
     ("PhaseModule", {"_target_": "networks.property.PhaseNet", "num_phases": "auto", **PROPERTY}, (2, 2)),
     ("ThicknessModule", {"_target_": "networks.property.ThicknessNet", **PROPERTY}, (2,)),
     ("OrientationModule", {"_target_": "networks.property.OrientationNet", **PROPERTY}, (2, 3, 3)),
-    ("BraggMapModule", {"_target_": "networks.fcunet.FCUNet", "depth": 2, "base_filters": 2}, (2, 1, 32, 32)),
+    ("BraggMapModule", {"_target_": "networks.fcunet.FCUNet", "image_size": "auto", "depth": 2, "base_filters": 2},
+     (2, 1, 32, 32)),
 ]
 
 
@@ -167,6 +169,8 @@ def test_every_family_publishes_to_fsspec_store_and_loads(module, net_cfg, out_s
     assert card["architecture"]["num_parameters"] > 0 and "auto" not in json.dumps(card["architecture"]["net"])
     if module == "PhaseModule":
         assert card["labels"]["class_names"] == ["Si", "Cu"] and card["architecture"]["net"]["num_phases"] == 2
+    if module == "BraggMapModule":
+        assert card["architecture"]["net"]["image_size"] == 32
     if module == "ThicknessModule":
         assert card["labels"]["unit"] == "nm" and card["labels"]["trained_range_nm"] == [2.0, 5.0]
     if module == "OrientationModule":
