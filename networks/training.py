@@ -78,17 +78,10 @@ def _resolve_ckpt(cfg: DictConfig) -> str | None:
 def resolve_model_config(cfg: DictConfig, info: dict) -> dict:
     """``cfg.model`` as a plain dict with its ``auto`` values filled from the dataset: ``num_phases`` (number of
     structures) and ``image_size`` (detector side in px)."""
+    from .autofill import dataset_auto_values, fill_auto
+
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    auto = {"num_phases": info["num_phases"], "image_size": int(info["shape"][0])}
-
-    def fill(node):
-        if isinstance(node, dict):
-            return {k: (auto[k] if v == "auto" and k in auto else fill(v)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [fill(v) for v in node]
-        return node
-
-    return fill(model_cfg)
+    return fill_auto(model_cfg, dataset_auto_values(info["num_phases"], info["shape"]))
 
 
 def build_model(cfg: DictConfig, info: dict):

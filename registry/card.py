@@ -158,16 +158,9 @@ def _net_config(model_config: dict, structures: list, shape: list) -> dict:
     if not isinstance(net, dict) or not isinstance(net.get("_target_"), str):
         raise RegistryError("checkpoint's model_config has no 'net' with a '_target_'")
     # as networks.training.resolve_model_config (older checkpoints kept "auto" in their model_config)
-    auto = {"num_phases": len(structures), "image_size": int(shape[0]) if shape else None}
+    from networks.autofill import dataset_auto_values, fill_auto
 
-    def fill(node):
-        if isinstance(node, dict):
-            return {k: (auto[k] if v == "auto" and k in auto else fill(v)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [fill(v) for v in node]
-        return node
-
-    return jsonable(fill(net))
+    return jsonable(fill_auto(net, dataset_auto_values(len(structures), shape)))
 
 
 def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
