@@ -131,6 +131,9 @@ def optimized_metric(cfg: DictConfig, metrics: dict) -> float | None:
     if not name:
         return None
     if name not in metrics:
-        raise KeyError(f"optimized_metric {name!r} was not logged; logged: {sorted(metrics)}")
+        # e.g. a run stopped by max_steps before its first validation: not an error of the run itself,
+        # but a sweep cannot rank it
+        log.warning("optimized_metric %r was not logged (logged: %s); returning None", name, sorted(metrics))
+        return None
     value = metrics[name]
     return float(value) if np.isfinite(value) else float("nan")

@@ -127,3 +127,12 @@ def test_grid_and_optuna_sweeps(tiny_dataset, tmp_path):
                       "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
                       "optimized_metric=val/loss", "hydra.sweeper.direction=minimize", *common], tmp_path)
     assert "Best parameters" in proc.stdout + proc.stderr or len(list((tmp_path / "logs").rglob("last.ckpt"))) == 4
+
+
+def test_acceptance_command_stopping_before_validation(tiny_dataset, tmp_path):
+    """`train.py experiment=... data.path=... trainer.max_steps=N paths.output_dir=OUT` exits 0 with a checkpoint
+    even when it stops before the first validation (the optimized metric then is simply absent)."""
+    out = tmp_path / "acc"
+    run_train(["experiment=bragg_fcunet", f"data.path={tiny_dataset}", "trainer.max_steps=1", f"paths.output_dir={out}",
+               "model.net.base_filters=4", "data.num_workers=0", "logger=csv", "extras.print_config=false"], tmp_path)
+    assert list((out / "checkpoints").glob("*.ckpt"))
