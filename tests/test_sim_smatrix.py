@@ -1,0 +1,85 @@
+"""S-matrix thickness series (sim.smatrix) against multislice, and the automatic engine choice."""
+
+import numpy as np
+import pytest
+
+from sim.multislice import Phonons, simulate_cbed
+from sim.optics import Optics
+from sim.smatrix import beam_count, build_smatrix, choose_engine
+from sim.specimen import zone_axis_specimen
+
+THICK = [0.0, 7.7, 23.0, 40.0]
+
+
+@pytest.fixture(scope="module")
+def si110_smatrix(silicon):
+    spec = zone_axis_specimen(silicon, (1, 1, 0), thickness_A=40.0, min_extent_A=20.0)
+    S = build_smatrix(spec, 300e3, 2.5, THICK, sampling_A=0.12)
+    return spec, S
+
+
+@pytest.mark.parametrize("optics, pos", [
+    (Optics(300e3, 2.0), None),
+    (Optics(300e3, 2.5, defocus_A=80.0, aberrations_A={"C30": 1e6, "C12": 20.0, "phi12": 0.7}), (3.3, 7.1)),
+    (Optics(300e3, 1.2, defocus_A=-150.0), (11.0, 0.4)),
+])
+def test_smatrix_thickness_series_equals_multislice(si110_smatrix, optics, pos):
+    spec, S = si110_smatrix
+    pos = np.array(spec.extent_A) / 2 if pos is None else np.asarray(pos)
+    ref, sampling, t, grid = simulate_cbed(spec, optics, pos, THICK, sampling_A=0.12, phonons=Phonons(0))
+    out = S.patterns(optics, pos[None])[:, 0]
+    assert S.sampling == sampling and np.allclose(S.thicknesses_A, t) and S.grid["gpts"] == grid["gpts"]
+    assert len(set(np.round(t, 6))) == len(THICK)  # several distinct exit planes
+    for i in range(len(THICK)):
+        assert np.abs(out[i] - ref[i]).max() <= 1e-3 * ref[i].max()
+    # many positions at once equal one by one
+    many = S.patterns(optics, np.stack([pos, pos + 1.3]), thickness_index=2)
+    assert np.allclose(many[0, 0], out[2], rtol=0, atol=1e-6 * out[2].max())
+
+
+def test_smatrix_crop_is_the_centre_of_the_full_pattern(si110_smatrix, silicon):
+    spec, S = si110_smatrix
+    C = build_smatrix(spec, 300e3, 2.5, [23.0], sampling_A=0.12, crop_half_px=40)
+    optics = Optics(300e3, 2.0, defocus_A=30.0)
+    full = S.patterns(optics, [(1.0, 2.0)], thickness_index=2)[0, 0]
+    crop = C.patterns(optics, [(1.0, 2.0)])[0, 0]
+    cy, cx = full.shape[0] // 2, full.shape[1] // 2
+    assert crop.shape == (81, 81)
+    assert np.allclose(crop, full[cy - 40:cy + 41, cx - 40:cx + 41], atol=1e-6 * full.max())
+
+
+def test_smatrix_refuses_what_it_cannot_do(si110_smatrix):
+    _, S = si110_smatrix
+    with pytest.raises(ValueError, match="exceeds"):
+        S.coefficients(Optics(300e3, 3.0))
+    with pytest.raises(NotImplementedError):
+        S.coefficients(Optics(300e3, 2.0, tilt_mrad=(0.5, 0.0)))
+    with pytest.raises(ValueError, match="energy"):
+        S.coefficients(Optics(200e3, 2.0))
+
+
+def test_beam_count_is_pi_alpha_L_over_lambda_squared(si110_smatrix):
+    spec, S = si110_smatrix
+    est = beam_count(2.5, spec.extent_A, 300e3)
+    k_alpha = 2.5e-3 / Optics(300e3, 2.5).wavelength_A
+    inside = int(np.sum(np.linalg.norm(S.k_beams, axis=1) <= k_alpha))
+    assert abs(inside - est) <= 0.3 * est
+    assert S.num_beams >= inside  # plus a one-pixel margin for abTEM's soft aperture edge
+
+
+def test_choose_engine_picks_the_cheaper_path():
+    # reference sweep (α = 2 mrad, 50 Å cell, 300 kV): ~80 beams vs 1760 patterns in 160 passes -> S-matrix
+    b2 = beam_count(2.0, (50.0, 50.0), 300e3)
+    assert 60 < b2 < 100
+    assert choose_engine(b2, 1760, num_thicknesses=11) == "smatrix"
+    # at 10 mrad the beams (~2000) outnumber the passes of a typical sweep -> multislice
+    b10 = beam_count(10.0, (50.0, 50.0), 300e3)
+    assert b10 > 1500
+    assert choose_engine(b10, 1760, num_thicknesses=11) == "multislice"
+    # a single pattern is one multislice pass; an S-matrix would need ~b2 passes
+    assert choose_engine(b2, 11, num_thicknesses=11) == "multislice"
+    # the switch sits where the passes saved equal the beams propagated
+    assert choose_engine(50, 60 * 11, num_thicknesses=11) == "smatrix"
+    assert choose_engine(50, 45 * 11, num_thicknesses=11) == "multislice"
+    with pytest.raises(ValueError):
+        choose_engine(0, 10)
