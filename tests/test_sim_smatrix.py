@@ -83,3 +83,22 @@ def test_choose_engine_picks_the_cheaper_path():
     assert choose_engine(50, 45 * 11, num_thicknesses=11) == "multislice"
     with pytest.raises(ValueError):
         choose_engine(0, 10)
+
+
+def test_bloch_repeat_cell_path_equals_multislice(silicon):
+    """On a grid commensurate with the repetitions, each plane wave is propagated on one repeat cell."""
+    from sim.smatrix import commensurate_sampling
+
+    spec = zone_axis_specimen(silicon, (1, 1, 0), thickness_A=40.0, min_extent_A=20.0)
+    s = commensurate_sampling(spec, 0.12)
+    assert s <= 0.12
+    S = build_smatrix(spec, 300e3, 2.5, THICK, sampling_A=s, crop_half_px=60)
+    assert S.grid["bloch_repetitions"] == spec.info["repetitions"][:2]
+    optics = Optics(300e3, 2.5, defocus_A=80.0, aberrations_A={"C30": 1e6, "C12": 20.0, "phi12": 0.7})
+    pos = np.array([3.3, 7.1])
+    ref, _, _, _ = simulate_cbed(spec, optics, pos, THICK, sampling_A=s, phonons=Phonons(0))
+    cy, cx = ref.shape[1] // 2, ref.shape[2] // 2
+    ref = ref[:, cy - 60:cy + 61, cx - 60:cx + 61]
+    out = S.patterns(optics, pos[None])[:, 0]
+    for i in range(len(THICK)):
+        assert np.abs(out[i] - ref[i]).max() <= 1e-3 * ref[i].max()
