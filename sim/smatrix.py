@@ -30,7 +30,7 @@ from .optics import Optics, wavelength_A
 def beam_count(semiangle_mrad: float, extent_A: tuple[float, float], energy: float) -> int:
     """Approximate number of plane waves inside the aperture, π(α·L/λ)² (for a rectangular cell, π·α²·Lx·Ly/λ²)."""
     k = semiangle_mrad * 1e-3 / wavelength_A(energy)
-    return int(math.ceil(math.pi * k * k * extent_A[0] * extent_A[1]))
+    return math.ceil(math.pi * k * k * extent_A[0] * extent_A[1])
 
 
 # Cost model (in units of one multislice pass of one wave): the S-matrix needs one pass per beam plus a cheap
@@ -60,7 +60,7 @@ def slicing(specimen, slice_thickness_A: float) -> tuple[float, int]:
         dz = specimen.period_A / per_period
     else:
         dz = specimen.thickness_A / max(1, math.ceil(specimen.thickness_A / slice_thickness_A))
-    return dz, int(round(specimen.thickness_A / dz))
+    return dz, round(specimen.thickness_A / dz)
 
 
 @dataclass
@@ -127,7 +127,7 @@ class ThicknessSMatrix:
         A = (phase * a[None, :]).astype(np.complex64)
         n = self.gpts[0] * self.gpts[1]
         idx = range(len(self.planes)) if thickness_index is None else np.atleast_1d(thickness_index)
-        T, B, H, W = self.planes.shape
+        _, B, H, W = self.planes.shape
         out = np.empty((len(idx), len(pos), H, W), dtype=np.float64)
         for j, t in enumerate(idx):
             psi = A @ self.planes[t].reshape(B, H * W)
@@ -153,7 +153,7 @@ def build_smatrix(
     Grid, slicing and potential are exactly those of :func:`sim.multislice.simulate_cbed` with the same
     arguments (static lattice). ``crop_half_px`` keeps only native frequencies within that many pixels of
     k = 0 on each axis (``2·h + 1`` pixels; None keeps the full grid). ``fft_timer``, if a list, receives
-    ``[exit-plane FFT seconds, propagation seconds]``.
+    ``[FFT seconds, propagation seconds]`` (Bloch path: every FFT; supercell path: the exit-plane FFTs only).
 
     ``bloch`` (default: automatic) propagates each plane wave ``exp(2πi k·r) u_k(r)`` on ONE repeat cell of a
     periodic zone-axis specimen when the grid is a whole multiple of the lateral repetitions (Bloch's theorem:
@@ -291,19 +291,19 @@ def _propagate_bloch(specimen, reps, gpts, sampling, dz, wanted, energy, beams, 
 
     sx, sy = sampling
     cg = (gpts[0] // reps[0], gpts[1] // reps[1])
-    cell = specimen.repeat_cell
-    per_period = int(round(cell.cell[2, 2] / dz))
+    # one lateral repeat cell over the full depth, with the specimen's own z coordinates: abTEM assigns atoms
+    # lying on slice boundaries by rounding, so only the specimen's exact coordinates slice exactly as it does
+    cell = specimen.repeat_cell.repeat((1, 1, int(specimen.info["repetitions"][2])))
     potential = abtem.Potential(cell, gpts=cg, slice_thickness=dz, projection="infinite",
                                 parametrization=parametrization, device=device)
     aperture = AntialiasAperture()
-    transmissions = []
-    for sl in potential.generate_slices():
+
+    def transmission(sl):
         tf = aperture.bandlimit(sl.transmission_function(energy=energy), in_place=False)
         arr = tf.array
         arr = arr.get() if hasattr(arr, "get") else arr
-        transmissions.append(np.asarray(arr).reshape(cg).astype(np.complex64))
-    if len(transmissions) != per_period:  # pragma: no cover - guarded by the slicing
-        raise RuntimeError("repeat cell slicing differs from the specimen's")
+        return np.asarray(arr).reshape(cg).astype(np.complex64)
+
     # supercell FFT index of k + G for every beam and cell frequency: (ix_k + m·nx) mod gx
     mx = np.fft.fftfreq(cg[0], 1.0 / cg[0]).astype(int)  # signed cell indices in FFT order
     my = np.fft.fftfreq(cg[1], 1.0 / cg[1]).astype(int)
@@ -339,11 +339,20 @@ def _propagate_bloch(specimen, reps, gpts, sampling, dz, wanted, energy, beams, 
     stored = {}
     if -1 in wanted:
         stored[-1] = keep(u)
-    for i in range(max(wanted) + 1):
+    for i, sl in enumerate(potential.generate_slices()):
+        if i > max(wanted):
+            break
         t0 = time.perf_counter()
-        u *= transmissions[i % per_period]
-        u = scipy.fft.ifft2(scipy.fft.fft2(u, workers=-1) * kernel, workers=-1)
-        prop_seconds += time.perf_counter() - t0
+        u *= transmission(sl)
+        t1 = time.perf_counter()
+        f = scipy.fft.fft2(u, workers=-1)
+        t2 = time.perf_counter()
+        f *= kernel
+        t3 = time.perf_counter()
+        u = scipy.fft.ifft2(f, workers=-1)
+        t4 = time.perf_counter()
+        fft_seconds += (t2 - t1) + (t4 - t3)
+        prop_seconds += t4 - t0
         if i in wanted:
             stored[i] = keep(u)
     return stored, fft_seconds, prop_seconds
