@@ -40,16 +40,18 @@ SMATRIX_OVERHEAD = 1.0  # extra passes: potential, FFTs of the exit planes
 REDUCTION_COST = 0.01  # one pattern's reduction relative to one multislice pass
 
 
-def choose_engine(num_beams: int, num_patterns: int, num_thicknesses: int = 1) -> str:
+def choose_engine(num_beams: int, num_patterns: int, num_thicknesses: int = 1, beam_cost: float = 1.0) -> str:
     """``"smatrix"`` or ``"multislice"``, whichever the cost model says is cheaper for one specimen.
 
     ``num_patterns`` counts every pattern needed from the specimen (probe positions × optics × thicknesses);
     a multislice pass yields all ``num_thicknesses`` at once, an S-matrix propagation yields every pattern.
+    ``beam_cost`` is one beam's propagation relative to one probe's multislice pass: 1 on the supercell, about
+    the repeat cell's share of the grid on the Bloch path (:func:`build_smatrix`).
     """
     if num_beams < 1 or num_patterns < 1:
         raise ValueError("num_beams and num_patterns must be positive")
     passes = math.ceil(num_patterns / max(1, num_thicknesses))
-    smatrix = num_beams + SMATRIX_OVERHEAD + REDUCTION_COST * num_patterns
+    smatrix = beam_cost * num_beams + SMATRIX_OVERHEAD + REDUCTION_COST * num_patterns
     return "smatrix" if smatrix < passes else "multislice"
 
 
