@@ -83,7 +83,7 @@ def test_choose_engine_picks_the_cheaper_path():
     assert choose_engine(50, 45 * 11, num_thicknesses=11) == "multislice"
     # on the Bloch path a beam costs about a repeat cell's share of the grid: the S-matrix wins much earlier
     assert choose_engine(b10, 1760, num_thicknesses=11, beam_cost=1 / 70) == "smatrix"
-    assert choose_engine(b2, 11 * 4, num_thicknesses=11, beam_cost=1 / 70) == "multislice"
+    assert choose_engine(b2, 11, num_thicknesses=11, beam_cost=1 / 70) == "multislice"
     with pytest.raises(ValueError):
         choose_engine(0, 10)
 
