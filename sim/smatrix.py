@@ -260,6 +260,8 @@ def commensurate_sampling(specimen, sampling_A: float) -> float:
     """Largest sampling ≤ ``sampling_A`` whose grid (as :func:`sim.grids.grid_points` picks it) is a whole
     multiple of a zone-axis specimen's lateral repetitions on both axes, so :func:`build_smatrix` can use the
     repeat cell (Bloch path); returns ``sampling_A`` unchanged when no such grid is found nearby."""
+    if not (specimen.periodic and "repetitions" in specimen.info):
+        return sampling_A
     lx, ly = specimen.extent_A
     nx, ny = specimen.info["repetitions"][:2]
     n0 = grid_points(lx, sampling_A)

@@ -105,3 +105,15 @@ def test_bloch_repeat_cell_path_equals_multislice(silicon):
     out = S.patterns(optics, pos[None])[:, 0]
     for i in range(len(THICK)):
         assert np.abs(out[i] - ref[i]).max() <= 1e-3 * ref[i].max()
+
+
+def test_non_periodic_specimen_uses_the_supercell_path(silicon):
+    from sim.smatrix import commensurate_sampling
+    from sim.specimen import oriented_box_specimen
+
+    box = oriented_box_specimen(silicon, np.eye(3), (12.0, 12.0, 6.0))
+    assert commensurate_sampling(box, 0.15) == 0.15
+    S = build_smatrix(box, 300e3, 2.0, [6.0], sampling_A=0.15)
+    assert S.grid["bloch_repetitions"] is None
+    with pytest.raises(ValueError, match="bloch=True"):
+        build_smatrix(box, 300e3, 2.0, [6.0], sampling_A=0.15, bloch=True)
