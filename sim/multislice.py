@@ -142,7 +142,8 @@ def simulate_cbed(
                                      seed=phonons.seed)
     else:
         source = atoms
-    potential = abtem.Potential(source, gpts=gpts, slice_thickness=dz, exit_planes=unique_planes,
+    # explicit slices: abTEM would make ceil(t/dz) slices, one extra when t/dz rounds to n + 1e-15
+    potential = abtem.Potential(source, gpts=gpts, slice_thickness=(dz,) * num_slices, exit_planes=unique_planes,
                                 projection="infinite", parametrization=parametrization, device=device)
     aberrations = {k: float(v) for k, v in optics.aberrations_A.items()}
     probe = abtem.Probe(energy=optics.energy, semiangle_cutoff=optics.semiangle_mrad, defocus=optics.defocus_A,

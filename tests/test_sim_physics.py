@@ -207,3 +207,21 @@ def test_partial_coherence_offsets():
     assert (w[:, None] * off**2).sum(axis=0) == pytest.approx([0.25, 0.25])
     off0, w0 = coherence_offsets(0.0)
     assert off0.shape == (1, 2) and w0[0] == 1.0
+
+
+def test_slicing_is_exact_where_abtem_would_add_a_slice(silicon):
+    """abTEM makes ceil(t/dz) slices; for Si[110] at 10 periods t/dz rounds to 40 + 1e-15 and it would make 41
+    thinner slices. simulate_cbed passes explicit slices, so the 10-period specimen's exit pattern equals the
+    10-period exit plane of an 11-period specimen."""
+    import abtem
+
+    optics = Optics(energy=300e3, semiangle_mrad=2.0)
+    period = zone_axis_specimen(silicon, (1, 1, 0), 1.0, 16.0).period_A
+    a = zone_axis_specimen(silicon, (1, 1, 0), 10 * period, 16.0)
+    b = zone_axis_specimen(silicon, (1, 1, 0), 11 * period, 16.0)
+    dz = period / 4
+    assert abtem.Potential(a.atoms, gpts=(32, 32), slice_thickness=dz).num_slices == 41  # the trap
+    pa, _, ta, grid = simulate_cbed(a, optics, (5.0, 5.0), [a.thickness_A], sampling_A=0.12, phonons=Phonons(0))
+    pb, _, tb, _ = simulate_cbed(b, optics, (5.0, 5.0), [a.thickness_A], sampling_A=0.12, phonons=Phonons(0))
+    assert grid["num_slices"] == 40 and ta[0] == pytest.approx(tb[0])
+    assert np.abs(pa - pb).max() <= 1e-5 * pa.max()
