@@ -179,7 +179,7 @@ def build_smatrix(
     dz, num_slices = slicing(specimen, slice_thickness_A)
     planes_idx, exact_t = exit_plane_indices(thicknesses_A, dz, num_slices)
     wanted = sorted(set(planes_idx))
-    potential = abtem.Potential(specimen.atoms, gpts=gpts, slice_thickness=dz, projection="infinite",
+    potential = abtem.Potential(specimen.atoms, gpts=gpts, slice_thickness=(dz,) * num_slices, projection="infinite",
                                 parametrization=parametrization, device=device)
 
     # plane waves inside the aperture (with one pixel of margin for abTEM's soft aperture edge)
@@ -298,7 +298,8 @@ def _propagate_bloch(specimen, reps, gpts, sampling, dz, wanted, energy, beams, 
     # one lateral repeat cell over the full depth, with the specimen's own z coordinates: abTEM assigns atoms
     # lying on slice boundaries by rounding, so only the specimen's exact coordinates slice exactly as it does
     cell = specimen.repeat_cell.repeat((1, 1, int(specimen.info["repetitions"][2])))
-    potential = abtem.Potential(cell, gpts=cg, slice_thickness=dz, projection="infinite",
+    num_slices = round(specimen.thickness_A / dz)  # explicit slices, as sim.multislice.simulate_cbed
+    potential = abtem.Potential(cell, gpts=cg, slice_thickness=(dz,) * num_slices, projection="infinite",
                                 parametrization=parametrization, device=device)
     aperture = AntialiasAperture()
 
