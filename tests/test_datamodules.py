@@ -63,7 +63,9 @@ def test_workers_see_every_sample_once(dataset):
     dm.setup()
     seen = torch.cat([b["index"] for b in dm.train_dataloader()]).tolist()
     expected = dm._sets["train"].indices.tolist()
-    assert sorted(seen) == sorted(expected) or len(seen) == len(expected) - 1  # drop_last of a single sample
+    assert len(seen) == len(set(seen)) and set(seen) <= set(expected)  # no sample twice, none foreign
+    # every sample, except a last batch of one that training drops (BatchNorm cannot normalise one sample)
+    assert len(seen) == len(expected) - (1 if len(expected) % 3 == 1 else 0)
 
 
 def test_chunk_sampler_visits_chunks_contiguously():
