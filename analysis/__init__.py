@@ -1,1 +1,28 @@
-"""Analysis stage: classical 4D-STEM analysis that can call registry models for inference."""
+"""Analysis stage: classical 4D-STEM analysis that can call registry models for inference.
+
+Data come in as a :class:`DataCube` (``analysis.load(path)``); Bragg disks come out as :class:`BraggVectors`
+whichever method found them (``method="classical"`` or ``method="ml"``), so strain, orientation and phase
+mapping take either.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .braggvectors import PEAK_DTYPE, BraggVectors
+from .datacube import AnalysisError, Calibration, DataCube, as_datacube
+
+# name -> module that defines it (imported on first use, so `import analysis` stays light)
+_LAZY = {
+    "load": "io",
+    "save": "io",
+}
+
+__all__ = ["AnalysisError", "BraggVectors", "Calibration", "DataCube", "PEAK_DTYPE", "as_datacube", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
