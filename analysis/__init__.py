@@ -16,6 +16,9 @@ from .datacube import AnalysisError, Calibration, DataCube, as_datacube
 _LAZY = {
     "load": "io",
     "save": "io",
+    "find_bragg_disks_ml": "inference",
+    "predict_property_map": "inference",
+    "load_model": "inference",
 }
 
 __all__ = ["AnalysisError", "BraggVectors", "Calibration", "DataCube", "PEAK_DTYPE", "as_datacube", *_LAZY]
