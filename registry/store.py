@@ -55,12 +55,49 @@ __all__ = ["Store", "default_store_url", "sha256_file", "empty_index", "check_in
 log = logging.getLogger("registry")
 
 
+SHIPPED_STORE = Path(__file__).resolve().parent / "pretrained"  # the pretrained models shipped with stemforge
+
+
+def seed_store(path: str | os.PathLike, source: str | os.PathLike = SHIPPED_STORE) -> bool:
+    """Copy the shipped store (index, cards, weights) into a local store folder that has no index yet.
+
+    The copy is made in a sibling temporary folder and renamed into place, so an interrupted copy never looks
+    like a store. Returns True when something was copied. A folder that already holds an ``index.json`` is left
+    alone (use ``python -m registry push`` to add the shipped models to an existing store).
+    """
+    path, source = Path(path), Path(source)
+    if (path / INDEX).exists() or not (source / INDEX).exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".seed-", dir=path.parent))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+        if path.exists():  # an empty folder someone created: move the files in, index last
+            for item in sorted(tmp.iterdir(), key=lambda p: p.name == INDEX):
+                os.replace(item, path / item.name)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
 def default_store_url() -> str:
-    """``$STEMFORGE_STORE`` or the XDG data folder ``$XDG_DATA_HOME/stemforge/registry``."""
+    """``$STEMFORGE_STORE`` or the XDG data folder ``$XDG_DATA_HOME/stemforge/registry``.
+
+    The XDG store is seeded with the pretrained models shipped in ``registry/pretrained`` the first time it is
+    used (see :func:`seed_store`), so ``registry.load("bragg-fcunet:stable")`` works on a fresh install.
+    """
     if os.environ.get("STEMFORGE_STORE"):
         return os.environ["STEMFORGE_STORE"]
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(data, "stemforge", "registry")
+    path = os.path.join(data, "stemforge", "registry")
+    try:
+        if seed_store(path):
+            log.info("seeded the default store %s with the shipped pretrained models", path)
+    except OSError as err:  # a read-only home: the store is simply empty
+        log.warning("could not seed the default store %s with the shipped models: %s", path, err)
+    return path
 
 
 class Store:
