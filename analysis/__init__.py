@@ -19,6 +19,13 @@ _LAZY = {
     "find_bragg_disks_ml": "inference",
     "predict_property_map": "inference",
     "load_model": "inference",
+    "OrientationLibrary": "orientation_library",
+    "build_orientation_library": "orientation_library",
+    "kinematic_bragg_vectors": "orientation_library",
+    "OrientationMap": "orientation",
+    "orientation_map": "orientation",
+    "PhaseMap": "phase",
+    "phase_map": "phase",
 }
 
 __all__ = ["AnalysisError", "BraggVectors", "Calibration", "DataCube", "PEAK_DTYPE", "as_datacube", *_LAZY]
