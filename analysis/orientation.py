@@ -539,7 +539,7 @@ def ipf_colors(directions, library: OrientationLibrary) -> np.ndarray:
     images = np.einsum("kij,aj->aki", laue, cart)  # (3, 2K, 3)
     ang = np.degrees(np.arccos(np.clip(np.max(np.einsum("...j,akj->...ak", d, images), axis=-1), -1, 1)))
     sep = np.degrees(np.arccos(np.clip(np.max(np.einsum("bj,akj->bak", cart, images), axis=-1), -1, 1)))
-    span = np.array([np.max(np.delete(sep[i], i)) if len(sep) > 1 else 90.0 for i in range(len(cart))])
+    span = np.array([np.min(np.delete(sep[i], i)) if len(sep) > 1 else 90.0 for i in range(len(cart))])
     rgb = np.clip(1 - ang / span, 0, 1)
     rgb = np.concatenate([rgb, np.zeros((*rgb.shape[:-1], 3 - rgb.shape[-1]))], axis=-1)
     rgb /= np.maximum(rgb.max(axis=-1, keepdims=True), 1e-9)
