@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from augment import SUPPORTED_BIT_DEPTHS, ShotNoise, poisson_counts
+from augment.poisson import _first_count_hits, _kernels
 
 N = 200_000
 
@@ -70,6 +71,55 @@ def test_exact_everywhere_with_infinite_threshold_and_mixed_image():
         _check_moments(x[i * (N // 4) : (i + 1) * (N // 4)].astype(np.float64), float(np.float32(v)), approx=False)
 
 
+def test_low_count_class_is_exact_inversion_of_the_31_bit_uniforms():
+    """Below one count the sampler is exact inversion, X = #{k : u < S(k)}, of the 31-bit uniform of each pixel.
+
+    The polynomial bounds of S(0) (and the f**2 / 2 bound of S(1)) only decide which pixels need the float64
+    evaluation; the counts must equal the inversion against scipy's survival function for every pixel, for
+    means from 1e-7 to just below 1 (and for the fractional part f = lam - floor(4 lam) / 4 of larger means,
+    covered by the same code).
+    """
+    n = 200_000
+    lam = (10 ** np.random.default_rng(2).uniform(-7, 0, n)).astype(np.float32)
+    lam = np.minimum(lam, np.float32(0.999999))
+    x = poisson_counts(lam, np.random.Generator(np.random.SFC64(9)))
+    words = np.random.Generator(np.random.SFC64(9)).bit_generator.random_raw(n // 2).view(np.uint32)
+    u = (words >> np.uint32(1)).astype(np.float64) * 2.0**-31  # the uniforms the sampler drew, in its order
+    lam64 = lam.astype(np.float64)
+    ref = np.zeros(n)
+    for k in range(12):
+        ref += u < stats.poisson.sf(k, lam64)
+    assert np.array_equal(x, ref)
+    # uniforms placed right at the threshold u = S(0) (the band the bounds leave to float64) and just beside it
+    s0 = stats.poisson.sf(0, lam64) * 2.0**31
+    for offset in (-1.0, 0.0, 1.0):
+        u31 = np.clip(np.floor(s0) + offset, 0, 2**31 - 1)
+        hit = _first_count_hits(lam, u31.astype(np.int32), u31.astype(np.float32))
+        assert np.array_equal(hit, u31 < -np.expm1(-lam64) * 2.0**31)
+
+
+@pytest.mark.skipif(_kernels() is None, reason="numba not importable")
+@pytest.mark.parametrize("threshold", [10.0, 1.0, 3.3, np.inf])
+def test_numba_and_numpy_backends_give_identical_counts(threshold):
+    """Same generator state, same counts, pixel for pixel, on an image mixing all classes."""
+    rng = np.random.default_rng(4)
+    lam = np.concatenate(
+        [
+            rng.exponential(0.05, 30_000),
+            rng.exponential(3.0, 20_000),
+            rng.exponential(40.0, 10_000),
+            [0.0, 1e-7, 0.999999, 1.0, 9.999999, 10.0, 63.99, 1e4],
+        ]
+    ).astype(np.float32)
+    lam = lam[rng.permutation(lam.size)].reshape(-1, 8)
+    if np.isinf(threshold):
+        lam = np.minimum(lam, np.float32(63.9))  # means >= 64 below the threshold go through numpy in both
+    a = poisson_counts(lam, np.random.Generator(np.random.SFC64(1)), threshold, backend="numpy")
+    b = poisson_counts(lam, np.random.Generator(np.random.SFC64(1)), threshold, backend="numba")
+    assert a.shape == b.shape == lam.shape and a.dtype == b.dtype == np.float32
+    assert np.array_equal(a, b)
+
+
 def test_poisson_counts_shapes_and_errors():
     rng = np.random.default_rng(0)
     assert poisson_counts(np.zeros((3, 4), np.float32), rng).shape == (3, 4)
@@ -78,6 +128,13 @@ def test_poisson_counts_shapes_and_errors():
         poisson_counts(np.array([1.0, -0.5], np.float32), rng)
     with pytest.raises(ValueError, match="finite and >= 0"):
         poisson_counts(np.array([1.0, np.nan], np.float32), rng)
+    for backend in ("numpy", "auto"):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            poisson_counts(np.array([0.5, -1e-3, 3.0], np.float32), rng, backend=backend)
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            poisson_counts(np.array([0.5, np.inf], np.float32), rng, backend=backend)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        poisson_counts(np.zeros(3, np.float32), rng, backend="cuda")
 
 
 def _run(transform, image, probe=None):
