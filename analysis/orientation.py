@@ -13,7 +13,15 @@ a cosine similarity in [0, 1] (1: every weighted peak sits on a template spot wi
 weight) over small rotations about the lab axes (quadratic fits on a 19-point stencil, halving the step).
 
 Orientations follow :mod:`sim.orientations`: ``rotation`` maps crystal Cartesian to lab coordinates (beam along
-lab +z; detector x = col, y = row), ``R`` and ``R @ S`` (S a proper point-group rotation) are the same.
+lab +z; detector x = col, y = row), ``R`` and ``R @ S`` (S a proper point-group rotation) are the same. The lab
+frame is the detector's: to express orientations in the scan frame, rotate by ``calibration.rotation_deg``. Peaks
+are used as calibrated (origin, Å⁻¹/px); an elliptical distortion (``calibration.ellipticity``) is not corrected
+here and should be removed from the Bragg vectors first.
+
+Limits: a kinematic pattern R and its Friedel twin Rz(180°)·R have the same projected spots (Friedel's law), so
+they differ only through the Ewald-sphere curvature (excitation errors) and higher-order Laue zones; for a zone
+axis without an even-fold rotation about the beam ([111], [211] of a cubic crystal) or with few low-angle
+reflections (k_max ≈ 1 Å⁻¹) the match may land on the twin — ``twin_score`` close to ``score`` flags that.
 """
 
 from __future__ import annotations
@@ -576,7 +584,7 @@ def plot_orientation_map(omap: OrientationMap, library: OrientationLibrary | Non
         xy = s[:, :2] / (1 + s[:, 2:3])
         axs[3].scatter(xy[:, 0], xy[:, 1], c=ipf_colors(library.directions, library), s=8)
         axs[3].set_aspect("equal")
-        axs[3].set_title("colour key (library directions, stereographic)")
+        axs[3].set_title("colour key (stereographic)")
     for ax in axs[:3]:
         ax.set_xlabel("scan col")
         ax.set_ylabel("scan row")

@@ -54,7 +54,7 @@ class PhaseMap:
     scores: np.ndarray
     best_score: np.ndarray
     margin: np.ndarray
-    orientations: dict = field(repr=False, default_factory=dict)
+    orientations: dict[str, OrientationMap] = field(repr=False, default_factory=dict)
     info: dict = field(default_factory=dict)
 
     def fractions(self) -> dict:
@@ -124,10 +124,10 @@ def phase_map(bragg_vectors: BraggVectors, libraries: dict, *, min_score: float 
     valid = np.any(np.stack([maps[n].valid for n in names]), axis=0) & (best > 0) & (best >= float(min_score))
     phase = np.where(valid, order[..., 0], -1).astype(np.int32)
     elapsed = sum(m.info["elapsed_s"] for m in maps.values())
+    n_pos = int(np.prod(bragg_vectors.scan_shape))
     return PhaseMap(names, tuple(bragg_vectors.scan_shape), phase, scores, np.where(valid, best, 0.0),
                     np.where(valid, best - runner, 0.0), maps,
-                    {"elapsed_s": elapsed, "patterns_per_s": int(np.prod(bragg_vectors.scan_shape)) / max(elapsed, 1e-9),
-                     "min_score": float(min_score)})
+                    {"elapsed_s": elapsed, "patterns_per_s": n_pos / max(elapsed, 1e-9), "min_score": float(min_score)})
 
 
 def plot_phase_map(pmap: PhaseMap):
