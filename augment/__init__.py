@@ -16,7 +16,9 @@ targets and pass reflections as ``keypoints`` in ``xy`` format):
 * :class:`DetectorBlur` -- Gaussian detector PSF (px) (pattern only);
 * :class:`ShotNoise` -- Poisson electron counting at a dose in electrons per
   pattern or electrons in the brightest probe pixel, then gain, Gaussian read
-  noise, dark offset and bit-depth saturation (pattern only);
+  noise, dark offset and bit-depth saturation (pattern only); the sampler,
+  :func:`poisson_counts`, lives in :mod:`augment.poisson` (numpy, and numba
+  when it imports, with identical counts);
 * :class:`HotPixels` -- hot and dead detector pixels (pattern only).
 
 Pipeline helpers: :func:`build_pipeline` (Hydra target of ``conf/augment/*.yaml``;
@@ -49,8 +51,9 @@ from augment.background import (
 from augment.data import read_samples, write_samples
 from augment.detector import DetectorBlur, HotPixels
 from augment.geometry import AffineDistortion, EllipticDistortion, PatternShift, affine_matrix
-from augment.noise import SUPPORTED_BIT_DEPTHS, ShotNoise, poisson_counts
+from augment.noise import SUPPORTED_BIT_DEPTHS, ShotNoise
 from augment.pipeline import DEFAULT_LABEL_KEYS, augment_sample, build_pipeline, load_preset, preset_config, reseed
+from augment.poisson import poisson_counts
 from augment.runtime import configure_worker
 from augment.synthetic import synthetic_sample
 

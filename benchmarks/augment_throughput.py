@@ -9,12 +9,14 @@ OpenMP pools limited to 1), and reports
 
 * patterns per second per core from process CPU time (robust on a shared machine)
   and from wall time, median over repeats;
+* the time share of each transform and of albumentations' own bookkeeping;
+* with ``--sampler-table``, the Poisson samplers' time per pattern at several doses.
 
 The process is set up with :func:`augment.configure_worker` exactly as a training
 DataLoader worker should be (one thread for OpenCV and BLAS/OpenMP; glibc malloc
 thresholds raised, see ``augment/runtime.py``); ``--default-malloc`` measures
-without the malloc tuning.
-* the time share of each transform and of albumentations' own bookkeeping.
+without the malloc tuning.  ShotNoise's sampler uses its numba backend when numba
+imports (compiled or loaded from its cache during the warm-up).
 
 The last line is ``RESULT patterns_per_s_per_core=<float>`` (CPU-time based).
 
@@ -108,6 +110,36 @@ def per_transform_shares(pipeline, samples: list[dict], n_patterns: int) -> tupl
     return acc, total
 
 
+def sampler_table(size: int, repeats: int = 7, calls: int = 20) -> None:
+    """Print ms per pattern of the Poisson samplers at several doses (best of ``repeats`` x ``calls`` calls)."""
+    from augment.poisson import _kernels
+
+    pattern = augment.synthetic_sample(0, shape=(size, size))["pattern"]
+    rng = np.random.Generator(np.random.SFC64(0))
+    cases = [(f"{d:.0e} e-/pattern", pattern * np.float32(d)) for d in (1e3, 1e4, 1e5, 1e6, 1e7)]
+    cases.append(("25 counts in every pixel", np.full((size, size), 25.0, np.float32)))
+    samplers = {"numpy": lambda lam: augment.poisson_counts(lam, rng, backend="numpy")}
+    if _kernels() is not None:
+        samplers["numba"] = lambda lam: augment.poisson_counts(lam, rng, backend="numba")
+    samplers["Generator.poisson"] = lambda lam: rng.poisson(lam)
+    print(f"Poisson samplers on one {size}x{size} synthetic pattern (ms per pattern, best of {repeats} x {calls}):")
+    print(f"  {'mean counts':<26s} {'1-10 counts':>11s} {'>=10 counts':>11s} " + " ".join(f"{k:>17s}" for k in samplers))
+    for name, lam in cases:
+        for f in samplers.values():
+            f(lam)  # warm-up (tables, numba compilation or cache)
+        best = {}
+        for k, f in samplers.items():
+            times = []
+            for _ in range(repeats):
+                t0 = time.process_time()
+                for _ in range(calls):
+                    f(lam)
+                times.append((time.process_time() - t0) / calls * 1e3)
+            best[k] = min(times)
+        mid, high = np.mean((lam >= 1) & (lam < 10)), np.mean(lam >= 10)
+        print(f"  {name:<26s} {100 * mid:10.0f}% {100 * high:10.0f}% " + " ".join(f"{v:17.3f}" for v in best.values()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the report; the last line is the RESULT line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -119,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patterns", type=int, default=None, help="patterns per repeat (default 400 quick, 2000 full)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats (default 3 quick, 5 full)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--sampler-table",
+        action="store_true",
+        help="also time augment.poisson_counts (numba and numpy backends) and Generator.poisson per dose",
+    )
     ap.add_argument(
         "--default-malloc",
         action="store_true",
@@ -135,10 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     import albumentations
     import scipy
 
+    from augment.poisson import _kernels
+
+    numba_version = _kernels().numba.__version__ if _kernels() is not None else "unavailable"
+
     print(f"machine: nproc={os.cpu_count()} cpu='{cpu_model()}' load_avg={os.getloadavg()}")
     print(
         f"versions: python={platform.python_version()} numpy={np.__version__} scipy={scipy.__version__} "
-        f"opencv={cv2.__version__} albumentations={albumentations.__version__}"
+        f"opencv={cv2.__version__} albumentations={albumentations.__version__} numba={numba_version}"
     )
     print(
         f"preset={args.preset} shape={shape} samples={'synthetic' if args.dataset is None else args.dataset} "
@@ -161,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<24s} {sec / n_share * 1e3:7.3f} ms  {100 * sec / total:5.1f} %")
     other = total - sum(acc.values())
     print(f"  {'compose pre/post':<24s} {other / n_share * 1e3:7.3f} ms  {100 * other / total:5.1f} %")
+    if args.sampler_table:
+        sampler_table(args.size)
     cpu_med, wall_med = statistics.median(cpu_rates), statistics.median(wall_rates)
     print(f"median: {cpu_med:.1f} patterns/s/core (CPU time), {wall_med:.1f} patterns/s (wall); target >= 500")
     print(f"RESULT patterns_per_s_per_core={cpu_med:.1f}")
