@@ -1,0 +1,61 @@
+"""Strain and rotation maps from fitted lattices, relative to a reference region.
+
+With reciprocal bases ``G`` (columns g1, g2 in detector ``(x=col, y=row)``) and the reference's mean ``G0``, the
+real-space deformation of the lattice is ``D = (G G0⁻¹)⁻ᵀ`` (a real lattice deformed by ``F`` has its reciprocal
+lattice transformed by ``F⁻ᵀ``). Reported: the infinitesimal strain ``ε = sym(D) − I`` (``exx``, ``eyy``, ``exy``,
+dimensionless) and the rotation ``θ`` of ``D`` (degrees, counter-clockwise from x towards y), the conventions of
+:mod:`sim.synthetic_scan`'s ground truth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .datacube import AnalysisError
+from .lattice import _region_mask
+
+
+def strain_map(lattice: dict, reference=None) -> dict:
+    """``exx, eyy, exy, theta_deg`` maps (Rx, Ry) relative to the mean lattice of ``reference`` (a bool mask, a
+    rectangle ``[r0, r1, c0, c1]`` or slices; default: the whole scan). NaN where the fit failed."""
+    g1, g2 = np.asarray(lattice["g1"]), np.asarray(lattice["g2"])
+    G = np.stack([g1, g2], -1)  # (Rx, Ry, 2, 2): columns g1, g2
+    mask = _region_mask(g1.shape[:2], reference)
+    ref = G[mask]
+    ref = ref[np.isfinite(ref).all(axis=(1, 2))]
+    if not len(ref):
+        raise AnalysisError("no position of the reference region has a fitted lattice")
+    G0 = ref.mean(0)
+    ok = np.isfinite(G).all(axis=(-1, -2))
+    Gs = np.where(ok[..., None, None], G, G0)
+    D = np.linalg.inv(np.swapaxes(Gs @ np.linalg.inv(G0), -1, -2))
+    eps = 0.5 * (D + np.swapaxes(D, -1, -2)) - np.eye(2)
+    theta = np.degrees(np.arctan2(D[..., 1, 0] - D[..., 0, 1], D[..., 0, 0] + D[..., 1, 1]))
+    nan = np.where(ok, 1.0, np.nan)
+    return {"exx": eps[..., 0, 0] * nan, "eyy": eps[..., 1, 1] * nan, "exy": eps[..., 0, 1] * nan,
+            "theta_deg": theta * nan, "reference_mask": mask}
+
+
+def plot_strain_maps(strain: dict, ground_truth: dict | None = None, title: str | None = None,
+                     limit_percent: float | None = None):
+    """A matplotlib Figure of εxx, εyy, εxy (%) and θ (°); a second row for the ground truth when given."""
+    from matplotlib.figure import Figure
+
+    keys = [("exx", "εxx (%)", 100.0), ("eyy", "εyy (%)", 100.0), ("exy", "εxy (%)", 100.0), ("theta_deg", "θ (°)", 1.0)]
+    rows = [("measured", strain)] + ([("ground truth", ground_truth)] if ground_truth else [])
+    fig = Figure(figsize=(3.2 * len(keys), 2.9 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(keys), squeeze=False)
+    for j, (k, label, scale) in enumerate(keys):
+        vals = [np.asarray(r[k]) * scale for _, r in rows if k in r]
+        finite = np.concatenate([v[np.isfinite(v)].ravel() for v in vals]) if vals else np.zeros(1)
+        lim = limit_percent if (limit_percent and scale == 100.0) else max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
+        for i, (name, r) in enumerate(rows):
+            ax = axes[i, j]
+            if k in r:
+                im = ax.imshow(np.asarray(r[k]) * scale, cmap="RdBu_r", vmin=-lim, vmax=lim)
+                fig.colorbar(im, ax=ax, shrink=0.8)
+            ax.set_title(f"{label} {name}", fontsize=9)
+            ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    return fig
