@@ -1,0 +1,39 @@
+"""analysis.workflow: both methods on one scan, scored against its ground truth, and the text report."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_analysis_classical import H, W, strained_scan  # noqa: E402
+from test_analysis_inference import BlurNet, FakeModel  # noqa: E402
+
+from analysis.workflow import add_dose_noise, analyse, report  # noqa: E402
+
+
+def test_both_methods_scored_against_the_ground_truth():
+    cube, gt, truth = strained_scan(dose=2e6)
+    cube.ground_truth = {**gt, "reflections_px": truth}
+    model = FakeModel(BlurNet(), shape=(H, W), pixel=0.03)
+    res = analyse(cube, ["classical", "ml"], classical={"min_relative_intensity": 0.1},
+                  ml={"model": model, "mc_samples": 0, "threshold": 0.2}, strain_reference=[0, 1, None, None],
+                  orientation={"enabled": False}, progress=False)
+    for name in ("classical", "ml"):
+        s = res[name].scores
+        assert s["disks"]["f1"] > 0.95, (name, s["disks"])
+        assert s["strain"]["rmse"] < 2e-3, (name, s["strain"])
+        assert res[name].timings["patterns_per_s"] > 0
+    text = report(res, cube)
+    assert "disk F1" in text and "strain RMSE (%)" in text and "classical" in text and "ml" in text
+
+
+def test_dose_noise_keeps_units_and_is_seeded():
+    cube, _, _ = strained_scan()
+    a = add_dose_noise(cube, 1e4, seed=1)
+    b = add_dose_noise(cube, 1e4, seed=1)
+    np.testing.assert_array_equal(a.data, b.data)
+    counts = a.data.astype(np.float64) * 1e4
+    np.testing.assert_allclose(counts, np.rint(counts), atol=1e-2)  # counts / dose: quantised
+    ratio = a.data.sum((2, 3)) / cube.data.sum((2, 3))
+    assert np.all(np.abs(ratio - 1) < 0.01)  # many counts per pattern: the mean is kept
