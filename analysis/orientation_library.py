@@ -223,7 +223,9 @@ def build_orientation_library(structure, energy_eV: float, k_max: float = 2.0, *
     k_max : float
         Largest projected reflection radius |g_xy| used (Å⁻¹); peaks beyond it are ignored when matching.
     sigma_excitation : float
-        σ_s (Å⁻¹) of the excitation-error weight exp(−s²/2σ_s²).
+        σ_s (Å⁻¹) of the excitation-error weight exp(−s²/2σ_s²) of the kinematic intensity. Match it to the data:
+        thin crystals show reflections over a wider range of s (of order 1/thickness); a library σ_s well below
+        the data's biases the refined tilt (see benchmarks/RESULTS.md, "Orientation and phase mapping").
     sigma_q : float
         Peak-position tolerance σ_q (Å⁻¹): Gaussian width of the template spots.
     q_min : float
