@@ -28,9 +28,15 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
 def main(cfg) -> None:
     from sim.generate import generate_dataset
+    from sim.synthetic_scan import generate_scan
 
     start = time.perf_counter()
     try:
+        if cfg.scan.profile != "none":
+            path = generate_scan(cfg)
+            print(f"wrote the {cfg.scan.profile} scan {list(cfg.scan.scan_shape)} to {path} in "
+                  f"{time.perf_counter() - start:.1f} s")
+            return
         path = generate_dataset(cfg)
     except (ConfigError, DatasetMismatch) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -93,6 +93,30 @@ class DatasetConfig:
 
 
 @dataclass
+class ScanConfig:
+    """A synthetic 4D-STEM scan with ground truth (:mod:`sim.synthetic_scan`); ``profile: none`` writes the ordinary
+    training dataset instead. Strain in %, rotations in degrees, thickness in nm, step in Å, energy in eV."""
+
+    profile: str = "none"
+    path: str = "data/scan.zarr"
+    scan_shape: list[int] = field(default_factory=lambda: [16, 16])
+    step_A: float = 5.0
+    structures: list[str] = field(default_factory=lambda: ["Si"])
+    zone_axis: str = "[110]"
+    band_strain_percent: list[float] = field(default_factory=lambda: [0.0, 1.0, 0.0, -0.5])
+    band_rotation_deg: list[float] = field(default_factory=lambda: [0.0])
+    poisson_ratio: float = 0.28
+    thickness_nm: list[float] = field(default_factory=lambda: [50.0])
+    num_grains: int = 4
+    grain_rotation_deg: float = 30.0
+    energy_eV: float = 300e3
+    semiangle_mrad: float = 2.0
+    defocus_A: float = 0.0
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
 class SimulateConfig:
     structure: StructureConfig = field(default_factory=StructureConfig)
     orientation: OrientationConfig = field(default_factory=OrientationConfig)
@@ -100,6 +124,7 @@ class SimulateConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
 
 
 def _spec_values(name: str, spec) -> list[float]:
