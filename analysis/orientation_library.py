@@ -31,7 +31,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -240,8 +240,8 @@ def build_orientation_library(structure, energy_eV: float, k_max: float = 2.0, *
     debye_waller : bool
         Damp |F_g| with the room-temperature Debye–Waller factors of :func:`sim.structures.debye_waller_sigmas`.
     cache, cache_dir
-        Reuse a library with the same crystal and settings from memory, else from ``cache_dir`` (see
-        :func:`library_cache_dir`); a newly built one is stored there.
+        Reuse a library with the same crystal and settings from memory (the 8 most recent), else from
+        ``cache_dir`` (see :func:`library_cache_dir`); a newly built one is stored there.
 
     Returns
     -------
@@ -275,12 +275,11 @@ def build_orientation_library(structure, energy_eV: float, k_max: float = 2.0, *
     if cache:
         if key in _MEMORY_CACHE:
             lib = _MEMORY_CACHE[key]
-            lib.name = label
-            return lib
+            return lib if lib.name == label else replace(lib, name=label)  # arrays shared
         path = library_cache_dir(cache_dir) / f"{key}.npz"
         if path.is_file():
             lib = _load(path, st, label, settings)
-            _MEMORY_CACHE[key] = lib
+            _remember(key, lib)
             return lib
 
     t0 = time.perf_counter()
@@ -359,12 +358,20 @@ def build_orientation_library(structure, energy_eV: float, k_max: float = 2.0, *
     lib.info = {"build_time_s": build, "memory_bytes": lib.nbytes, "num_directions": N,
                 "num_reflections": len(g), "source": "built", "key": key}
     if cache:
-        _MEMORY_CACHE[key] = lib
+        _remember(key, lib)
         try:
             _save(lib, library_cache_dir(cache_dir) / f"{key}.npz")
         except OSError:  # a read-only cache only costs a rebuild next time
             pass
     return lib
+
+
+def _remember(key: str, lib: OrientationLibrary, keep: int = 8) -> None:
+    """Keep the ``keep`` most recently built or loaded libraries in memory."""
+    _MEMORY_CACHE.pop(key, None)
+    _MEMORY_CACHE[key] = lib
+    while len(_MEMORY_CACHE) > keep:
+        _MEMORY_CACHE.pop(next(iter(_MEMORY_CACHE)))
 
 
 _ARRAYS = ("directions", "frames", "radii", "templates", "template_norm", "ops", "g_crystal", "hkl", "f_weight")

@@ -287,7 +287,7 @@ def test_dynamical_zone_axis_patterns(si_lib):
 @pytest.mark.slow
 def test_dynamical_zone_axes_thick():
     """Four Si zone axes at 20 and 50 nm: zone axis right, in-plane angle right up to the Friedel twin."""
-    lib = build_orientation_library("Si", E, 1.5)
+    lib = build_orientation_library("Si", E, 1.5, cache=False)
     cases = [((0, 0, 1), 20.0), ((1, 1, 0), -35.0), ((1, 1, 1), 50.0), ((1, 1, 2), 10.0)]
     for t in (200.0, 500.0):
         bv, R = _dynamical_bragg_vectors(cases, t)
@@ -304,7 +304,7 @@ def test_dynamical_zone_axes_thick():
                                                                     (2.0, 0.5, 1.0)])
 def test_full_accuracy_random_orientations(k_max, max_mean_twin_blind, max_mean):
     """300 random Si orientations, noisy kinematic peaks (see benchmarks/orientation_accuracy.py)."""
-    lib = build_orientation_library("Si", E, k_max)
+    lib = build_orientation_library("Si", E, k_max, cache=False)
     R = random_orientations("Si", 300, seed=11)
     bv = kinematic_bragg_vectors("Si", R[None], E, _detector_px(k_max), sigma_excitation=0.03, k_max=k_max,
                                  position_noise_px=0.5, intensity_noise=0.2, seed=3)
