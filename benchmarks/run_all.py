@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/run_all.py                 # every benchmark in its --quick form (~30 min on 2 cores)
     python benchmarks/run_all.py --only augment  # one or more by name (augment, sim_sampling, sim_throughput,
-                                                 # train, analysis)
+                                                 # train, orientation, analysis)
     python benchmarks/run_all.py --full          # the benchmarks' full forms (hours on a laptop)
 
 Each benchmark prints ``RESULT key=value ...`` lines; this script runs them one after another, collects those
@@ -40,6 +40,7 @@ BENCHMARKS = {
     "augment": ("augment_throughput.py", ["--quick"], [], {
         "patterns_per_s_per_core": ("≥ 500", lambda v: v >= 500)}),
     "train": ("train_throughput.py", ["--quick"], ["--fit", "40"], {}),
+    "orientation": ("orientation_accuracy.py", ["--quick"], [], {}),
     "analysis": ("analysis_accuracy.py", ["--quick"], [], {}),
 }
 PACKAGES = ["numpy", "scipy", "abtem", "torch", "pytorch-lightning", "zarr", "dask", "albumentations",
