@@ -128,7 +128,9 @@ def poisson_counts(
         Mean count (electrons, >= 1) from which the normal approximation is used
         (compared in float32, as the means).
     backend : {"auto", "numpy", "numba"}
-        Implementation; "auto" uses numba when it can be imported.
+        Implementation; "auto" uses numba when it can be imported.  Images
+        with means of 64 or more below a threshold above 64 (table rows beyond
+        the tables) always take the numpy path.
 
     Returns
     -------
@@ -152,7 +154,9 @@ def poisson_counts(
     lam_max = float(flat32.max())  # NaN propagates; the numba kernels refuse negative means themselves
     if not np.isfinite(lam_max):
         raise ValueError("poisson_counts: mean counts must be finite and >= 0")
-    threshold = float(np.float32(max(float(gaussian_threshold), 1.0)))  # the class boundary, in float32 like lam
+    threshold = max(float(gaussian_threshold), 1.0)
+    # the class boundary, in float32 like lam (beyond float32's range: no normal class)
+    threshold = float(np.float32(threshold)) if threshold <= float(np.finfo(np.float32).max) else math.inf
 
     kernels = _kernels() if backend != "numpy" else None
     if backend == "numba" and kernels is None:
