@@ -18,9 +18,11 @@ thicknesses, and positions share the result: for a periodic crystal and disks th
 position inside the cell does not change the pattern (the probe sits at the centre of the cell).
 
 Ground truth per position (``ground_truth/``): ``exx, eyy, exy`` (real-space strain in the detector frame x=col,
-y=row), ``theta_deg``, ``thickness_A``, ``phase`` (index into attrs ``phases``), ``rotation`` (crystal → lab),
-``zone_axis``, and the kinematic reflections of the strained, rotated crystal: ``reflections_px`` (x=col, y=row; NaN
-padded), ``reflections_visible``, ``reflections_hkl``. Written in the ``datacube/1`` zarr layout that
+y=row: the symmetric left stretch of Rθ·diag(1+εxx, 1+εyy), so a rotated band has εxy ≠ 0), ``theta_deg``,
+``thickness_A`` (the exit plane simulated: ``thickness_nm`` rounded to the nearest slice boundary), ``phase``
+(index into attrs ``phases``), ``rotation`` (crystal → lab), ``zone_axis``, and the kinematic reflections of the
+strained, rotated crystal: ``reflections_px`` (x=col, y=row; NaN padded), ``reflections_visible``,
+``reflections_hkl``. Written in the ``datacube/1`` zarr layout that
 :func:`analysis.load` reads; ``complete`` is set last.
 """
 
@@ -154,11 +156,10 @@ def generate_scan(cfg) -> str:
     from pathlib import Path
 
     import zarr
-    from tqdm.auto import tqdm
 
     from .multislice import configure_abtem
     from .orientations import parse_zone_axis
-    from .structures import StructureError, debye_waller_sigmas, load_structure
+    from .structures import StructureError, load_structure
 
     sc = cfg.scan
     validate_scan(sc)
@@ -177,21 +178,39 @@ def generate_scan(cfg) -> str:
             return str(path)
         if attrs.get("complete"):
             raise ConfigError(f"{path} holds a complete scan with another configuration; choose another scan.path")
-        shutil.rmtree(path)  # an interrupted write of ours: start again
+        # scans are written to a sibling and renamed, so an incomplete group here is not one of ours: never delete it
+        raise ConfigError(f"{path} exists and is not a complete stemforge scan; remove it or choose another scan.path")
     try:
         structures = [load_structure(n) for n in sc.structures]
         uvw = parse_zone_axis(sc.zone_axis)[0]
     except (StructureError, ValueError) as err:
         raise ConfigError(f"scan: {err}") from None
     configure_abtem(fftw_threads=cfg.sampling.fftw_threads)
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(cfg, tmp, detector, params, structures, uvw, ident)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing is left behind by a failed or interrupted run
+        raise
+    tmp.rename(path)
+    return str(path)
+
+
+def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
+    """Simulate every unique set and write the scan to ``tmp`` (``complete`` set last)."""
+    import zarr
+    from tqdm.auto import tqdm
+
+    from .structures import debye_waller_sigmas
+
+    sc = cfg.scan
     Rx, Ry = (int(v) for v in sc.scan_shape)
     H, W = detector.shape
     R = int(cfg.sampling.max_reflections)
     keys = np.stack([params["phase"], params["exx"], params["eyy"], params["theta_deg"]], -1).reshape(-1, 4)
     unique = np.unique(keys, axis=0)
     thick = np.unique(params["thickness_A"])
-    tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     g = zarr.open_group(str(tmp), mode="w")
     g.attrs.update({"stemforge_format": FORMAT, "complete": False})
     data = g.create_array("data", shape=(Rx, Ry, H, W), chunks=(1, Ry, H, W), dtype="float32")
@@ -200,17 +219,19 @@ def generate_scan(cfg) -> str:
         ("reflections_hkl", (R, 3), 0, np.int32), ("rotation", (3, 3), np.nan, np.float64),
         ("zone_axis", (3,), 0, np.int32)]}
     cube = np.zeros((Rx, Ry, H, W), np.float32)
+    thickness_A = np.full((Rx, Ry), np.nan)
     probe = None
     for key in tqdm(unique, desc="simulating unique positions", unit="set", disable=not sc.progress):
         ph, exx, eyy, th = int(key[0]), float(key[1]), float(key[2]), float(key[3])
         st = structures[ph]
         sigmas = debye_waller_sigmas(st, default=cfg.structure.debye_waller_default_A)
-        pats, probe, rot, refl, vis, _ = simulate_set(cfg, st, sigmas, uvw, exx, eyy, th, thick, detector)
+        pats, probe, rot, refl, vis, exact_t = simulate_set(cfg, st, sigmas, uvw, exx, eyy, th, thick, detector)
         where = np.all(np.stack([params["phase"], params["exx"], params["eyy"], params["theta_deg"]], -1) == key, -1)
         m = min(R, len(refl["hkl"]))
         for t_i, t in enumerate(thick):
             sel = where & (params["thickness_A"] == t)
             cube[sel] = pats[t_i]
+            thickness_A[sel] = exact_t[t_i]  # the exit plane actually reached (slice boundary nearest the request)
         gt["reflections_px"][where, :m] = refl["pixel"][:m]
         gt["reflections_visible"][where, :m] = vis[:m]
         gt["reflections_hkl"][where, :m] = refl["hkl"][:m]
@@ -221,10 +242,12 @@ def generate_scan(cfg) -> str:
     g.create_array("probe", data=probe.astype(np.float32))
     strain = np.vectorize(_left_stretch_strain)(params["exx"], params["eyy"], params["theta_deg"])
     maps = {"exx": strain[0], "eyy": strain[1], "exy": strain[2], "theta_deg": params["theta_deg"],
-            "thickness_A": params["thickness_A"], "phase": params["phase"], **gt}
+            "thickness_A": thickness_A, "phase": params["phase"], **gt}
     for name, arr in maps.items():
         arr = np.asarray(arr)
-        g.create_array(f"ground_truth/{name}", data=arr.astype(np.float32) if arr.dtype == np.float64 and name != "rotation" else arr)
+        if arr.dtype == np.float64 and name != "rotation":
+            arr = arr.astype(np.float32)
+        g.create_array(f"ground_truth/{name}", data=arr)
     g.attrs.update({
         "calibration": {"q_pixel_size": detector.pixel_size, "energy_eV": float(sc.energy_eV),
                         "semiangle_mrad": float(sc.semiangle_mrad), "scan_step_A": [float(sc.step_A)] * 2,
@@ -237,7 +260,3 @@ def generate_scan(cfg) -> str:
         "units": {"data": "fraction of incident beam per pixel"},
     })
     g.attrs["complete"] = True
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return str(path)
