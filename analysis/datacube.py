@@ -43,6 +43,8 @@ class Calibration:
         the column axis), ``None`` when not measured.
     rotation_deg : float
         Rotation of the detector's axes relative to the scan axes (degrees).
+    source : dict
+        What the file recorded, in its own units (format, axes, header values); not compared, not in the repr.
     """
 
     q_pixel_size: float | None = None
@@ -52,7 +54,7 @@ class Calibration:
     origin_px: tuple[float, float] | None = None
     ellipticity: tuple[float, float, float] | None = None
     rotation_deg: float = 0.0
-    source: dict = field(default_factory=dict, compare=False)
+    source: dict = field(default_factory=dict, compare=False, repr=False)
 
     def with_(self, **changes) -> "Calibration":
         """A copy with some values changed."""
