@@ -87,8 +87,12 @@ def load(path, lazy: bool = True, **options) -> DataCube:
                             f"{list(_OPTIONS[fmt]) or 'none'})")
     if "scan_shape" in options and options["scan_shape"] is not None:
         ss = options["scan_shape"]
-        if np.ndim(ss) != 1 or len(ss) != 2 or min(int(v) for v in ss) < 1:
-            raise AnalysisError(f"scan_shape must be (rows, cols) with sizes ≥ 1, got {ss!r}")
+        try:
+            ok = np.ndim(ss) == 1 and len(ss) == 2 and all(int(v) == v >= 1 for v in ss)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise AnalysisError(f"scan_shape must be (rows, cols) with integer sizes ≥ 1, got {ss!r}")
     if fmt == "zarr":
         return _load_zarr(p, lazy, **options)
     if fmt == "npy":

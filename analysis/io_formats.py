@@ -314,12 +314,15 @@ def _prismatic(f, p, depth: int) -> tuple[str, Calibration, dict]:
         depth_A = float(params.get("zs") or 0.0) + (i + 1) * float(params["ns"]) * float(params["s"])
     else:
         depth_A = None
-    cal = Calibration(q_pixel_size=one_pixel_size(q), energy_eV=energy,
+    qp = one_pixel_size(q)
+    lam = Calibration(energy_eV=energy).wavelength_A
+    cal = Calibration(q_pixel_size=qp, energy_eV=energy,
                       semiangle_mrad=float(params["sa"]) if params.get("sa") else None,
                       scan_step_A=None if None in r else (r[0], r[1]),
                       origin_px=None if None in origin[2:] else (origin[2], origin[3]),
                       source={"format": "prismatic", "depth": cubes[i], "dim_steps": list(steps), "dim_units": units,
                               "units_read_as": "Å, Å⁻¹ (Prismatic's units whatever the label)",
+                              "detector_mrad_per_px": qp * lam * 1e3 if qp and lam else None,
                               "r_step_matches_rx": bool(rx and r[0] and abs(r[0] - float(rx)) <= 1e-4 * float(rx)),
                               "simulation_parameters": params})
     return grp["datacube"].name, cal, {"format": "prismatic", "depths": cubes, "depth_index": i, "depth_A": depth_A,

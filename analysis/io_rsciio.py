@@ -39,10 +39,10 @@ def load_rsciio(p: Path, lazy: bool, fmt: str, scan_shape=None) -> DataCube:
     except Exception as err:  # noqa: BLE001 - readers raise many kinds on bad files
         msg = " ".join(str(err).split())[:300]
         raise AnalysisError(f"{p}: rosettasciio ({plugin}) cannot read it: {type(err).__name__}: {msg}") from None
-    return cube_from_signals(signals, p, plugin, scan_shape)
+    return cube_from_signals(signals, p, plugin, scan_shape, reshape_hint=fmt != "emd")
 
 
-def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None) -> DataCube:
+def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None, reshape_hint: bool = True) -> DataCube:
     """A :class:`DataCube` from rosettasciio signal dictionaries (``data``, ``axes``, ``metadata``,
     ``original_metadata``, ``mapping``): the first 4D signal, or a 3D stack of frames reshaped to ``scan_shape``
     ``(rows, cols)``. Axes are in array order: scan rows, scan cols, detector rows, detector cols."""
@@ -62,7 +62,7 @@ def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None) -
             raise AnalysisError(f"{path}: scan_shape {(rows, cols)} does not match the file's scan "
                                 f"{shapes[pick[0]][:2]}")
     if not pick:
-        stack = any(len(s) == 3 for s in shapes)
+        stack = reshape_hint and any(len(s) == 3 for s in shapes)
         hint = "; give scan_shape=(rows, cols) to reshape a stack of frames" if stack else ""
         raise AnalysisError(f"{path}: no 4D signal (found shapes {shapes}); a 4D-STEM scan must be 4D{hint}")
     s = signals[pick[0]]

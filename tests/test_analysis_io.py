@@ -88,8 +88,9 @@ def test_merlin_scan_is_two_rows_of_four(merlin, name, det):
 def test_merlin_scan_shape_option(merlin):
     d = analysis.load(merlin / "001_4x2_6bit.mib", scan_shape=(1, 8))
     assert d.shape == (1, 8, 256, 256)
-    with pytest.raises(AnalysisError, match="scan_shape"):
-        analysis.load(merlin / "001_4x2_6bit.mib", scan_shape=(3,))
+    for bad in ((3,), (2, "x"), (2.5, 2), (0, 8)):
+        with pytest.raises(AnalysisError, match="scan_shape must be"):
+            analysis.load(merlin / "001_4x2_6bit.mib", scan_shape=bad)
 
 
 def test_prismatic_emd(real):
@@ -109,6 +110,7 @@ def test_prismatic_emd(real):
     assert c.scan_step_A == pytest.approx((float(params["rx"]), float(params["ry"]))) == (0.5, 0.5)
     assert c.q_pixel_size == pytest.approx(1 / 5.43, rel=1e-6)  # one reciprocal Si cell (16-px potential grid)
     assert c.q_pixel_size == pytest.approx(q[1] - q[0], rel=1e-6) and c.origin_px == (4.0, 4.0)
+    assert c.source["detector_mrad_per_px"] == pytest.approx(1e3 * LAMBDA_100KEV_A / 5.43, rel=1e-5)  # 6.82
     # physics check of the Å⁻¹ reading: the 30 mrad bright-field disk edge lies at α/λ = 4.40 px from the origin
     r_px = 30e-3 / LAMBDA_100KEV_A / c.q_pixel_size
     assert r_px == pytest.approx(4.40, abs=0.01)
@@ -151,6 +153,16 @@ def test_python_c_load_each_real_file(real, merlin):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:6] == ["(3, 2) (144, 144)", "(11, 11) (8, 8)", "(2, 3) (4, 5)",
                                           "(2, 4) (256, 256)", "(2, 4) (256, 256)", "(2, 4) (128, 256)"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["test1.blo", "Si100_4D.emd", "py4DSTEM_size2x3x4x5.h5", "001_4x2_6bit.hdr",
+                                  "001_4x2_6bit.mib", "002_4x2_6bit_roi128.mib"])
+def test_python_c_exact_command(real, merlin, name):
+    path = real / name if (real / name).exists() else merlin / name
+    out = subprocess.run([sys.executable, "-c", f"import analysis; d = analysis.load({str(path)!r})"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
 
 
 def test_real_blockfile_round_trip(real, tmp_path):
@@ -261,6 +273,23 @@ def test_save_streams_a_lazy_cube_in_blocks(tmp_path, monkeypatch):
     assert np.array_equal(np.asarray(back.data), arr)
 
 
+def test_plain_zarr_array_and_group(tmp_path):
+    import zarr
+
+    arr = np.random.default_rng(5).random((2, 2, 3, 3)).astype(np.float32)
+    zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=arr.shape, dtype="f4")[...] = arr
+    d = analysis.load(tmp_path / "a.zarr")
+    assert d.is_lazy and np.array_equal(np.asarray(d.data), arr) and d.calibration.q_pixel_size is None
+    g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    g.create_array("raw/scan", data=arr)
+    g.create_array("raw/mask", data=np.ones((3, 3)))
+    assert analysis.load(tmp_path / "g.zarr").metadata["dataset"] == "raw/scan"
+    g.create_array("raw/other", data=arr)
+    with pytest.raises(AnalysisError, match="exactly one 4D array"):
+        analysis.load(tmp_path / "g.zarr")
+    assert np.array_equal(analysis.load(tmp_path / "g.zarr", dataset="raw/other", lazy=False).data, arr)
+
+
 def test_hdf5_generic_npz_and_content_sniffing(tmp_path):
     import h5py
 
@@ -367,6 +396,13 @@ def test_errors(tmp_path, real, merlin):
     fails(r"no 4D dataset in the HDF5 file \(found \{'stack': \(5, 8, 8\)\}\); a 4D-STEM scan must be 4D",
           tmp_path / "three.h5")
     fails("depth= applies to Prismatic output only", tmp_path / "three.h5", depth=0)
+    with h5py.File(tmp_path / "three.emd", "w") as f:  # an .emd without 4D data goes on to rosettasciio (Velox...)
+        f.attrs.update({"version_major": 0, "version_minor": 2})
+        f.create_group("data/img").attrs["emd_group_type"] = 1
+        f["data/img/data"] = np.zeros((5, 8, 8), np.float32)
+        for i, n in enumerate((5, 8, 8)):
+            f[f"data/img/dim{i + 1}"] = np.arange(n, dtype=float)
+    fails(r"no 4D signal \(found shapes \[\(8, 8, 5\)\]\); a 4D-STEM scan must be 4D$", tmp_path / "three.emd")
     zarr.open_array(str(tmp_path / "three.zarr"), mode="w", shape=(2, 8, 8), dtype="f4")
     fails("3D array", tmp_path / "three.zarr")
     (tmp_path / "bad.h5").write_text("not hdf5")
