@@ -1,5 +1,6 @@
 # stemforge set-up and the two README commands.
-#   make run   -> install, then simulate the default labelled dataset (the main job)
+#   make run   -> install, then the main job: simulate, train, publish, simulate a held-out scan, analyse it
+#                 classically and with the trained model (scripts/pipeline.py, conf/pipeline.yaml)
 #   make test  -> install, then run the test suite
 PYTHON ?= python3
 # Machines without an NVIDIA driver get the CPU build of torch; GPU machines resolve torch freely.
@@ -13,7 +14,7 @@ install: .install.stamp
 	@touch $@
 
 run: install
-	$(PYTHON) scripts/simulate.py
+	$(PYTHON) scripts/pipeline.py
 
 test: install
 	$(PYTHON) -m pytest
