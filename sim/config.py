@@ -10,7 +10,7 @@ A *sampled* value is written as a number (fixed), a list (uniform choice among i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -79,6 +79,8 @@ class SamplingConfig:
     max_excitation_error: float = 0.1
     max_reflections: int = 256
     blob_sigma_px: float = 1.0
+    optics_per_specimen: int = 1  # runs sharing one specimen (optics/positions reused; sim.generate docstring)
+    engine: str = "auto"  # auto | multislice | smatrix, per specimen group (sim.engine)
 
 
 @dataclass
@@ -117,6 +119,16 @@ class ScanConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where the dataset's chunks are computed (:mod:`sim.cluster`): ``address: null`` in this process, else
+    an existing dask.distributed scheduler such as ``tcp://HOST:PORT``; the chunks are written here."""
+
+    address: Optional[str] = None
+    connect_timeout_s: float = 10.0
+    max_in_flight: int = 0  # chunks submitted at once; 0: twice the cluster's worker threads
+
+
+@dataclass
 class SimulateConfig:
     structure: StructureConfig = field(default_factory=StructureConfig)
     orientation: OrientationConfig = field(default_factory=OrientationConfig)
@@ -125,6 +137,7 @@ class SimulateConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def _spec_values(name: str, spec) -> list[float]:
@@ -213,6 +226,35 @@ def validate(cfg) -> None:
         build_detector(d).check_sampling(float(s.real_space_A))
     except ValueError as err:
         raise ConfigError(f"detector: {err}") from None
+    _validate_engine(cfg)
+    cl = getattr(cfg, "cluster", None)
+    if cl is not None and (float(cl.connect_timeout_s) <= 0 or int(cl.max_in_flight) < 0):
+        raise ConfigError("cluster.connect_timeout_s must be > 0 s and cluster.max_in_flight ≥ 0")
+
+
+def _validate_engine(cfg) -> None:
+    """Specimen groups and the engine choice (sim.engine): an S-matrix request the physics forbids is refused."""
+    s, ds = cfg.sampling, cfg.dataset
+    engine = str(getattr(s, "engine", "auto"))
+    k = int(getattr(s, "optics_per_specimen", 1))
+    if engine not in ("auto", "multislice", "smatrix"):
+        raise ConfigError(f"sampling.engine must be auto, multislice or smatrix, got {engine!r}")
+    if k < 1:
+        raise ConfigError(f"sampling.optics_per_specimen must be ≥ 1, got {k}")
+    if ds.chunk_runs % k:
+        raise ConfigError(f"dataset.chunk_runs ({ds.chunk_runs}) must be a multiple of sampling.optics_per_specimen "
+                          f"({k}) so that no specimen group is split between chunks")
+    if engine == "smatrix":
+        blockers = []
+        if cfg.orientation.mistilt_max_mrad > 0:
+            blockers.append(f"beam tilt (orientation.mistilt_max_mrad={cfg.orientation.mistilt_max_mrad:g})")
+        if max(_spec_values("optics.source_size_A", cfg.optics.source_size_A)) > 0:
+            blockers.append("partial spatial coherence (optics.source_size_A > 0)")
+        if s.frozen_phonons > 1:
+            blockers.append(f"frozen phonons > 1 (sampling.frozen_phonons={s.frozen_phonons})")
+        if blockers:
+            raise ConfigError("sampling.engine=smatrix cannot simulate " + ", ".join(blockers)
+                              + "; set them to 0 (frozen_phonons ≤ 1) or use sampling.engine=auto")
 
 
 def build_detector(d):

@@ -1,0 +1,296 @@
+"""Specimen groups and the engine choice (sim.engine, sim.generate): shared specimens, S-matrix = multislice,
+batched multislice = one multislice per run, the automatic choice picks the faster path, refusals."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.config import ConfigError, build_detector, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+# tiny: 32-px detector (0.03 1/Å/px, 33 Å cells), 0.3 Å sampling, 1 and 3 nm
+TINY = ["structure=si", "sampling=fast", "detector.shape=[32,32]", "sampling.real_space_A=0.3",
+        "sampling.thicknesses_nm=[1.0,3.0]", "orientation.mistilt_max_mrad=0", "sampling.frozen_phonons=0",
+        "dataset.progress=false", "optics.semiangle_mrad={min:1.5,max:3.0}", "optics.defocus_A={min:-80,max:80}"]
+
+
+def compose(*overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from sim.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="simulate", overrides=list(overrides))
+
+
+_CATALOGS = {}
+
+
+def catalog_of(cfg):
+    """build_catalog, cached per structure list and zone-axis setting (loading the library takes seconds)."""
+    from sim.generate import build_catalog
+
+    key = (tuple(cfg.structure.names), tuple(cfg.orientation.zone_axes), cfg.orientation.max_index)
+    if key not in _CATALOGS:
+        _CATALOGS[key] = build_catalog(cfg)
+    return _CATALOGS[key]
+
+
+def group(cfg, g=0):
+    from sim.generate import optics_per_specimen, plan_run
+
+    catalog = catalog_of(cfg)
+    k = optics_per_specimen(cfg)
+    return catalog, [plan_run(cfg, catalog, cfg.dataset.seed, r) for r in range(g * k, (g + 1) * k)]
+
+
+def test_runs_of_a_group_share_the_specimen_and_draw_their_own_optics():
+    from sim.generate import plan_run
+
+    cfg = compose(*TINY, "structure.names=[Si,GaAs,Cu]", "orientation.random_fraction=0.5",
+                  "optics.energy=[200e3,300e3]", "sampling.optics_per_specimen=3", "dataset.chunk_runs=3")
+    catalog = catalog_of(cfg)
+    specs = [plan_run(cfg, catalog, 7, r) for r in range(12)]
+    for g in range(4):
+        members = specs[3 * g:3 * g + 3]
+        first = members[0]
+        for sp in members[1:]:
+            assert (sp.structure_id, sp.zone, sp.zone_axis, sp.in_plane_deg, sp.phonon_seed) == \
+                (first.structure_id, first.zone, first.zone_axis, first.in_plane_deg, first.phonon_seed)
+            assert sp.optics.energy == first.optics.energy
+            if first.random_rotation is not None:
+                assert np.array_equal(sp.random_rotation, first.random_rotation)
+        assert len({sp.optics.defocus_A for sp in members}) == 3
+        assert len({tuple(sp.position_frac) for sp in members}) == 3
+    # groups differ from one another, and a run's draws do not depend on which runs were planned before
+    assert len({(sp.structure_id, sp.zone, sp.in_plane_deg) for sp in specs[::3]}) > 1
+    again = plan_run(cfg, catalog, 7, 10)
+    assert again.optics == specs[10].optics and np.array_equal(again.position_frac, specs[10].position_frac)
+
+
+def test_k1_draws_everything_from_the_run_stream():
+    """k = 1 keeps today's draws: every value comes from default_rng([seed, r]) in the original order."""
+    from sim.config import draw
+    from sim.generate import plan_run
+
+    cfg = compose(*TINY, "orientation.mistilt_max_mrad=0.7", "optics.energy=[200e3,300e3]")
+    catalog = catalog_of(cfg)
+    sp = plan_run(cfg, catalog, 3, 5)
+    rng = np.random.default_rng([3, 5])
+    assert int(rng.integers(len(catalog))) == sp.structure_id
+    ab = {key: draw(v, rng) for key, v in cfg.optics.aberrations_A.items()}
+    tilt_r = 0.7 * np.sqrt(rng.uniform())
+    tilt_a = rng.uniform(0, 2 * np.pi)
+    assert ab == sp.optics.aberrations_A
+    assert np.allclose(sp.optics.tilt_mrad, (tilt_r * np.cos(tilt_a), tilt_r * np.sin(tilt_a)))
+    assert draw(cfg.optics.energy, rng) == sp.optics.energy
+    assert draw(cfg.optics.semiangle_mrad, rng) == sp.optics.semiangle_mrad
+
+
+def _compare_groups(a, b, rel=1e-3):
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            if key == "patterns":
+                for pa, pb in zip(ra[key], rb[key]):
+                    assert np.abs(pa - pb).max() <= rel * pb.max(), key
+            else:
+                assert np.array_equal(ra[key], rb[key], equal_nan=ra[key].dtype.kind == "f"), key
+
+
+@pytest.mark.parametrize("zone", ["100", "110"])
+def test_smatrix_group_equals_multislice(zone):
+    """One S-matrix for a group of 4 optics settings / positions: patterns within 1e-3, labels identical."""
+    from sim.generate import simulate_group
+
+    cfg = compose(*TINY, "sampling.optics_per_specimen=4", "dataset.chunk_runs=4", f"orientation.zone_axes=[{zone}]",
+                  "orientation.in_plane_deg={min:0,max:360}")
+    catalog, specs = group(cfg)
+    det = build_detector(cfg.detector)
+    sm = simulate_group(cfg, catalog, specs, det, engine="smatrix")
+    ms = simulate_group(cfg, catalog, specs, det, engine="multislice")
+    _compare_groups(sm, ms)
+    assert sm[0]["patterns"].shape == (2, 32, 32) and np.all(sm[0]["patterns"].sum(axis=(1, 2)) > 0.5)
+
+
+def test_smatrix_group_with_one_frozen_phonon_configuration_equals_multislice():
+    """frozen_phonons = 1: the S-matrix is built on abTEM's displaced atoms of the run group's seed."""
+    from sim.generate import simulate_group
+
+    cfg = compose(*TINY, "sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
+                  "sampling.frozen_phonons=1", "sampling.thicknesses_nm=[1.0,2.0]")
+    catalog, specs = group(cfg)
+    det = build_detector(cfg.detector)
+    _compare_groups(simulate_group(cfg, catalog, specs, det, engine="smatrix"),
+                    simulate_group(cfg, catalog, specs, det, engine="multislice"))
+
+
+def test_batched_multislice_equals_one_multislice_per_run(silicon):
+    """Stacked probes (same tilt) and a prebuilt potential shared by several tilts give each run's own result."""
+    from sim.engine import GroupRun, multislice_group
+    from sim.multislice import Phonons, simulate_cbed
+    from sim.optics import Optics
+    from sim.specimen import zone_axis_specimen
+
+    spec = zone_axis_specimen(silicon, (1, 1, 0), thickness_A=20.0, min_extent_A=16.0)
+    runs = [GroupRun(Optics(300e3, 2.0, defocus_A=30.0), np.array([5.0, 6.0])),
+            GroupRun(Optics(300e3, 3.0, aberrations_A={"C30": 1e5}), np.array([7.0, 2.0])),
+            GroupRun(Optics(300e3, 2.5, tilt_mrad=(0.4, -0.2)), np.array([6.0, 6.0])),
+            GroupRun(Optics(300e3, 2.5, defocus_A=-20, source_size_A=0.3), np.array([6.0, 5.0]))]
+    kw = dict(sampling_A=0.2, phonons=Phonons(1, {"Si": 0.08}, 11), coherence_order=2)
+    batched, sampling, t, grid = multislice_group(spec, runs, [10.0, 20.0], **kw)
+    for run, pat in zip(runs, batched):
+        ref, ref_sampling, ref_t, ref_grid = simulate_cbed(spec, run.optics, run.position_A, [10.0, 20.0], **kw)
+        assert np.allclose(pat, ref, rtol=0, atol=1e-6 * ref.max())
+        assert sampling == ref_sampling and np.array_equal(t, ref_t) and grid["gpts"] == ref_grid["gpts"]
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    # static zone axis: one repeat column per beam (Bloch path), 4 optics settings -> S-matrix
+    (["sampling.optics_per_specimen=4", "dataset.chunk_runs=4", "orientation.zone_axes=[100]"], "smatrix"),
+    # one frozen-phonon configuration: every beam through the whole displaced supercell, 2 runs -> multislice
+    (["sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
+      "sampling.frozen_phonons=1", "sampling.thicknesses_nm=[1.0,2.0]"], "multislice"),
+])
+def test_auto_picks_the_faster_engine(overrides, expected):
+    """Measured: the engine auto chooses takes less CPU time than the other on the group (best of 2 each,
+    after auto's own run has warmed FFTW plans and abTEM's compiled kernels)."""
+    from sim.generate import simulate_group
+
+    cfg = compose(*TINY, *overrides)
+    catalog, specs = group(cfg)
+    det = build_detector(cfg.detector)
+    chosen = _auto_choice(cfg, catalog, specs, det)
+    t = {"multislice": float("inf"), "smatrix": float("inf")}
+    for engine in ["multislice", "smatrix"] * 2:
+        t0 = time.process_time()
+        simulate_group(cfg, catalog, specs, det, engine=engine)
+        t[engine] = min(t[engine], time.process_time() - t0)
+    other = "smatrix" if expected == "multislice" else "multislice"
+    assert chosen == expected, t
+    assert t[expected] < t[other], t
+
+
+def _auto_choice(cfg, catalog, specs, det):
+    import logging
+
+    from sim.generate import simulate_group
+
+    records = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("sim.generate")
+    handler, level = Grab(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        simulate_group(cfg, catalog, specs, det)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    line = next(r for r in records if r.startswith("runs "))
+    return line.split(": ")[1].split(" ")[0]
+
+
+def test_choice_rules():
+    """Without measuring: blockers force multislice, k = 1 never takes the S-matrix, explicit requests win."""
+    from sim.engine import GroupRun, choose_group_engine
+    from sim.generate import group_specimen
+    from sim.optics import Optics
+    from sim.smatrix import commensurate_sampling
+
+    cfg = compose(*TINY, "sampling.optics_per_specimen=4", "dataset.chunk_runs=4", "orientation.zone_axes=[100]")
+    catalog, specs = group(cfg)
+    det = build_detector(cfg.detector)
+    spec = group_specimen(cfg, catalog[0], specs, det, 30.0, smooth=True)
+    s = commensurate_sampling(spec, 0.3)
+    runs = [GroupRun(Optics(300e3, 2.0, defocus_A=float(i)), np.zeros(2)) for i in range(4)]
+    choice = choose_group_engine("auto", runs, spec, s, 2, det, 0, True)
+    assert choice.engine == "smatrix" and choice.beam_cost < 0.1
+    assert choose_group_engine("auto", runs, spec, s, 2, det, 0, False).beam_cost == 1.0  # displaced atoms
+    assert choose_group_engine("auto", runs[:1], spec, s, 2, det, 0, True).engine == "multislice"
+    assert choose_group_engine("multislice", runs, spec, s, 2, det, 0, True).engine == "multislice"
+    tilted = runs[:3] + [GroupRun(Optics(300e3, 2.0, tilt_mrad=(0.1, 0.0)), np.zeros(2))]
+    coherent = runs[:3] + [GroupRun(Optics(300e3, 2.0, source_size_A=0.5), np.zeros(2))]
+    for bad, fp in [(tilted, 0), (coherent, 0), (runs, 4)]:
+        choice = choose_group_engine("auto", bad, spec, s, 2, det, fp, fp == 0)
+        assert choice.engine == "multislice" and "impossible" in choice.reason
+        with pytest.raises(ValueError, match="cannot simulate"):
+            choose_group_engine("smatrix", bad, spec, s, 2, det, fp, fp == 0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("orientation.mistilt_max_mrad=0.5", "beam tilt"),
+    ("optics.source_size_A=[0.0,0.4]", "partial spatial coherence"),
+    ("sampling.frozen_phonons=3", "frozen phonons > 1"),
+])
+def test_explicit_smatrix_is_refused_where_it_cannot_work(override, message):
+    cfg = compose(*TINY, "sampling.engine=smatrix", override)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+    validate(compose(*TINY, "sampling.engine=smatrix"))
+    validate(compose(*TINY, "sampling.engine=auto", override))
+
+
+def test_group_settings_are_validated():
+    with pytest.raises(ConfigError, match="multiple of sampling.optics_per_specimen"):
+        validate(compose(*TINY, "sampling.optics_per_specimen=3", "dataset.chunk_runs=2"))
+    with pytest.raises(ConfigError, match="sampling.engine"):
+        validate(compose(*TINY, "sampling.engine=prism"))
+    with pytest.raises(ConfigError, match="optics_per_specimen"):
+        validate(compose(*TINY, "sampling.optics_per_specimen=0"))
+
+
+def test_identity_config_keeps_old_datasets_resumable():
+    from sim.generate import identity_config
+
+    plain = identity_config(compose(*TINY))
+    assert "engine" not in plain["sampling"] and "optics_per_specimen" not in plain["sampling"]
+    assert "cluster" not in plain
+    grouped = identity_config(compose(*TINY, "sampling.optics_per_specimen=2"))
+    assert grouped["sampling"]["engine"] == "auto" and grouped["sampling"]["optics_per_specimen"] == 2
+    assert identity_config(compose(*TINY, "sampling.engine=smatrix"))["sampling"]["engine"] == "smatrix"
+    assert identity_config(compose(*TINY, "cluster.address=tcp://127.0.0.1:1")) == plain
+
+
+def test_cli_refuses_smatrix_with_mistilt_before_writing(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.zarr"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"), *TINY, "sampling.engine=smatrix",
+                           "orientation.mistilt_max_mrad=1.0", f"dataset.path={out}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "smatrix cannot simulate beam tilt" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_grouped_dataset_is_deterministic(tmp_path):
+    """A dataset of S-matrix groups, written twice (once resumed after losing a chunk), gives the same bytes."""
+    import zarr
+
+    from sim.generate import generate_dataset
+
+    args = [*TINY, "sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
+            "dataset.num_patterns=8", "sampling.engine=smatrix"]
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    generate_dataset(compose(*args, f"dataset.path={a}"))
+    generate_dataset(compose(*args, f"dataset.path={b}"))
+    g = zarr.open_group(str(b), mode="r+")
+    g["chunk_complete"][1] = False
+    g["patterns"][4:] = np.nan
+    generate_dataset(compose(*args, f"dataset.path={b}"))
+    ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
+    assert ga.attrs["status"] == gb.attrs["status"] == "complete"
+    for name in ["patterns", "probes", "labels/thickness_A", "labels/defocus_A", "labels/probe_position_A"]:
+        assert ga[name][:].tobytes() == gb[name][:].tobytes(), name
+    p = ga["patterns"][:]
+    assert np.isfinite(p).all() and len({float(v) for v in ga["labels/defocus_A"][:]}) == 4
