@@ -147,13 +147,9 @@ def _to_model_grid(stack: np.ndarray, grid: GridMap, matrix) -> np.ndarray:
 def _probe_image(cube: DataCube, probe) -> np.ndarray:
     if probe is None:
         probe = cube.probe
-    if probe is None:
-        try:
-            from .probe import probe_from_data
-        except ImportError:
-            probe_from_data = None
-        if probe_from_data is None:
-            raise AnalysisError("the network needs a vacuum probe image: pass probe=, or load a scan that has one")
+    if probe is None:  # no recorded probe: cut the direct beam out of the mean pattern
+        from .probe import probe_from_data
+
         probe = probe_from_data(cube)
     probe = np.asarray(probe, dtype=np.float32)
     if probe.shape != cube.detector_shape:
@@ -248,7 +244,8 @@ def find_bragg_disks_ml(data, model=DEFAULT_BRAGG_MODEL, probe=None, *, store: s
     model : str or RegisteredModel
         Registry reference (default ``"bragg-fcunet:stable"``) or a loaded model of task family ``bragg``.
     probe : array (H, W), optional
-        Vacuum probe image on the scan's detector grid (default: ``data.probe``).
+        Vacuum probe image on the scan's detector grid (default: ``data.probe``, else the direct beam cut out of
+        the mean pattern by :func:`analysis.probe.probe_from_data`).
     store : str, optional
         Registry store URL (default ``$STEMFORGE_STORE`` or the local default store).
     batch_size : int
