@@ -5,6 +5,7 @@ Examples::
     python scripts/simulate.py                                   # the default dataset (data/default.zarr)
     python scripts/simulate.py dataset.path=out.zarr dataset.num_patterns=24 structure=si
     python scripts/simulate.py -m optics.semiangle_mrad=1.0,2.0 dataset.path='si_${optics.semiangle_mrad}.zarr'
+    python scripts/simulate.py scan=multilayer scan.path=data/scan_multilayer.zarr   # a 4D-STEM scan with ground truth
 
 Running the same command again resumes: only missing chunks are computed.
 """
@@ -28,14 +29,13 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
 def main(cfg) -> None:
     from sim.generate import generate_dataset
-    from sim.synthetic_scan import generate_scan
+    from sim.synthetic_scan import generate_scan, scan_summary
 
     start = time.perf_counter()
     try:
         if cfg.scan.profile != "none":
             path = generate_scan(cfg)
-            print(f"wrote the {cfg.scan.profile} scan {list(cfg.scan.scan_shape)} to {path} in "
-                  f"{time.perf_counter() - start:.1f} s")
+            print(f"{scan_summary(path)}\n  ready in {time.perf_counter() - start:.1f} s")
             return
         path = generate_dataset(cfg)
     except (ConfigError, DatasetMismatch) as err:

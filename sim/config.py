@@ -96,8 +96,9 @@ class DatasetConfig:
 
 @dataclass
 class ScanConfig:
-    """A synthetic 4D-STEM scan with ground truth (:mod:`sim.synthetic_scan`); ``profile: none`` writes the ordinary
-    training dataset instead. Strain in %, rotations in degrees, thickness in nm, step in Å, energy in eV."""
+    """A synthetic 4D-STEM scan with ground truth (:mod:`sim.synthetic_scan`, profiles in :mod:`sim.scan_profiles`);
+    ``profile: none`` writes the ordinary training dataset instead. Strain in %, rotations in degrees, thickness in
+    nm, step in Å, energy in eV."""
 
     profile: str = "none"
     path: str = "data/scan.zarr"
@@ -109,12 +110,18 @@ class ScanConfig:
     band_rotation_deg: list[float] = field(default_factory=lambda: [0.0])
     poisson_ratio: float = 0.28
     thickness_nm: list[float] = field(default_factory=lambda: [50.0])
+    strain_amplitude_percent: float = 1.0  # smooth: peak of the bump (sim.scan_profiles)
+    shear_ratio: float = 0.5
+    strain_levels: int = 6
+    bump_width: float = 0.25
+    rotation_amplitude_deg: float = 2.0
     num_grains: int = 4
     grain_rotation_deg: float = 30.0
     energy_eV: float = 300e3
     semiangle_mrad: float = 2.0
     defocus_A: float = 0.0
     seed: int = 0
+    dedupe: bool = True  # share multislices between equal positions (same bytes; false only to check that)
     progress: bool = True
 
 

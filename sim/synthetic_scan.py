@@ -1,29 +1,37 @@
-"""Synthetic 4D-STEM scans with ground-truth maps, for validating the analysis stage.
+"""Synthetic 4D-STEM scans (Rx, Ry, H, W) with ground-truth maps, for validating the analysis stage.
 
-A *profile* assigns every scan position a phase, an in-plane strain ``(εxx, εyy, εxy)``, an in-plane rotation θ and
-a thickness:
+A profile (:mod:`sim.scan_profiles`: ``multilayer``, ``smooth``, ``grains``) gives every scan position a phase,
+an in-plane strain ε (detector frame), a rotation θ and a thickness. Each position is a *locally homogeneous*
+crystal: the zone-axis crystal of its phase deformed by ``F = (I + ε)·Rθ`` (beam direction unchanged),
+simulated by dynamical multislice (:func:`sim.multislice.simulate_cbed`).
 
-* ``multilayer`` — a Si/SiGe-like stack: bands along the scan rows with in-plane strain ``εxx`` per band
-  (``band_strain_percent``) and ``εyy = −ν·εxx`` (``poisson_ratio``), optional rotation per band; thicknesses
-  banded along the scan columns (``thickness_nm``);
-* ``grains`` — Voronoi grains (seeded) of the listed structures with random in-plane rotations up to
-  ``grain_rotation_deg``, unstrained — for orientation and phase mapping.
+How a position is simulated (exactly, not linearised):
 
-Physics. Each position is a locally homogeneous crystal simulated by dynamical multislice (abTEM, through
-:func:`sim.multislice.simulate_cbed`): the zone-axis cell (:func:`sim.specimen.zone_axis_specimen`) is stretched by
-``(1+εxx, 1+εyy)`` along its orthogonal axes (atoms scaled with the cell: exact for strain diagonal in that frame,
-which keeps the cell orthogonal and periodic), and θ is applied as the rotation of the pattern on the detector, as the
-dataset generator does. Every unique (phase, strain, θ) set is simulated once with exit planes at all its
-thicknesses, and positions share the result: for a periodic crystal and disks that do not overlap the probe
-position inside the cell does not change the pattern (the probe sits at the centre of the cell).
+* ``F = Rθ·U`` with the right stretch ``U = Rθᵀ(I + ε)Rθ``. The crystal strained by ``U`` is simulated, then
+  its pattern is rotated by θ on the detector (:func:`sim.detector.resampling_matrix`, as the dataset generator
+  does; the scan's probe has only defocus, which is rotationally symmetric, so this equals rotating the crystal).
+* ``U`` diagonal in the zone-axis cell's frame (e.g. multilayer bands without rotation, grains): the periodic
+  orthogonal zone-axis supercell (:func:`sim.specimen.zone_axis_specimen`) is stretched with its atoms
+  (``(1+Uxx, 1+Uyy)``) — still orthogonal and periodic. Otherwise (shear in the cell frame): the strained
+  crystal (lattice deformed by ``Qᵀ U Q``) is cut into a non-periodic box (:func:`sim.specimen.oriented_box_specimen`)
+  at least ``2·sim.optics.probe_spread_radius_A`` wide, the probe at its centre.
 
-Ground truth per position (``ground_truth/``): ``exx, eyy, exy`` (real-space strain in the detector frame x=col,
-y=row: the symmetric left stretch of Rθ·diag(1+εxx, 1+εyy), so a rotated band has εxy ≠ 0), ``theta_deg``,
-``thickness_A`` (the exit plane simulated: ``thickness_nm`` rounded to the nearest slice boundary), ``phase``
-(index into attrs ``phases``), ``rotation`` (crystal → lab), ``zone_axis``, and the kinematic reflections of the
-strained, rotated crystal: ``reflections_px`` (x=col, y=row; NaN padded), ``reflections_visible``,
-``reflections_hkl``. Written in the ``datacube/1`` zarr layout that
-:func:`analysis.load` reads; ``complete`` is set last.
+What is reused (dedupe). Positions with equal (phase, ``U``) share one multislice pass, which records every
+thickness of the scan through exit planes; positions with equal (phase, ``U``, θ) share one detector pattern.
+The probe sits at one fixed place in the crystal (the centre of a repeat cell, or of the box) for every scan
+position: this assumes the CBED disks do not overlap (2α below the smallest Bragg angle), where the probe's
+position within the unit cell does not change the pattern. Frozen-phonon snapshots use ``scan.seed`` for
+every set. ``scan.dedupe=false`` simulates every position on its own (same bytes; for checking only).
+
+Output: the ``datacube/1`` zarr layout that :func:`analysis.load` reads — ``data`` (Rx, Ry, H, W) float32 in
+fractions of the incident beam per pixel (noise-free), ``probe`` (H, W), ``ground_truth/`` with ``exx, eyy,
+exy`` (detector-frame strain), ``theta_deg``, ``thickness_A`` (the exit plane simulated: the requested thickness
+rounded to a slice boundary), ``phase`` (index into attrs ``phases``), ``rotation`` (crystal → lab, ``Rz(θ)·Q``
+of the unstrained crystal), ``zone_axis``, and the kinematic reflections of each position's strained, rotated
+crystal (``reflections_px`` x=col, y=row, NaN padded; ``reflections_visible``; ``reflections_hkl``). The group is
+written to ``<path>.partial``, ``complete: true`` is set last, and only then is it renamed to ``path``: an
+interrupted run never leaves anything at ``path``. A complete scan with the same configuration is left as it is;
+one with another configuration, or anything else at ``path``, is refused.
 """
 
 from __future__ import annotations
@@ -35,123 +43,114 @@ import numpy as np
 
 from .config import ConfigError, ScanConfig, build_detector, validate  # noqa: F401 (ScanConfig re-exported)
 from .generate import _rot_z, _versions
+from .scan_profiles import PROFILES, crystal_frame_strain, position_parameters, strain_tensor, validate_scan  # noqa: F401
 
 log = logging.getLogger(__name__)
-PROFILES = ("none", "multilayer", "grains")
 FORMAT = "datacube/1"
+_SHEAR_TOL = 1e-12  # |Uxy| below which the periodic (stretched orthogonal cell) path is exact
+_SAMPLING_KEYS = ("real_space_A", "k_oversample", "slice_thickness_A", "frozen_phonons", "sigmas_A",
+                  "parametrization", "max_excitation_error", "max_reflections")
 
 
-def validate_scan(s) -> None:
-    """One-line :class:`ConfigError` for impossible scan settings (cheap; no abTEM)."""
-    if s.profile not in PROFILES:
-        raise ConfigError(f"scan.profile must be one of {list(PROFILES)}, got {s.profile!r}")
-    if len(s.scan_shape) != 2 or min(s.scan_shape) < 1:
-        raise ConfigError(f"scan.scan_shape must be two sizes ≥ 1, got {list(s.scan_shape)}")
-    if not s.step_A > 0:
-        raise ConfigError(f"scan.step_A must be > 0 Å, got {s.step_A}")
-    if not s.structures:
-        raise ConfigError("scan.structures must list at least one structure")
-    for e in s.band_strain_percent:
-        if not abs(e) < 20.0 or abs(e * s.poisson_ratio) >= 20.0:
-            raise ConfigError(f"scan.band_strain_percent must stay below 20 % in magnitude, got {e}")
-    if not 0 <= s.poisson_ratio < 0.5:
-        raise ConfigError(f"scan.poisson_ratio must lie in [0, 0.5), got {s.poisson_ratio}")
-    if not s.thickness_nm or min(s.thickness_nm) <= 0:
-        raise ConfigError(f"scan.thickness_nm must list thicknesses > 0 nm, got {list(s.thickness_nm)}")
-    if not s.energy_eV >= 1e3 or not s.semiangle_mrad > 0:
-        raise ConfigError("scan.energy_eV must be ≥ 1 keV (in eV) and scan.semiangle_mrad > 0")
-    if s.num_grains < 1:
-        raise ConfigError(f"scan.num_grains must be ≥ 1, got {s.num_grains}")
+def scan_optics(sc):
+    """The scan's :class:`sim.optics.Optics` (energy eV, semiangle mrad, defocus Å; no other aberrations)."""
+    from .optics import Optics
+
+    return Optics(energy=float(sc.energy_eV), semiangle_mrad=float(sc.semiangle_mrad), defocus_A=float(sc.defocus_A))
 
 
-def position_parameters(s) -> dict:
-    """Per-position ``phase, exx, eyy, exy, theta_deg, thickness_A`` maps of a profile (pure, seeded)."""
-    Rx, Ry = (int(v) for v in s.scan_shape)
-    ii, jj = np.mgrid[:Rx, :Ry]
-    th = np.asarray(s.thickness_nm, dtype=float) * 10.0
-    out = {"thickness_A": th[(jj * len(th)) // Ry]}
-    if s.profile == "multilayer":
-        bands = (ii * len(s.band_strain_percent)) // Rx
-        exx = np.asarray(s.band_strain_percent, dtype=float)[bands] / 100.0
-        rot = np.asarray(s.band_rotation_deg, dtype=float)
-        out.update(phase=np.zeros((Rx, Ry), np.int32), exx=exx, eyy=-s.poisson_ratio * exx, exy=np.zeros((Rx, Ry)),
-                   theta_deg=rot[(ii * len(rot)) // Rx])
-    elif s.profile == "grains":
-        rng = np.random.default_rng(int(s.seed))
-        seeds = rng.uniform([0, 0], [Rx, Ry], size=(int(s.num_grains), 2))
-        grain = np.argmin((ii[..., None] - seeds[:, 0]) ** 2 + (jj[..., None] - seeds[:, 1]) ** 2, axis=-1)
-        angles = np.round(rng.uniform(-s.grain_rotation_deg, s.grain_rotation_deg, int(s.num_grains)), 1)
-        phases = np.arange(int(s.num_grains)) % len(s.structures)
-        zero = np.zeros((Rx, Ry))
-        out.update(phase=phases[grain].astype(np.int32), exx=zero, eyy=zero.copy(), exy=zero.copy(),
-                   theta_deg=angles[grain])
-    else:
-        raise ConfigError(f"scan.profile {s.profile!r} has no positions")
-    return out
+def zone_rotation(structure, uvw) -> np.ndarray:
+    """Crystal → simulation-frame rotation of the unstrained, unrotated crystal: that of the orthogonal zone-axis
+    cell (:func:`sim.specimen.orthogonal_lattice_basis`) when one exists, else :func:`sim.orientations.zone_axis_rotation`."""
+    from .orientations import zone_axis_rotation
+    from .specimen import orthogonal_lattice_basis
+
+    P = orthogonal_lattice_basis(structure.lattice.matrix, uvw)
+    if P is None:
+        return zone_axis_rotation(structure, uvw)
+    v = P @ structure.lattice.matrix
+    return v / np.linalg.norm(v, axis=1)[:, None]
 
 
-def _strained_structure(structure, rotation, exx: float, eyy: float):
-    """The structure deformed by diag(1+εxx, 1+εyy, 1) in the simulation frame (``rotation``: crystal → frame)."""
+def strained_structure(structure, Q: np.ndarray, U: np.ndarray):
+    """The structure deformed in-plane by ``I + U`` (2×2, simulation frame of rotation ``Q``; z unchanged)."""
     from pymatgen.core import Lattice, Structure
 
-    D = np.diag([1.0 + exx, 1.0 + eyy, 1.0])
-    M = rotation.T @ D @ rotation  # the deformation in the crystal's Cartesian frame
-    lattice = Lattice(structure.lattice.matrix @ M.T)
-    return Structure(lattice, structure.species, structure.frac_coords)
+    D = np.eye(3)
+    D[:2, :2] += np.asarray(U, dtype=float)
+    M = Q.T @ D @ Q  # the deformation in the crystal's Cartesian frame
+    return Structure(Lattice(structure.lattice.matrix @ M.T), structure.species, structure.frac_coords)
 
 
-def simulate_set(cfg, structure, sigmas, uvw, exx, eyy, theta_deg, thicknesses_A, detector):
-    """Patterns ``(T, H, W)``, vacuum probe ``(H, W)``, the labels' rotation and kinematic reflections of one set."""
-    from .detector import resample, resampling_matrix
-    from .labels import disk_visible, kinematic_reflections
-    from .multislice import Phonons, simulate_cbed, vacuum_probe
-    from .optics import Optics
-    from .specimen import zone_axis_specimen
+def strained_specimen(cfg, structure, uvw, Q, U, depth_A: float, detector):
+    """Specimen of the crystal strained by ``U`` and the probe position (x, y) Å in it (see module docstring)."""
+    from .optics import probe_spread_radius_A
+    from .specimen import oriented_box_specimen, zone_axis_specimen
 
-    s, sc = cfg.sampling, cfg.scan
-    optics = Optics(energy=float(sc.energy_eV), semiangle_mrad=float(sc.semiangle_mrad), defocus_A=float(sc.defocus_A))
-    try:
-        spec = zone_axis_specimen(structure, uvw, float(max(thicknesses_A)), detector.min_extent_A(s.k_oversample))
-    except ValueError as err:
-        raise ConfigError(f"scan.zone_axis {sc.zone_axis}: {err}") from None
-    for atoms in (spec.atoms, spec.repeat_cell):
-        cell = np.array(atoms.cell)
-        atoms.set_cell(np.diag([cell[0, 0] * (1 + exx), cell[1, 1] * (1 + eyy), cell[2, 2]]), scale_atoms=True)
-    ux, uy = spec.repeat_cell.cell[0, 0], spec.repeat_cell.cell[1, 1]
-    nx, ny = spec.info["repetitions"][:2]
-    position = np.array([(nx // 2 + 0.5) * ux, (ny // 2 + 0.5) * uy])
+    s = cfg.sampling
+    min_extent = detector.min_extent_A(s.k_oversample)
+    if abs(U[0, 1]) < _SHEAR_TOL:
+        try:
+            spec = zone_axis_specimen(structure, uvw, depth_A, min_extent)
+        except ValueError:
+            spec = None
+        if spec is not None and np.allclose(spec.rotation, Q, atol=1e-9):
+            for atoms in (spec.atoms, spec.repeat_cell):
+                cell = np.array(atoms.cell)
+                atoms.set_cell(np.diag([cell[0, 0] * (1 + U[0, 0]), cell[1, 1] * (1 + U[1, 1]), cell[2, 2]]),
+                               scale_atoms=True)
+            ux, uy = spec.repeat_cell.cell[0, 0], spec.repeat_cell.cell[1, 1]
+            nx, ny = spec.info["repetitions"][:2]
+            return spec, np.array([(nx // 2 + 0.5) * ux, (ny // 2 + 0.5) * uy])
+    optics = scan_optics(cfg.scan)
+    theta_mrad = detector.max_frequency * optics.wavelength_A * 1e3
+    side = max(min_extent, 2 * probe_spread_radius_A(optics, depth_A, theta_mrad))
+    spec = oriented_box_specimen(strained_structure(structure, Q, U), Q, (side, side, depth_A))
+    return spec, np.array([side / 2, side / 2])
+
+
+def simulate_strained(cfg, structure, sigmas, uvw, Q, U, thicknesses_A, detector):
+    """One multislice pass of the crystal strained by ``U``: native patterns ``(T, ny, nx)``, their sampling
+    ``(dky, dkx)`` Å⁻¹, the exact exit-plane thicknesses (Å) and the specimen."""
+    from .multislice import Phonons, simulate_cbed
+
+    s = cfg.sampling
+    depth = max(float(np.max(thicknesses_A)), float(s.slice_thickness_A))
+    spec, position = strained_specimen(cfg, structure, uvw, Q, U, depth, detector)
     patterns, native, exact_t, _ = simulate_cbed(
-        spec, optics, position, np.asarray(thicknesses_A), sampling_A=s.real_space_A,
-        slice_thickness_A=s.slice_thickness_A, phonons=Phonons(s.frozen_phonons, sigmas, int(sc.seed)),
+        spec, scan_optics(cfg.scan), position, np.asarray(thicknesses_A), sampling_A=s.real_space_A,
+        slice_thickness_A=s.slice_thickness_A, phonons=Phonons(s.frozen_phonons, sigmas, int(cfg.scan.seed)),
         parametrization=s.parametrization, device=cfg.optics.device)
-    det = resample(patterns, resampling_matrix(patterns.shape[1:], native, detector, theta_deg), detector)
-    probe_native, probe_sampling = vacuum_probe(optics, spec.extent_A, s.real_space_A, cfg.optics.device)
-    probe = resample(probe_native, resampling_matrix(probe_native.shape, probe_sampling, detector), detector)
-    strained = _strained_structure(structure, spec.rotation, exx, eyy)
-    rotation = _rot_z(theta_deg) @ spec.rotation
-    refl = kinematic_reflections(strained, rotation, optics.wavelength_A, detector, (0.0, 0.0), sigmas,
-                                 s.max_excitation_error, s.parametrization)
-    return det, probe, rotation, refl, disk_visible(refl), exact_t
+    return patterns, native, np.asarray(exact_t, dtype=float), spec
 
 
-def _left_stretch_strain(exx, eyy, theta_deg):
-    """ε of the lab-frame deformation Rθ·diag(1+εxx, 1+εyy): the left stretch V = Rθ D Rθᵀ minus I."""
-    t = math.radians(theta_deg)
-    R = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-    V = R @ np.diag([1 + exx, 1 + eyy]) @ R.T - np.eye(2)
-    return V[0, 0], V[1, 1], V[0, 1]
+def position_labels(cfg, structure, sigmas, Q, U, theta_deg: float, detector):
+    """Crystal → lab rotation ``Rz(θ)·Q`` and the kinematic reflections of the strained, rotated crystal."""
+    from .labels import disk_visible, kinematic_reflections
+
+    rotation = _rot_z(theta_deg) @ Q
+    refl = kinematic_reflections(strained_structure(structure, Q, U), rotation, scan_optics(cfg.scan).wavelength_A,
+                                 detector, (0.0, 0.0), sigmas, cfg.sampling.max_excitation_error,
+                                 cfg.sampling.parametrization)
+    return rotation, refl, disk_visible(refl)
 
 
 def identity(cfg) -> dict:
+    """What defines a scan's content (not where it lives, how it reports, or whether sets are shared)."""
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    scan = {k: v for k, v in c["scan"].items() if k not in ("path", "progress")}
-    return {"scan": scan, "sampling": c["sampling"], "detector": c["detector"]}
+    return {"scan": {k: v for k, v in c["scan"].items() if k not in ("path", "progress", "dedupe")},
+            "sampling": {k: c["sampling"][k] for k in _SAMPLING_KEYS},
+            "detector": c["detector"], "debye_waller_default_A": c["structure"]["debye_waller_default_A"]}
 
 
 def generate_scan(cfg) -> str:
-    """Write (or confirm) the synthetic scan of ``cfg.scan``; returns its path."""
+    """Write (or confirm) the synthetic scan of ``cfg.scan`` at ``cfg.scan.path``; returns the path.
+
+    Raises :class:`ConfigError` (one line) before any compute for bad values, an unknown structure or zone axis,
+    or a ``path`` holding anything but a complete scan of the same configuration.
+    """
     import shutil
     from pathlib import Path
 
@@ -165,7 +164,6 @@ def generate_scan(cfg) -> str:
     validate_scan(sc)
     validate(cfg)
     detector = build_detector(cfg.detector)
-    params = position_parameters(sc)
     ident = identity(cfg)
     path = Path(sc.path)
     if path.exists():
@@ -187,9 +185,9 @@ def generate_scan(cfg) -> str:
         raise ConfigError(f"scan: {err}") from None
     configure_abtem(fftw_threads=cfg.sampling.fftw_threads)
     tmp = path.with_name(path.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # a stale sibling of an interrupted run of ours
     try:
-        _write(cfg, tmp, detector, params, structures, uvw, ident)
+        _write(cfg, tmp, detector, position_parameters(sc), structures, uvw, ident)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing is left behind by a failed or interrupted run
         raise
@@ -197,54 +195,74 @@ def generate_scan(cfg) -> str:
     return str(path)
 
 
+def _set_keys(params: dict, dedupe: bool):
+    """Per position: the index of its multislice set (phase, rounded U) and the set list."""
+    eps = strain_tensor(params["exx"], params["eyy"], params["exy"])
+    U = np.round(crystal_frame_strain(eps, params["theta_deg"]), 12) + 0.0  # + 0.0: no −0.0 (unique compares bytes)
+    rows = np.concatenate([params["phase"][..., None].astype(float), U.reshape(*U.shape[:2], 4)], -1).reshape(-1, 5)
+    if dedupe:
+        unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return unique, inverse.reshape(params["phase"].shape)
+    return rows, np.arange(len(rows)).reshape(params["phase"].shape)
+
+
 def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
-    """Simulate every unique set and write the scan to ``tmp`` (``complete`` set last)."""
+    """Simulate every set and write the scan to ``tmp`` (``complete`` set last)."""
     import zarr
     from tqdm.auto import tqdm
 
+    from .detector import resample, resampling_matrix
+    from .multislice import vacuum_probe
     from .structures import debye_waller_sigmas
 
     sc = cfg.scan
     Rx, Ry = (int(v) for v in sc.scan_shape)
     H, W = detector.shape
     R = int(cfg.sampling.max_reflections)
-    keys = np.stack([params["phase"], params["exx"], params["eyy"], params["theta_deg"]], -1).reshape(-1, 4)
-    unique = np.unique(keys, axis=0)
+    sets, set_of = _set_keys(params, bool(sc.dedupe))
     thick = np.unique(params["thickness_A"])
+    t_index = np.searchsorted(thick, params["thickness_A"])
+    sigmas = [{**debye_waller_sigmas(str(name), default=cfg.structure.debye_waller_default_A),
+               **{k: float(v) for k, v in cfg.sampling.sigmas_A.items()}} for name in sc.structures]
+    Qs = [zone_rotation(st, uvw) for st in structures]
+    patterns = {}  # (set, θ) -> (T, H, W) detector patterns
+    gt = {n: np.full((Rx, Ry, *shp), fill, dtype=dt) for n, shp, fill, dt in [
+        ("reflections_px", (R, 2), np.nan, np.float32), ("reflections_visible", (R,), False, bool),
+        ("reflections_hkl", (R, 3), 0, np.int32), ("rotation", (3, 3), np.nan, np.float64)]}
+    thickness_A = np.full((Rx, Ry), np.nan)
+    probe = None
+    for k in tqdm(range(len(sets)), desc="multislice sets", unit="set", disable=not sc.progress):
+        ph, U = int(sets[k, 0]), sets[k, 1:].reshape(2, 2)
+        native, sampling, exact_t, spec = simulate_strained(cfg, structures[ph], sigmas[ph], uvw, Qs[ph], U, thick,
+                                                            detector)
+        if probe is None:
+            p_native, p_sampling = vacuum_probe(scan_optics(sc), spec.extent_A, cfg.sampling.real_space_A,
+                                                cfg.optics.device)
+            probe = resample(p_native, resampling_matrix(p_native.shape, p_sampling, detector), detector)
+        members = set_of == k
+        for theta in np.unique(params["theta_deg"][members]):
+            where = members & (params["theta_deg"] == theta)
+            patterns[k, theta] = resample(native, resampling_matrix(native.shape[1:], sampling, detector, theta),
+                                          detector)
+            rot, refl, vis = position_labels(cfg, structures[ph], sigmas[ph], Qs[ph], U, theta, detector)
+            m = min(R, len(refl["hkl"]))
+            gt["reflections_px"][where, :m] = refl["pixel"][:m]
+            gt["reflections_visible"][where, :m] = vis[:m]
+            gt["reflections_hkl"][where, :m] = refl["hkl"][:m]
+            gt["rotation"][where] = rot
+        thickness_A[members] = exact_t[t_index[members]]  # the exit plane reached (slice boundary nearest)
     g = zarr.open_group(str(tmp), mode="w")
     g.attrs.update({"stemforge_format": FORMAT, "complete": False})
     data = g.create_array("data", shape=(Rx, Ry, H, W), chunks=(1, Ry, H, W), dtype="float32")
-    gt = {n: np.full((Rx, Ry, *shp), fill, dtype=dt) for n, shp, fill, dt in [
-        ("reflections_px", (R, 2), np.nan, np.float32), ("reflections_visible", (R,), False, bool),
-        ("reflections_hkl", (R, 3), 0, np.int32), ("rotation", (3, 3), np.nan, np.float64),
-        ("zone_axis", (3,), 0, np.int32)]}
-    cube = np.zeros((Rx, Ry, H, W), np.float32)
-    thickness_A = np.full((Rx, Ry), np.nan)
-    probe = None
-    for key in tqdm(unique, desc="simulating unique positions", unit="set", disable=not sc.progress):
-        ph, exx, eyy, th = int(key[0]), float(key[1]), float(key[2]), float(key[3])
-        st = structures[ph]
-        sigmas = debye_waller_sigmas(st, default=cfg.structure.debye_waller_default_A)
-        pats, probe, rot, refl, vis, exact_t = simulate_set(cfg, st, sigmas, uvw, exx, eyy, th, thick, detector)
-        where = np.all(np.stack([params["phase"], params["exx"], params["eyy"], params["theta_deg"]], -1) == key, -1)
-        m = min(R, len(refl["hkl"]))
-        for t_i, t in enumerate(thick):
-            sel = where & (params["thickness_A"] == t)
-            cube[sel] = pats[t_i]
-            thickness_A[sel] = exact_t[t_i]  # the exit plane actually reached (slice boundary nearest the request)
-        gt["reflections_px"][where, :m] = refl["pixel"][:m]
-        gt["reflections_visible"][where, :m] = vis[:m]
-        gt["reflections_hkl"][where, :m] = refl["hkl"][:m]
-        gt["rotation"][where] = rot
-        gt["zone_axis"][where] = np.asarray(uvw, dtype=np.int32)
     for rx in range(Rx):
-        data[rx] = cube[rx]
+        data[rx] = np.stack([patterns[set_of[rx, ry], params["theta_deg"][rx, ry]][t_index[rx, ry]]
+                             for ry in range(Ry)])
     g.create_array("probe", data=probe.astype(np.float32))
-    strain = np.vectorize(_left_stretch_strain)(params["exx"], params["eyy"], params["theta_deg"])
-    maps = {"exx": strain[0], "eyy": strain[1], "exy": strain[2], "theta_deg": params["theta_deg"],
-            "thickness_A": thickness_A, "phase": params["phase"], **gt}
+    maps = {"exx": params["exx"], "eyy": params["eyy"], "exy": params["exy"], "theta_deg": params["theta_deg"],
+            "thickness_A": thickness_A, "phase": params["phase"].astype(np.int32),
+            "zone_axis": np.broadcast_to(np.asarray(uvw, dtype=np.int32), (Rx, Ry, 3)), **gt}
     for name, arr in maps.items():
-        arr = np.asarray(arr)
+        arr = np.ascontiguousarray(arr)
         if arr.dtype == np.float64 and name != "rotation":
             arr = arr.astype(np.float32)
         g.create_array(f"ground_truth/{name}", data=arr)
@@ -254,9 +272,35 @@ def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
                         "origin_px": [float(H // 2), float(W // 2)], "ellipticity": None, "rotation_deg": 0.0},
         "phases": [str(n) for n in sc.structures],
         "ground_truth_units": {"exx": "1", "eyy": "1", "exy": "1", "theta_deg": "degree", "thickness_A": "Å",
-                               "phase": "index into phases", "rotation": "crystal→lab", "reflections_px":
-                               "px (x=col, y=row)"},
-        "unique_sets": int(len(unique)), "config": ident, "versions": _versions(),
+                               "phase": "index into phases", "rotation": "crystal→lab", "zone_axis": "[uvw]",
+                               "reflections_px": "px (x=col, y=row)"},
+        "strain_convention": "F = (I + ε)·Rθ of the unstrained zone-axis crystal; ε detector frame (x=col, y=row)",
+        "multislice_sets": int(len(sets)), "config": ident, "versions": _versions(),
         "units": {"data": "fraction of incident beam per pixel"},
     })
     g.attrs["complete"] = True
+
+
+def scan_summary(path) -> str:
+    """A few lines describing a complete scan at ``path`` (shape, ranges of its maps, size on disk)."""
+    from pathlib import Path
+
+    import zarr
+
+    g = zarr.open_group(str(path), mode="r")
+    a, gt = dict(g.attrs), g["ground_truth"]
+    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+    def span(name, scale=1.0, unit=""):
+        v = np.asarray(gt[name][...], dtype=float) * scale
+        return f"{name} {v.min():.3g}…{v.max():.3g}{unit}"
+
+    c = a["config"]["scan"]
+    lines = [f"{c['profile']} scan {tuple(g['data'].shape)} of {'/'.join(a['phases'])} {c['zone_axis']} at {path} "
+             f"({a.get('multislice_sets', '?')} multislice sets, {size / 2**20:.1f} MiB)",
+             "  " + ", ".join([span("exx", 100, " %"), span("eyy", 100, " %"), span("exy", 100, " %"),
+                               span("theta_deg", 1, "°")]),
+             f"  thickness_A {sorted({float(t) for t in np.round(np.asarray(gt['thickness_A'][...], dtype=float), 2).ravel()})}, "
+             f"step {a['calibration']['scan_step_A'][0]:g} Å, detector {tuple(g['data'].shape[2:])} at "
+             f"{a['calibration']['q_pixel_size']:g} Å⁻¹/px"]
+    return "\n".join(lines)
