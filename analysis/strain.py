@@ -2,9 +2,10 @@
 
 With reciprocal bases ``G`` (columns g1, g2 in detector ``(x=col, y=row)``) and the reference's mean ``G0``, the
 real-space deformation of the lattice is ``D = (G G0⁻¹)⁻ᵀ`` (a real lattice deformed by ``F`` has its reciprocal
-lattice transformed by ``F⁻ᵀ``). Reported: the infinitesimal strain ``ε = sym(D) − I`` (``exx``, ``eyy``, ``exy``,
-dimensionless) and the rotation ``θ`` of ``D`` (degrees, counter-clockwise from x towards y), the conventions of
-:mod:`sim.synthetic_scan`'s ground truth.
+lattice transformed by ``F⁻ᵀ``). ``D`` is split by polar decomposition ``D = V·R``: reported are the strain
+``ε = V − I`` (``exx``, ``eyy``, ``exy``, dimensionless, in the detector frame) and the rotation ``θ`` of ``R``
+(degrees, counter-clockwise from x towards y) — the conventions of :mod:`sim.synthetic_scan`'s ground truth
+(``F = (I+ε)·Rθ``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ def strain_map(lattice: dict, reference=None) -> dict:
     ok = np.isfinite(G).all(axis=(-1, -2))
     Gs = np.where(ok[..., None, None], G, G0)
     D = np.linalg.inv(np.swapaxes(Gs @ np.linalg.inv(G0), -1, -2))
-    eps = 0.5 * (D + np.swapaxes(D, -1, -2)) - np.eye(2)
-    theta = np.degrees(np.arctan2(D[..., 1, 0] - D[..., 0, 1], D[..., 0, 0] + D[..., 1, 1]))
+    # polar decomposition D = V R (left stretch V, rotation R), by SVD D = U S Wᵀ: R = U Wᵀ, V = U S Uᵀ
+    U, S, Wt = np.linalg.svd(D)
+    Rm = U @ Wt
+    V = U @ (S[..., :, None] * np.swapaxes(U, -1, -2))
+    eps = V - np.eye(2)
+    theta = np.degrees(np.arctan2(Rm[..., 1, 0], Rm[..., 0, 0]))
     nan = np.where(ok, 1.0, np.nan)
     return {"exx": eps[..., 0, 0] * nan, "eyy": eps[..., 1, 1] * nan, "exy": eps[..., 0, 1] * nan,
             "theta_deg": theta * nan, "reference_mask": mask}
