@@ -1,6 +1,8 @@
-"""Lattice vectors from Bragg vectors: choose a basis (g1, g2), index peaks, fit the lattice per position.
+"""Lattice vectors from Bragg vectors: choose a reciprocal basis (g1, g2), index the peaks by integers (h, k), and
+fit the lattice at every scan position.
 
-Vectors are in detector px as ``(x, y)`` = ``(col, row)`` relative to the origin (the undiffracted beam).
+Vectors are detector px as ``(x, y)`` = ``(col, row)`` relative to the origin (the undiffracted beam: the
+calibrated ``origin_px``, else the detector centre; a per-position map ``(Rx, Ry, 2)`` is accepted everywhere).
 """
 
 from __future__ import annotations
@@ -9,32 +11,18 @@ import numpy as np
 
 from .braggvectors import BraggVectors
 from .datacube import AnalysisError
+from .streaming import region_mask
 
-
-def _region_mask(scan_shape, region) -> np.ndarray:
-    mask = np.zeros(scan_shape, bool)
-    if region is None:
-        mask[:] = True
-    elif isinstance(region, np.ndarray) and region.dtype == bool:
-        if region.shape != tuple(scan_shape):
-            raise AnalysisError(f"region mask {region.shape} does not match the scan {tuple(scan_shape)}")
-        mask = region.copy()
-    elif isinstance(region, (list, tuple)) and len(region) == 4 and all(isinstance(v, (int, np.integer)) for v in region):
-        r0, r1, c0, c1 = (int(v) for v in region)
-        if not (0 <= r0 < r1 <= scan_shape[0] and 0 <= c0 < c1 <= scan_shape[1]):
-            raise AnalysisError(f"region [{r0}, {r1}, {c0}, {c1}] lies outside the scan {tuple(scan_shape)}")
-        mask[r0:r1, c0:c1] = True
-    else:
-        mask[region] = True
-    if not mask.any():
-        raise AnalysisError("the region selects no scan position")
-    return mask
+_region_mask = region_mask  # older name, kept for callers
 
 
 def _origin(bv: BraggVectors, origin_px):
     if origin_px is None:
         origin_px = bv.calibration.origin_px or (bv.detector_shape[0] // 2, bv.detector_shape[1] // 2)
-    return np.asarray(origin_px, dtype=np.float64)
+    o = np.asarray(origin_px, dtype=np.float64)
+    if o.shape not in ((2,), (*bv.scan_shape, 2)):
+        raise AnalysisError(f"origin_px must be (row, col) or a map {(*bv.scan_shape, 2)}, got shape {o.shape}")
+    return o
 
 
 def relative_xy(bv: BraggVectors, peaks=None, origin_px=None) -> np.ndarray:
@@ -46,88 +34,189 @@ def relative_xy(bv: BraggVectors, peaks=None, origin_px=None) -> np.ndarray:
     return np.stack([p["col"] - o[..., 1], p["row"] - o[..., 0]], -1).astype(np.float64)
 
 
-def choose_lattice_vectors(bv: BraggVectors, origin_px=None, region=None, min_length_px: float = 3.0,
-                           min_angle_deg: float = 20.0, cluster_px: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-    """A reciprocal basis ``g1, g2`` (px, ``(x, y)``) from the peaks that recur over a region.
+def _as_bragg(source, disk_kw) -> BraggVectors:
+    if isinstance(source, BraggVectors):
+        return source
+    arr = np.asarray(source)
+    if arr.ndim != 2:
+        raise AnalysisError(f"expected BraggVectors or a 2D pattern (e.g. the mean pattern), got shape {arr.shape}")
+    from .disks import find_bragg_disks_classical
 
-    Peaks of the region are clustered (within ``cluster_px``); clusters seen in at least a quarter of the positions
-    are candidates; ``g1`` is the shortest candidate longer than ``min_length_px``, ``g2`` the shortest one at more
-    than ``min_angle_deg`` from ``g1``.
+    kw = {"progress": False, **disk_kw}
+    return find_bragg_disks_classical(arr[None, None].astype(np.float32), **kw)
+
+
+def lattice_candidates(source, origin_px=None, region=None, cluster_px: float = 1.5, min_fraction: float = 0.25,
+                       min_length_px: float = 3.0, **disk_kw) -> dict:
+    """Reflections that recur over a region, sorted by length: the choices for g1 and g2 (by index).
+
+    Parameters
+    ----------
+    source : BraggVectors or array (H, W)
+        Bragg vectors of a scan (the peaks of ``region`` are used), or a single pattern such as the mean pattern
+        of the reference region (its disks are found with :func:`analysis.disks.find_bragg_disks_classical` and
+        ``disk_kw``; its origin is the detector centre unless ``origin_px`` is given).
+    cluster_px : float
+        Peaks within this distance (px) of a stronger one are the same reflection.
+    min_fraction : float
+        A reflection must be found in at least this fraction of the region's positions.
+    min_length_px : float
+        Shorter vectors (the direct beam) are left out.
+
+    Returns
+    -------
+    dict
+        ``vectors`` (N, 2) ``(x, y)`` px (cluster means), ``length_px`` (N,), ``count`` (N,) positions where seen,
+        ``intensity`` (N,) mean peak intensity; index ``i`` of these arrays is what ``index_g1``/``index_g2``
+        of :func:`choose_lattice_vectors` refer to.
     """
-    mask = _region_mask(bv.scan_shape, region)
+    bv = _as_bragg(source, disk_kw)
+    mask = region_mask(bv.scan_shape, region)
     sel = bv.peaks[mask[bv.peaks["rx"], bv.peaks["ry"]]]
-    if len(sel) < 3:
+    if len(sel) < 2:
         raise AnalysisError("too few peaks in the region to choose lattice vectors")
     q = relative_xy(bv, sel, origin_px)
     n_pos = int(mask.sum())
-    centres, counts = [], []
+    centres, counts, inten = [], [], []
     remaining = np.ones(len(q), bool)
-    order = np.argsort(-sel["intensity"])
-    for i in order:
+    for i in np.argsort(-sel["intensity"], kind="stable"):
         if not remaining[i]:
             continue
         near = remaining & (np.hypot(*(q - q[i]).T) <= cluster_px)
         centres.append(q[near].mean(0))
         counts.append(int(near.sum()))
+        inten.append(float(sel["intensity"][near].mean()))
         remaining &= ~near
-    centres, counts = np.asarray(centres), np.asarray(counts)
-    cand = centres[(counts >= max(1, n_pos // 4)) & (np.hypot(*centres.T) >= min_length_px)]
-    if len(cand) < 2:
+    centres, counts, inten = np.asarray(centres), np.asarray(counts), np.asarray(inten)
+    length = np.hypot(*centres.T)
+    keep = (counts >= max(1, int(np.ceil(min_fraction * n_pos)))) & (length >= min_length_px)
+    order = np.argsort(length[keep], kind="stable")
+    return {"vectors": centres[keep][order], "length_px": length[keep][order], "count": counts[keep][order],
+            "intensity": inten[keep][order]}
+
+
+def choose_lattice_vectors(source, origin_px=None, region=None, index_g1: int | None = None,
+                           index_g2: int | None = None, min_length_px: float = 3.0, min_angle_deg: float = 20.0,
+                           cluster_px: float = 1.5, min_fraction: float = 0.25, refine: bool = True,
+                           max_error_px: float = 1.5, **disk_kw) -> tuple[np.ndarray, np.ndarray]:
+    """A reciprocal basis ``g1, g2`` (px, ``(x, y)``) from the reflections that recur over a region.
+
+    Candidates are :func:`lattice_candidates` (``source``: Bragg vectors with ``region``, or a 2D pattern such as
+    the mean pattern). Automatically ``g1`` is the shortest candidate and ``g2`` the shortest one at more than
+    ``min_angle_deg`` from it; ``index_g1`` / ``index_g2`` pick candidates by their index instead. With ``refine``
+    every candidate is indexed on (g1, g2) and the basis is refitted by least squares to all of them that lie
+    within ``max_error_px`` of a lattice point (weighted by how often each was seen). ``g2`` is flipped if needed
+    so that (g1, g2) is right-handed in ``(x, y)``.
+    """
+    cand = lattice_candidates(source, origin_px, region, cluster_px, min_fraction, min_length_px, **disk_kw)
+    vec = cand["vectors"]
+    if len(vec) < 2:
         raise AnalysisError("fewer than two recurring reflections; cannot choose lattice vectors")
-    cand = cand[np.argsort(np.hypot(*cand.T))]
-    g1 = cand[0]
-    for g in cand[1:]:
-        s = abs(g1[0] * g[1] - g1[1] * g[0]) / (np.linalg.norm(g1) * np.linalg.norm(g))
-        if s > np.sin(np.radians(min_angle_deg)):
-            g2 = g
-            break
+    for name, i in (("index_g1", index_g1), ("index_g2", index_g2)):
+        if i is not None and not -len(vec) <= i < len(vec):
+            raise AnalysisError(f"{name}={i} but there are only {len(vec)} candidate reflections")
+    g1 = vec[0 if index_g1 is None else index_g1]
+    sin_min = np.sin(np.radians(min_angle_deg))
+
+    def sine(u, v):
+        return abs(u[0] * v[1] - u[1] * v[0]) / (np.linalg.norm(u) * np.linalg.norm(v))
+
+    if index_g2 is not None:
+        g2 = vec[index_g2]
+        if sine(g1, g2) <= sin_min:
+            raise AnalysisError(f"candidates {index_g1} and {index_g2} are collinear "
+                                f"(less than min_angle_deg={min_angle_deg}° apart)")
     else:
-        raise AnalysisError("all recurring reflections are collinear; cannot choose a second lattice vector")
+        for g in vec:
+            if sine(g1, g) > sin_min:
+                g2 = g
+                break
+        else:
+            raise AnalysisError("all recurring reflections are collinear; cannot choose a second lattice vector")
+    g1, g2 = np.array(g1, dtype=np.float64), np.array(g2, dtype=np.float64)
+    if refine:
+        basis = np.stack([g1, g2])
+        hk = np.rint(np.linalg.solve(basis.T, vec.T).T)
+        ok = np.hypot(*(hk @ basis - vec).T) <= max_error_px
+        if ok.sum() >= 3 and np.linalg.matrix_rank(hk[ok]) == 2:
+            w = np.sqrt(cand["count"][ok].astype(float))[:, None]
+            design = np.c_[hk[ok], np.ones(ok.sum())]
+            sol, *_ = np.linalg.lstsq(design * w, vec[ok] * w, rcond=None)
+            g1, g2 = sol[0], sol[1]
     if g1[0] * g2[1] - g1[1] * g2[0] < 0:  # right-handed in (x, y)
         g2 = -g2
     return g1, g2
 
 
+def index_bragg_vectors(bv: BraggVectors, g1, g2, origin_px=None, max_error_px: float = 2.0) -> dict:
+    """Integer indices ``(h, k)`` of every peak on the basis (g1, g2): ``q ≈ h g1 + k g2``.
+
+    Returns ``h``, ``k`` (int, per peak of ``bv.peaks``), ``error_px`` (distance to the lattice point) and
+    ``indexed`` (error ≤ ``max_error_px``).
+    """
+    basis = np.stack([np.asarray(g1, float), np.asarray(g2, float)])
+    if abs(np.linalg.det(basis)) < 1e-9:
+        raise AnalysisError("g1 and g2 are collinear")
+    q = relative_xy(bv, origin_px=origin_px)
+    hk = np.rint(np.linalg.solve(basis.T, q.T).T) if len(q) else np.zeros((0, 2))
+    err = np.hypot(*(hk @ basis - q).T) if len(q) else np.zeros(0)
+    return {"h": hk[:, 0].astype(int), "k": hk[:, 1].astype(int), "error_px": err, "indexed": err <= max_error_px}
+
+
 def fit_lattice(bv: BraggVectors, g1, g2, origin_px=None, max_error_px: float = 2.0, min_peaks: int = 3,
-                iterations: int = 2) -> dict:
+                iterations: int = 2, weights: str | None = None, progress: bool = False) -> dict:
     """Least-squares lattice ``q ≈ h g1' + k g2' + q0`` at every position.
 
-    Peaks are indexed by rounding ``[g1 g2]⁻¹ q`` to integers (re-indexed with the fitted basis ``iterations``
-    times), and those farther than ``max_error_px`` from their lattice point are left out.
+    Peaks are indexed by rounding ``[g1 g2]⁻¹ (q − q0)`` to integers (re-indexed with the fitted basis
+    ``iterations`` times), and those farther than ``max_error_px`` from their lattice point are left out. The origin
+    term ``q0`` absorbs a residual shift of the pattern (descan, origin error).
+
+    Parameters
+    ----------
+    weights : {None, "intensity"}
+        Unweighted least squares, or weights proportional to the peaks' (positive) intensity.
 
     Returns
     -------
     dict of arrays
-        ``g1``, ``g2``, ``q0`` (Rx, Ry, 2) px; ``error_px`` (RMS residual), ``num_peaks`` (Rx, Ry); NaN where fewer
-        than ``min_peaks`` peaks could be indexed.
+        ``g1``, ``g2``, ``q0`` (Rx, Ry, 2) px; ``error_px`` (RMS residual of the fitted peaks, px) and
+        ``num_peaks`` (Rx, Ry); NaN where fewer than ``min_peaks`` peaks (spanning both directions) were indexed.
     """
+    from tqdm.auto import tqdm
+
     g1, g2 = np.asarray(g1, float), np.asarray(g2, float)
+    if g1.shape != (2,) or g2.shape != (2,) or not (np.isfinite(g1).all() and np.isfinite(g2).all()):
+        raise AnalysisError("g1 and g2 must be finite (x, y) vectors")
     if abs(g1[0] * g2[1] - g1[1] * g2[0]) < 1e-9:
         raise AnalysisError("g1 and g2 are collinear")
+    if weights not in (None, "intensity"):
+        raise AnalysisError(f"weights must be None or 'intensity', got {weights!r}")
     Rx, Ry = bv.scan_shape
     out = {"g1": np.full((Rx, Ry, 2), np.nan), "g2": np.full((Rx, Ry, 2), np.nan), "q0": np.full((Rx, Ry, 2), np.nan),
            "error_px": np.full((Rx, Ry), np.nan), "num_peaks": np.zeros((Rx, Ry), int)}
-    for rx in range(Rx):
-        for ry in range(Ry):
-            p = bv.at(rx, ry)
-            if len(p) < min_peaks:
-                continue
-            q = relative_xy(bv, p, origin_px)
-            basis, q0 = np.stack([g1, g2]), np.zeros(2)
-            ok = np.zeros(len(q), bool)
-            for _ in range(iterations + 1):
-                hk = np.rint(np.linalg.solve(basis.T, (q - q0).T).T)
-                resid = np.hypot(*(hk @ basis + q0 - q).T)
-                ok = resid <= max_error_px
-                design = np.c_[hk[ok], np.ones(ok.sum())]
-                if ok.sum() < min_peaks or np.linalg.matrix_rank(design) < 3:
-                    ok[:] = False
-                    break
-                sol, *_ = np.linalg.lstsq(design, q[ok], rcond=None)
-                basis, q0 = sol[:2], sol[2]
-            if ok.sum() < min_peaks:
-                continue
-            out["g1"][rx, ry], out["g2"][rx, ry], out["q0"][rx, ry] = basis[0], basis[1], q0
-            out["error_px"][rx, ry] = float(np.sqrt(np.mean(np.sum((hk[ok] @ basis + q0 - q[ok]) ** 2, 1))))
-            out["num_peaks"][rx, ry] = int(ok.sum())
+    q_all = relative_xy(bv, origin_px=origin_px)
+    offsets = bv._offsets
+    for flat in tqdm(range(Rx * Ry), desc="lattice fit", unit="pattern", disable=not progress):
+        a, b = offsets[flat], offsets[flat + 1]
+        if b - a < min_peaks:
+            continue
+        q = q_all[a:b]
+        w = np.ones(len(q)) if weights is None else np.sqrt(np.clip(bv.peaks["intensity"][a:b], 0, None))
+        basis, q0 = np.stack([g1, g2]), np.zeros(2)
+        ok = np.zeros(len(q), bool)
+        for _ in range(iterations + 1):
+            hk = np.rint(np.linalg.solve(basis.T, (q - q0).T).T)
+            ok = (np.hypot(*(hk @ basis + q0 - q).T) <= max_error_px) & (w > 0)
+            design = np.c_[hk[ok], np.ones(ok.sum())]
+            if ok.sum() < min_peaks or np.linalg.matrix_rank(design) < 3:
+                ok[:] = False
+                break
+            sol, *_ = np.linalg.lstsq(design * w[ok, None], q[ok] * w[ok, None], rcond=None)
+            basis, q0 = sol[:2], sol[2]
+        if not ok.any():
+            continue
+        rx, ry = divmod(flat, Ry)
+        out["g1"][rx, ry], out["g2"][rx, ry], out["q0"][rx, ry] = basis[0], basis[1], q0
+        out["error_px"][rx, ry] = float(np.sqrt(np.mean(np.sum((hk[ok] @ basis + q0 - q[ok]) ** 2, 1))))
+        out["num_peaks"][rx, ry] = int(ok.sum())
     return out

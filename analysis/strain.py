@@ -13,21 +13,45 @@ from __future__ import annotations
 import numpy as np
 
 from .datacube import AnalysisError
-from .lattice import _region_mask
+from .streaming import region_mask
 
 
-def strain_map(lattice: dict, reference=None) -> dict:
-    """``exx, eyy, exy, theta_deg`` maps (Rx, Ry) relative to the mean lattice of ``reference`` (a bool mask, a
-    rectangle ``[r0, r1, c0, c1]`` or slices; default: the whole scan). NaN where the fit failed."""
-    g1, g2 = np.asarray(lattice["g1"]), np.asarray(lattice["g2"])
+def strain_map(lattice: dict, reference=None, reference_lattice=None) -> dict:
+    """Strain and rotation maps of the real-space lattice relative to a reference lattice.
+
+    Parameters
+    ----------
+    lattice : dict
+        :func:`analysis.lattice.fit_lattice` output (``g1``, ``g2`` maps (Rx, Ry, 2) in px, ``(x, y)``).
+    reference : bool mask (Rx, Ry), rectangle [r0, r1, c0, c1], or slices, optional
+        Scan positions whose mean fitted lattice is the unstrained reference (default: the whole scan).
+    reference_lattice : (g1, g2), optional
+        An explicit reference basis (px, ``(x, y)``) instead of a region (e.g. from a separate reference scan).
+
+    Returns
+    -------
+    dict
+        ``exx``, ``eyy``, ``exy`` (dimensionless, detector frame x = col, y = row), ``theta_deg`` (rotation of the
+        lattice, degrees, counter-clockwise from x towards y) maps (Rx, Ry), NaN where the fit failed; and
+        ``reference_mask`` (Rx, Ry) (all False with an explicit ``reference_lattice``).
+    """
+    g1, g2 = np.asarray(lattice["g1"], dtype=np.float64), np.asarray(lattice["g2"], dtype=np.float64)
+    if g1.ndim != 3 or g1.shape[-1] != 2 or g2.shape != g1.shape:
+        raise AnalysisError(f"lattice g1/g2 maps must have shape (Rx, Ry, 2), got {g1.shape} and {g2.shape}")
     G = np.stack([g1, g2], -1)  # (Rx, Ry, 2, 2): columns g1, g2
-    mask = _region_mask(g1.shape[:2], reference)
-    ref = G[mask]
-    ref = ref[np.isfinite(ref).all(axis=(1, 2))]
-    if not len(ref):
-        raise AnalysisError("no position of the reference region has a fitted lattice")
-    G0 = ref.mean(0)
-    ok = np.isfinite(G).all(axis=(-1, -2))
+    if reference_lattice is not None:
+        G0 = np.stack([np.asarray(v, dtype=np.float64) for v in reference_lattice], -1)
+        if G0.shape != (2, 2) or not np.isfinite(G0).all() or abs(np.linalg.det(G0)) < 1e-12:
+            raise AnalysisError("reference_lattice must be two finite, non-collinear (x, y) vectors")
+        mask = np.zeros(g1.shape[:2], bool)
+    else:
+        mask = region_mask(g1.shape[:2], reference)
+        ref = G[mask]
+        ref = ref[np.isfinite(ref).all(axis=(1, 2))]
+        if not len(ref):
+            raise AnalysisError("no position of the reference region has a fitted lattice")
+        G0 = ref.mean(0)
+    ok = np.isfinite(G).all(axis=(-1, -2)) & (np.abs(np.linalg.det(np.where(np.isfinite(G), G, 1.0))) > 1e-12)
     Gs = np.where(ok[..., None, None], G, G0)
     D = np.linalg.inv(np.swapaxes(Gs @ np.linalg.inv(G0), -1, -2))
     # polar decomposition D = V R (left stretch V, rotation R), by SVD D = U S Wᵀ: R = U Wᵀ, V = U S Uᵀ
@@ -46,14 +70,16 @@ def plot_strain_maps(strain: dict, ground_truth: dict | None = None, title: str 
     """A matplotlib Figure of εxx, εyy, εxy (%) and θ (°); a second row for the ground truth when given."""
     from matplotlib.figure import Figure
 
-    keys = [("exx", "εxx (%)", 100.0), ("eyy", "εyy (%)", 100.0), ("exy", "εxy (%)", 100.0), ("theta_deg", "θ (°)", 1.0)]
+    keys = [("exx", "εxx (%)", 100.0), ("eyy", "εyy (%)", 100.0), ("exy", "εxy (%)", 100.0),
+            ("theta_deg", "θ (°)", 1.0)]
     rows = [("measured", strain)] + ([("ground truth", ground_truth)] if ground_truth else [])
     fig = Figure(figsize=(3.2 * len(keys), 2.9 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(keys), squeeze=False)
     for j, (k, label, scale) in enumerate(keys):
         vals = [np.asarray(r[k]) * scale for _, r in rows if k in r]
         finite = np.concatenate([v[np.isfinite(v)].ravel() for v in vals]) if vals else np.zeros(1)
-        lim = limit_percent if (limit_percent and scale == 100.0) else max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
+        auto = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-6)
+        lim = limit_percent if (limit_percent and scale == 100.0) else auto
         for i, (name, r) in enumerate(rows):
             ax = axes[i, j]
             if k in r:

@@ -1,0 +1,157 @@
+"""Lattice vectors and strain maps: basis choice with indices, per-position lattice fits, strain against a reference
+(synthetic disk scans from test_analysis_classical and exact lattices)."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_analysis_classical import G1, G2, H, W, lattice_pattern, strained_scan  # noqa: E402
+
+from analysis.braggvectors import BraggVectors  # noqa: E402
+from analysis.datacube import AnalysisError, Calibration, DataCube  # noqa: E402
+from analysis.disks import find_bragg_disks  # noqa: E402
+from analysis.lattice import (choose_lattice_vectors, fit_lattice, index_bragg_vectors,  # noqa: E402
+                              lattice_candidates)
+from analysis.strain import plot_strain_maps, strain_map  # noqa: E402
+from analysis.virtual import mean_pattern  # noqa: E402
+
+REF = [0, 1, 0, 4]
+
+
+def rot(deg):
+    t = np.radians(deg)
+    return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+
+
+def test_candidates_by_index_and_from_the_mean_pattern():
+    cube, _, _ = strained_scan(dose=2e6)
+    bv = find_bragg_disks(cube, min_relative_intensity=0.1, progress=False)
+    cand = lattice_candidates(bv, region=REF)
+    assert np.all(np.diff(cand["length_px"]) >= 0) and np.all(cand["count"] == 4)
+    np.testing.assert_allclose(np.abs(cand["vectors"][:2]), [[0, 9], [0, 9]], atol=0.15)  # ±(0, 9) first
+    g1, g2 = choose_lattice_vectors(bv, region=REF)
+    assert abs(g1[0]) < 0.05 and abs(abs(g1[1]) - 9) < 0.15
+    assert abs(abs(g2[0]) - 11) < 0.15 and abs(g2[1]) < 0.05
+    assert g1[0] * g2[1] - g1[1] * g2[0] > 0  # right-handed
+    # pick by index: the 11 px reflection as g1 and the 9 px one as g2
+    i11 = int(np.argmin(np.hypot(*(cand["vectors"] - (11, 0)).T)))
+    i9 = int(np.argmin(np.hypot(*(cand["vectors"] - (0, 9)).T)))
+    h1, h2 = choose_lattice_vectors(bv, region=REF, index_g1=i11, index_g2=i9, refine=False)
+    np.testing.assert_allclose(h1, (11, 0), atol=0.15)  # the flat kernel's ring, touching the bright direct
+    np.testing.assert_allclose(np.abs(h2), (0, 9), atol=0.15)  # beam, pushes its neighbours out by ~0.1 px
+    with pytest.raises(AnalysisError, match="only"):
+        choose_lattice_vectors(bv, region=REF, index_g1=99)
+    with pytest.raises(AnalysisError, match="collinear"):
+        i_11 = int(np.argmin(np.hypot(*(cand["vectors"] + (11, 0)).T)))  # the opposite reflection
+        choose_lattice_vectors(bv, region=REF, index_g1=i11, index_g2=i_11)
+    # the mean pattern of the reference region gives the same basis
+    m1, m2 = choose_lattice_vectors(mean_pattern(cube.data[:1]), min_relative_intensity=0.1)
+    np.testing.assert_allclose(np.abs(np.r_[m1, m2]), np.abs(np.r_[g1, g2]), atol=0.05)
+
+
+def test_indices_of_the_peaks():
+    img, pts = lattice_pattern()
+    bv = find_bragg_disks(img[None, None].astype(np.float32), min_relative_intensity=0.1, progress=False)
+    idx = index_bragg_vectors(bv, G1, G2)
+    assert idx["indexed"].all() and idx["error_px"].max() < 0.1
+    hk = set(zip(idx["h"].tolist(), idx["k"].tolist()))
+    assert hk == {(h, k) for h in (-2, -1, 0, 1, 2) for k in (-2, -1, 0, 1, 2) if abs(k * 9) < 28 and abs(h * 11) < 28}
+
+
+def test_lattice_fit_and_strain_recover_the_ground_truth():
+    cube, gt, _ = strained_scan(dose=2e6)
+    for subpixel, worst in (("parabola", 1.2e-3), ("upsample", 7e-4)):
+        bv = find_bragg_disks(cube, min_relative_intensity=0.1, subpixel=subpixel, progress=False)
+        lat = fit_lattice(bv, *choose_lattice_vectors(bv, region=REF))
+        assert np.all(lat["num_peaks"] >= 20) and np.nanmax(lat["error_px"]) < 0.1
+        s = strain_map(lat, reference=REF)
+        err = np.stack([s[k] - gt[k] for k in ("exx", "eyy", "exy")])
+        assert np.abs(err).max() < worst and np.sqrt(np.mean(err ** 2)) < 0.6 * worst, (subpixel, np.abs(err).max())
+        np.testing.assert_allclose(s["theta_deg"], gt["theta_deg"], atol=0.05)
+    # a bool mask reference and the equivalent explicit reference lattice give the same maps
+    mask = np.zeros((3, 4), bool)
+    mask[0] = True
+    s_mask = strain_map(lat, reference=mask)
+    g0 = (np.nanmean(lat["g1"][0], 0), np.nanmean(lat["g2"][0], 0))
+    s_lat = strain_map(lat, reference_lattice=g0)
+    for k in ("exx", "eyy", "exy", "theta_deg"):
+        np.testing.assert_allclose(s_mask[k], s[k], atol=1e-12)
+        np.testing.assert_allclose(s_lat[k], s[k], atol=1e-12)
+    fig = plot_strain_maps(s, gt, title="synthetic")
+    assert len(fig.axes) >= 8 and fig._suptitle.get_text() == "synthetic"
+
+
+def test_strain_is_exact_for_exact_lattices_at_large_rotation():
+    # D = (I + ε)·R(θ): reciprocal basis G = D⁻ᵀ G0 = (I + ε)⁻¹ R(θ) G0, for ε up to 5 % and θ up to 40°
+    G0 = np.array([[11.0, 3.0], [-1.0, 9.0]])  # columns g1, g2
+    rng = np.random.default_rng(0)
+    Rx, Ry = 3, 5
+    truth = {k: rng.uniform(-0.05, 0.05, (Rx, Ry)) for k in ("exx", "eyy", "exy")}
+    truth["theta_deg"] = rng.uniform(-40, 40, (Rx, Ry))
+    g1, g2 = np.zeros((Rx, Ry, 2)), np.zeros((Rx, Ry, 2))
+    for i in range(Rx):
+        for j in range(Ry):
+            eps = np.array([[truth["exx"][i, j], truth["exy"][i, j]], [truth["exy"][i, j], truth["eyy"][i, j]]])
+            G = np.linalg.inv(np.eye(2) + eps) @ rot(truth["theta_deg"][i, j]) @ G0
+            g1[i, j], g2[i, j] = G[:, 0], G[:, 1]
+    s = strain_map({"g1": g1, "g2": g2}, reference_lattice=(G0[:, 0], G0[:, 1]))
+    for k in truth:
+        np.testing.assert_allclose(s[k], truth[k], atol=1e-10)
+    # a pure rotation of the reference region itself: strain 0, θ relative to it
+    first = np.zeros((Rx, Ry), bool)
+    first[0, 0] = True
+    s2 = strain_map({"g1": g1, "g2": g2}, reference=first)  # relative to position (0, 0) itself
+    assert abs(s2["exx"][0, 0]) < 1e-12 and abs(s2["theta_deg"][0, 0]) < 1e-10
+
+
+def test_failed_fits_are_nan_and_outliers_are_left_out():
+    cube, gt, _ = strained_scan(dose=2e6)
+    bv = find_bragg_disks(cube, min_relative_intensity=0.1, progress=False)
+    g1, g2 = choose_lattice_vectors(bv, region=REF)
+    p = bv.peaks.copy()
+    keep = ~((p["rx"] == 2) & (p["ry"] == 3))
+    # position (2, 3): only two peaks left -> no fit; position (1, 1): a spurious peak between lattice points
+    sel = np.flatnonzero((p["rx"] == 2) & (p["ry"] == 3))[:2]
+    keep[sel] = True
+    extra = p[np.flatnonzero((p["rx"] == 1) & (p["ry"] == 1))[:1]].copy()
+    extra["row"] += 4.5
+    extra["col"] += 5.5
+    bv2 = BraggVectors(bv.scan_shape, bv.detector_shape, np.concatenate([p[keep], extra]), bv.calibration)
+    lat = fit_lattice(bv2, g1, g2, max_error_px=1.5)
+    assert np.isnan(lat["g1"][2, 3]).all() and lat["num_peaks"][2, 3] == 0
+    assert lat["num_peaks"][1, 1] == len(bv.at(1, 1)) and lat["error_px"][1, 1] < 0.1
+    s = strain_map(lat, reference=REF)
+    assert np.isnan(s["exx"][2, 3]) and np.isfinite(s["exx"][:2]).all()
+    assert abs(s["exx"][1, 1] - gt["exx"][1, 1]) < 1.5e-3
+    with pytest.raises(AnalysisError, match="reference region"):
+        strain_map(lat, reference=[2, 3, 3, 4])  # only the failed position
+    with pytest.raises(AnalysisError, match="collinear"):
+        fit_lattice(bv, g1, 2 * g1)
+    with pytest.raises(AnalysisError, match="weights"):
+        fit_lattice(bv, g1, g2, weights="magic")
+
+
+def test_lazy_scan_gives_the_same_strain_and_origin_maps_are_used():
+    da = pytest.importorskip("dask.array")
+    cube, gt, _ = strained_scan(dose=2e6)
+    lazy = DataCube(da.from_array(cube.data, chunks=(1, 3, H, W)), cube.calibration, probe=cube.probe)
+    maps = []
+    for c in (cube, lazy):
+        bv = find_bragg_disks(c, min_relative_intensity=0.1, progress=False)
+        maps.append(strain_map(fit_lattice(bv, *choose_lattice_vectors(bv, region=REF)), reference=REF))
+    for k in ("exx", "eyy", "exy", "theta_deg"):
+        np.testing.assert_array_equal(maps[0][k], maps[1][k])
+    # a per-position origin map (descan) is absorbed: the same lattice with shifted patterns
+    shift = np.zeros((3, 4, 2))
+    shift[..., 0], shift[..., 1] = np.arange(3)[:, None] * 0.8, -np.arange(4)[None, :] * 0.6
+    data = np.stack([np.stack([lattice_pattern(origin=(H // 2 + shift[i, j, 0], W // 2 + shift[i, j, 1]))[0]
+                               for j in range(4)]) for i in range(3)])
+    bv = find_bragg_disks(DataCube(data.astype(np.float32), Calibration(), probe=cube.probe),
+                          min_relative_intensity=0.1, progress=False)
+    origins = shift + (H // 2, W // 2)
+    lat = fit_lattice(bv, G1, G2, origin_px=origins)
+    assert np.abs(lat["q0"]).max() < 0.05  # the origin map removed the shift
+    assert np.abs(strain_map(lat)["exx"]).max() < 5e-4
