@@ -128,6 +128,18 @@ def test_failed_fits_are_nan_and_outliers_are_left_out():
     assert abs(s["exx"][1, 1] - gt["exx"][1, 1]) < 1.5e-3
     with pytest.raises(AnalysisError, match="reference region"):
         strain_map(lat, reference=[2, 3, 3, 4])  # only the failed position
+    # a disk found 0.8 px off its lattice point (within max_error_px): kept by default, left out by reject_sigma
+    p = bv.peaks.copy()
+    i = np.flatnonzero((p["rx"] == 1) & (p["ry"] == 2))
+    far = i[np.argmax(np.hypot(p["row"][i] - H // 2, p["col"][i] - W // 2))]
+    p["col"][far] += 0.8
+    bv3 = BraggVectors(bv.scan_shape, bv.detector_shape, p, bv.calibration)
+    plain, robust = fit_lattice(bv3, g1, g2), fit_lattice(bv3, g1, g2, reject_sigma=3.0)
+    assert plain["num_peaks"][1, 2] == len(i) and robust["num_peaks"][1, 2] == len(i) - 1
+    assert robust["error_px"][1, 2] < 0.5 * plain["error_px"][1, 2]
+    e_plain = abs(strain_map(plain, reference=REF)["exx"][1, 2] - gt["exx"][1, 2])
+    e_robust = abs(strain_map(robust, reference=REF)["exx"][1, 2] - gt["exx"][1, 2])
+    assert e_robust < 1e-3 < e_plain
     with pytest.raises(AnalysisError, match="collinear"):
         fit_lattice(bv, g1, 2 * g1)
     with pytest.raises(AnalysisError, match="weights"):
