@@ -173,9 +173,7 @@ def _load_zarr(p: Path, lazy: bool, dataset: str | None = None) -> DataCube:
         raise AnalysisError(f"{p}: stemforge datacube without a 'data' array")
     data = node["data"]
     check_4d(data.shape, p)
-    gt = {}
-    if isinstance(node.get("ground_truth"), zarr.Group):
-        gt = {name: np.asarray(arr[...]) for name, arr in node["ground_truth"].arrays()}
+    gt = _ground_truth(node.get("ground_truth"), p)
     probe = np.asarray(node["probe"][...], dtype=np.float32) if isinstance(node.get("probe"), zarr.Array) else None
     meta = {**meta, "format": FORMAT, **{k: v for k, v in attrs.items()
                                         if k not in ("stemforge_format", "complete", "calibration")}}
@@ -183,12 +181,26 @@ def _load_zarr(p: Path, lazy: bool, dataset: str | None = None) -> DataCube:
     return DataCube(da.from_zarr(data) if lazy else np.asarray(data[...]), cal, meta, gt, probe)
 
 
+def _ground_truth(group, p: Path) -> dict:
+    """The arrays of ``ground_truth/`` read into memory, nested groups flattened: an array is keyed by its own
+    name (its path under ``ground_truth/`` when two share a name)."""
+    import zarr
+
+    if not isinstance(group, zarr.Group):
+        return {}
+    arrays = sorted((path, a) for path, a in group.members(max_depth=None) if isinstance(a, zarr.Array))
+    names = [path.rsplit("/", 1)[-1] for path, _ in arrays]
+    return {(name if names.count(name) == 1 else path): np.asarray(a[...])
+            for name, (path, a) in zip(names, arrays)}
+
+
 def save(cube, path, *, overwrite: bool = False, progress: bool | None = None) -> str:
     """Write a scan in the ``datacube/1`` zarr layout; ``load(save(cube, p))`` gives it back.
 
-    ``data`` is stored as float32 ``(Rx, Ry, H, W)`` and streamed block of scan rows by block (a lazy cube is
-    computed one block at a time), then ``probe``, ``ground_truth/*``, calibration and metadata (``phases``,
-    ``ground_truth_units``, ``config``, ``versions``, ``units``); ``complete: true`` is set last.
+    ``data`` is stored as float32 ``(Rx, Ry, H, W)`` and streamed: a dask cube chunk by chunk with
+    ``dask.array.store`` into chunks aligned with the store's, a numpy cube block of scan rows by block. Then
+    ``probe``, ``ground_truth/*``, calibration and metadata (``phases``, ``ground_truth_units``, ``config``,
+    ``versions``, ``units``); ``complete: true`` is set last.
 
     Parameters
     ----------
@@ -228,10 +240,23 @@ def save(cube, path, *, overwrite: bool = False, progress: bool | None = None) -
     g.attrs.update({"stemforge_format": FORMAT, "complete": False})
     chunks = scan_chunks(cube.shape, 4)
     out = g.create_array("data", shape=cube.shape, chunks=chunks, dtype="float32")
-    step = chunks[0]
     show = progress if progress is not None else Rx * Ry * H * W * 4 > 2**30
-    for r0 in tqdm(range(0, Rx, step), desc="saving scan rows", unit="block", disable=not show):
-        out[r0:r0 + step] = np.asarray(cube.data[r0:r0 + step], dtype=np.float32)
+    if cube.is_lazy and hasattr(cube.data, "dask"):  # a dask array: stream it chunk by chunk into the store
+        import dask.array as da
+        from dask.diagnostics import ProgressBar
+
+        # rechunked to the store's chunks, each dask task writes whole zarr chunks (no two tasks share one), so
+        # da.store (what da.to_zarr calls) needs no lock; to_zarr itself would re-chunk to dask's 'auto' size
+        lazy = cube.data.astype(np.float32).rechunk(chunks)
+        if show:
+            with ProgressBar():
+                da.store(lazy, out, lock=False)
+        else:
+            da.store(lazy, out, lock=False)
+    else:
+        step = chunks[0]
+        for r0 in tqdm(range(0, Rx, step), desc="saving scan rows", unit="block", disable=not show):
+            out[r0:r0 + step] = np.asarray(cube.data[r0:r0 + step], dtype=np.float32)
     if cube.probe is not None:
         g.create_array("probe", data=np.asarray(cube.probe, dtype=np.float32))
     for name, arr in gt.items():

@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -271,6 +272,40 @@ def test_save_streams_a_lazy_cube_in_blocks(tmp_path, monkeypatch):
     assert len(calls) == 3  # one read per chunk, none of the whole array
     back = analysis.load(tmp_path / "s.zarr")
     assert np.array_equal(np.asarray(back.data), arr)
+
+
+def test_nested_ground_truth_groups_are_flattened(tmp_path):
+    import zarr
+
+    arr = np.ones((2, 3, 4, 4), np.float32)
+    path = analysis.save(DataCube(arr), tmp_path / "n.zarr")
+    g = zarr.open_group(path, mode="r+")
+    g.create_array("ground_truth/strain/exx", data=np.full((2, 3), 0.01, np.float32))
+    g.create_array("ground_truth/strain/theta_deg", data=np.zeros((2, 3), np.float32))
+    g.create_array("ground_truth/phase", data=np.ones((2, 3), np.int32))
+    g.create_array("ground_truth/other/theta_deg", data=np.ones((2, 3), np.float32))
+    gt = analysis.load(path).ground_truth
+    assert set(gt) == {"exx", "phase", "strain/theta_deg", "other/theta_deg"}
+    assert gt["exx"][1, 2] == np.float32(0.01) and gt["phase"].dtype == np.int32
+    assert isinstance(gt["exx"], np.ndarray) and gt["other/theta_deg"][0, 0] == 1  # read eagerly
+
+
+def test_save_lazy_cube_with_ragged_chunks(tmp_path, monkeypatch):
+    import dask.array as da
+
+    import analysis.io_formats as fmts
+
+    arr = np.random.default_rng(3).random((5, 3, 8, 8)).astype(np.float64)
+    monkeypatch.setattr(fmts, "CHUNK_BYTES", 2 * 3 * 8 * 8 * 4)  # store chunks of two scan rows
+    lazy = da.from_array(arr, chunks=(3, 1, 8, 8))  # misaligned with the store on purpose
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no dask rechunk/safety warnings
+        analysis.save(DataCube(lazy), tmp_path / "r.zarr")
+    import zarr
+
+    z = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
+    assert z["data"].chunks == (2, 3, 8, 8) and z["data"].dtype == np.float32 and z.attrs["complete"] is True
+    assert np.array_equal(np.asarray(analysis.load(tmp_path / "r.zarr").data), arr.astype(np.float32))
 
 
 def test_plain_zarr_array_and_group(tmp_path):
