@@ -84,6 +84,8 @@ def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None, r
                                                                           "navigate")} for a in axes]),
               "beam_energy_keV": energy, "convergence_angle_mrad": alpha,
               "camera_length": jsonable(tem.get("camera_length")), "scan_rotation_deg": jsonable(tem.get("rotation"))}
+    if None in q and reader == "blockfile":
+        q = _blockfile_q(s.get("original_metadata") or {}, scales[2:], axes[2:], energy_eV, source)
     if None in q and scales[3] is not None and axes[3].get("units"):
         source["detector_pixel"] = f"{scales[3]:.6g} {axes[3]['units']} (not converted to Å⁻¹)"
     cal = Calibration(q_pixel_size=one_pixel_size(q), energy_eV=energy_eV, semiangle_mrad=alpha,
@@ -94,6 +96,24 @@ def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None, r
             "original_metadata": s.get("original_metadata") or {}}
     check_4d(np.shape(s["data"]), path)
     return DataCube(s["data"], cal, meta)
+
+
+def _blockfile_q(om: dict, scales, axes, energy_eV, source: dict) -> list:
+    """Å⁻¹/px of a NanoMegas blockfile's (row, col) detector axes from the pixel size on the camera plane (cm, from
+    the header's ``SDP`` pixels per cm) and the header's ``Camera_length`` (stored as 10 × mm): θ = x / L (small
+    angles), k = θ / λ. The camera length is the microscope's nominal one, so the result is too; ``[None, None]``
+    when the header lacks either or there is no beam energy."""
+    header = om.get("blockfile_header") or {}
+    cl_mm = (num(header.get("Camera_length")) or 0.0) / 10.0
+    lam = Calibration(energy_eV=energy_eV).wavelength_A if energy_eV else None
+    px_mm = [None if sc is None else length_to_A(sc, a.get("units")) for sc, a in zip(scales, axes)]
+    if not cl_mm or not lam or None in px_mm:
+        return [None, None]
+    px_mm = [v * 1e-7 for v in px_mm]  # Å -> mm
+    q = [v / cl_mm / lam for v in px_mm]
+    source["q_pixel_size_from"] = (f"camera-plane pixel {px_mm[1]:.6g} mm / nominal camera length {cl_mm:g} mm "
+                                   f"= {px_mm[1] / cl_mm * 1e3:.6g} mrad/px at λ = {lam:.6g} Å")
+    return q
 
 
 def _axes(signal) -> list[dict]:

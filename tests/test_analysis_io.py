@@ -65,7 +65,13 @@ def test_blockfile_matches_its_header(real):
     c = d.calibration
     assert c.scan_step_A == pytest.approx((10 * sy, 10 * sx))  # nm -> Å
     assert c.energy_eV == pytest.approx(beam_V)  # header Beam_energy in V, via rsciio's metadata mapping
-    assert c.q_pixel_size is None and "cm" in c.source["detector_pixel"]  # camera-plane size, not Å⁻¹
+    (sdp,) = struct.unpack_from("<H", raw, 50)  # detector pixels per cm × 100 on the camera plane
+    (cl,) = struct.unpack_from("<I", raw, 52)  # camera length, 10 × mm
+    assert (sdp, cl) == (6226, 2000)
+    mrad_per_px = (10 / (sdp / 100)) / (cl / 10) * 1e3  # θ = x / L: pixel (mm) over camera length (mm)
+    assert c.q_pixel_size == pytest.approx(mrad_per_px * 1e-3 / LAMBDA_200KEV_A, rel=1e-4)
+    assert c.q_pixel_size == pytest.approx(0.03202, abs=1e-5) and "nominal camera length 200 mm" in \
+        c.source["q_pixel_size_from"]
     frame3 = np.frombuffer(raw, np.uint8, dp * dp, offset2 + 3 * (6 + dp * dp) + 6).reshape(dp, dp)
     assert np.array_equal(np.asarray(d.data[1, 1]), frame3)  # raster order: row 1, col 1 is the 4th frame
 
