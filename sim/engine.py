@@ -27,8 +27,9 @@ from .grids import grid_points
 from .optics import Optics
 
 ENGINES = ("auto", "multislice", "smatrix")
-#: largest S-matrix (cropped Fourier exit planes, complex64) the automatic choice accepts, in bytes
-SMATRIX_MAX_BYTES = 2 * 1024**3
+#: largest S-matrix (cropped Fourier exit planes, complex64) the automatic choice accepts, in bytes; a constant, so
+#: that every machine (and cluster worker) makes the same choice and writes the same bytes
+SMATRIX_MAX_BYTES = 4 * 1024**3
 #: largest prebuilt potential (float32 slices) kept to share between beam-tilt subgroups, in bytes
 POTENTIAL_CACHE_BYTES = 1024**3
 

@@ -150,9 +150,10 @@ def test_batched_multislice_equals_one_multislice_per_run(silicon):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    # static zone axis: one repeat column per beam (Bloch path), 4 optics settings -> S-matrix
-    (["sampling.optics_per_specimen=4", "dataset.chunk_runs=4", "orientation.zone_axes=[100]"], "smatrix"),
-    # one frozen-phonon configuration: every beam through the whole displaced supercell, 2 runs -> multislice
+    # static zone axis: one repeat column per beam (Bloch path), 8 optics settings, 10 nm -> S-matrix (~1.6x)
+    (["sampling.optics_per_specimen=8", "dataset.chunk_runs=8", "orientation.zone_axes=[100]",
+      "sampling.thicknesses_nm=[4.0,10.0]"], "smatrix"),
+    # one frozen-phonon configuration: every beam through the whole displaced supercell, 2 runs -> multislice (~2.5x)
     (["sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
       "sampling.frozen_phonons=1", "sampling.thicknesses_nm=[1.0,2.0]"], "multislice"),
 ])
