@@ -10,9 +10,11 @@ made noisy at a low dose and analysed by both methods through :func:`analysis.wo
 * orientation error (degrees, mean misorientation with symmetry) of ACOM on the classical Bragg vectors;
 * patterns per second of each disk finder on this machine.
 
-The ML method uses ``--model`` (default ``bragg-fcunet:stable`` from the default registry store: the shipped
-pretrained model). A side-by-side run of py4DSTEM's ``find_Bragg_disks`` is not implemented yet (py4DSTEM needs
-numpy<2, so it would run in a separate environment; it is never a stemforge dependency).
+The ML method uses ``--model`` (default ``bragg-fcunet:stable``) from ``--store`` (default ``$STEMFORGE_STORE`` or
+the default store, seeded with the pretrained model shipped in ``registry/pretrained``). Without a loadable model
+the script stops with one line before simulating anything. A side-by-side run of py4DSTEM's
+``find_Bragg_disks`` is not implemented yet (py4DSTEM needs numpy<2, so it would run in a separate environment;
+it is never a stemforge dependency).
 
 Usage: ``python benchmarks/analysis_accuracy.py [--quick] [--dose E] [--model REF] [--store URL]``; the last line is
 ``RESULT ml_f1=… classical_f1=… ml_pos_rmse_px=… classical_pos_rmse_px=… ml_strain_rmse=… classical_strain_rmse=…
@@ -60,6 +62,14 @@ def main(argv=None) -> int:
     import analysis
     from analysis.workflow import add_dose_noise, analyse, report
 
+    from analysis.datacube import AnalysisError
+    from analysis.inference import load_model
+
+    try:
+        model = load_model(args.model, store=args.store)  # fail before minutes of simulation
+    except AnalysisError as err:
+        sys.exit(f"error: {err} (pass --model/--store of a published model, e.g. "
+                 "--model bragg-fcunet-demo:stable --store data/demo/registry after `make run`)")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     cases = [((8, 8), 50.0)] if args.quick else [((16, 16), 50.0), ((16, 16), 80.0)]
@@ -70,7 +80,7 @@ def main(argv=None) -> int:
         cube = add_dose_noise(analysis.load(path, lazy=False), args.dose, seed=0)
         print(f"\n=== {path.name}: {cube.shape}, {t_nm:g} nm, dose {args.dose:g} e⁻/pattern", flush=True)
         res = analyse(cube, ["classical", "ml"], classical={"min_relative_intensity": 0.02, "min_spacing_px": 4},
-                      ml={"model": args.model, "store": args.store, "mc_samples": args.mc_samples, "threshold": 0.1},
+                      ml={"model": model, "mc_samples": args.mc_samples, "threshold": 0.1},
                       strain_reference=[0, max(1, shape[0] // 4), None, None],
                       orientation={"k_max": 1.5, "direction_step_deg": 2.0, "in_plane_step_deg": 2.0},
                       progress=False)

@@ -19,17 +19,23 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
-def _figures(cube, results, out: Path) -> list[str]:
+def _virtual(cube) -> dict:
+    """Virtual BF (disk of H/16 px) and ADF (H/8 to H/2 px) images, computed once for the maps and the figures."""
+    from analysis.virtual import virtual_adf, virtual_bf
+
+    H = cube.detector_shape[0]
+    return {"virtual_bf": virtual_bf(cube, max(2, H // 16)), "virtual_adf": virtual_adf(cube, H // 8, H // 2 - 1)}
+
+
+def _figures(cube, results, virtual: dict, out: Path) -> list[str]:
     import numpy as np
     from matplotlib.figure import Figure
 
     from analysis.strain import plot_strain_maps
-    from analysis.virtual import mean_pattern, virtual_adf, virtual_bf
+    from analysis.virtual import mean_pattern
 
     written = []
-    H, W = cube.detector_shape
-    bf = virtual_bf(cube, max(2, H // 16))
-    adf = virtual_adf(cube, H // 8, H // 2 - 1)
+    bf, adf = virtual["virtual_bf"], virtual["virtual_adf"]
     fig = Figure(figsize=(11, 3.4), layout="constrained")
     ax = fig.subplots(1, 3)
     ax[0].imshow(bf, cmap="gray"), ax[0].set_title("virtual BF")
@@ -47,7 +53,8 @@ def _figures(cube, results, out: Path) -> list[str]:
         a.imshow(np.log10(np.clip(img, img.max() * 1e-4, None)), cmap="gray")
         if "reflections_px" in gt:
             t = np.asarray(gt["reflections_px"][rx, ry])
-            vis = np.asarray(gt.get("reflections_visible", np.isfinite(t[..., 0]))[rx, ry], bool)
+            vis = (np.asarray(gt["reflections_visible"][rx, ry], bool) if "reflections_visible" in gt
+                   else np.isfinite(t[..., 0]))
             a.scatter(t[vis, 0], t[vis, 1], s=60, facecolors="none", edgecolors="lime", lw=1, label="truth")
         p = r.bragg.at(rx, ry)
         a.scatter(p["col"], p["row"], s=12, c="red", marker="x", lw=1, label=f"{name} ({len(p)})")
@@ -72,18 +79,15 @@ def _figures(cube, results, out: Path) -> list[str]:
     return written
 
 
-def _write_maps(cube, results, path: Path) -> None:
+def _write_maps(cube, results, virtual: dict, path: Path) -> None:
     import numpy as np
     import zarr
 
-    from analysis.virtual import virtual_adf, virtual_bf
-
-    H = cube.detector_shape[0]
     g = zarr.open_group(str(path), mode="w")
     g.attrs.update({"scan_shape": list(cube.scan_shape), "calibration": cube.calibration.as_dict(),
                     "complete": False})
-    g.create_array("virtual_bf", data=virtual_bf(cube, max(2, H // 16)).astype("float32"))
-    g.create_array("virtual_adf", data=virtual_adf(cube, H // 8, H // 2 - 1).astype("float32"))
+    for name, image in virtual.items():
+        g.create_array(name, data=np.asarray(image, dtype="float32"))
     for name, r in results.items():
         m = g.require_group(name)
         m.create_array("num_peaks", data=r.bragg.counts().astype("int32"))
@@ -140,8 +144,9 @@ def main(cfg) -> None:
         print(f"error: {err}".replace("\n", " "), file=sys.stderr)
         sys.exit(2)
     out.mkdir(parents=True, exist_ok=True)
-    _write_maps(cube, results, out / "maps.zarr")
-    figures = _figures(cube, results, out)
+    virtual = _virtual(cube)
+    _write_maps(cube, results, virtual, out / "maps.zarr")
+    figures = _figures(cube, results, virtual, out)
     text = report(results, cube)
     (out / "report.txt").write_text(text + "\n")
     print(text)
