@@ -256,3 +256,38 @@ def _upsampled(spec, shape, row, col, up):
     dy = _parabola(loc[p, ia - 1, ib], loc[p, ia, ib], loc[p, ia + 1, ib])
     dx = _parabola(loc[p, ia, ib - 1], loc[p, ia, ib], loc[p, ia, ib + 1])
     return row + (ia - n // 2 + dy) / up, col + (ib - n // 2 + dx) / up
+
+
+def flat_disk_peaks(pattern: np.ndarray, radius_px: float, rel: float = 1e-4) -> np.ndarray:
+    """Disk positions in one noise-free pattern: correlation with a flat disk, local maxima, parabola refinement.
+
+    A minimal finder for simulated patterns (benchmarks and tests of the orientation matcher); use
+    :func:`find_bragg_disks` on measured data.
+
+    Parameters
+    ----------
+    pattern : numpy.ndarray
+        (H, W) diffraction pattern.
+    radius_px : float
+        Disk radius, px (the probe semi-angle on the detector).
+    rel : float
+        Keep maxima above this fraction of the largest correlation.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, 3) rows of (row px, col px, correlation); maxima on the border are skipped.
+    """
+    r = int(np.ceil(radius_px)) + 1
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    c = ndimage.correlate(np.asarray(pattern, dtype=float), (np.hypot(yy, xx) <= radius_px).astype(float),
+                          mode="constant")
+    peak = (c == ndimage.maximum_filter(c, size=int(2 * radius_px) + 1)) & (c > rel * c.max())
+    out = []
+    for i, j in np.argwhere(peak):
+        if 0 < i < c.shape[0] - 1 and 0 < j < c.shape[1] - 1:
+            sub = [_parabola(m, z, p) for m, z, p in ((c[i - 1, j], c[i, j], c[i + 1, j]),
+                                                      (c[i, j - 1], c[i, j], c[i, j + 1]))]
+            out.append((i + sub[0], j + sub[1], c[i, j]))
+    return np.array(out).reshape(-1, 3)
+

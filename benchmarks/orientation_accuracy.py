@@ -74,28 +74,11 @@ def run(structure: str, k_max: float, n: int, repeats: int, seed: int, sigma_dat
             "per_cpu_s": n / best_cpu, "per_s": n / best_wall}
 
 
-def _disk_peaks(pattern: np.ndarray, radius_px: float, rel: float = 1e-4) -> np.ndarray:
-    """Minimal disk finder: correlation with a flat disk, local maxima above ``rel`` of the maximum, parabolic
-    sub-pixel refinement; rows of (row, col, correlation)."""
-    from scipy import ndimage
-
-    r = int(np.ceil(radius_px)) + 1
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    c = ndimage.correlate(pattern, (np.hypot(yy, xx) <= radius_px).astype(float), mode="constant")
-    peak = (c == ndimage.maximum_filter(c, size=int(2 * radius_px) + 1)) & (c > rel * c.max())
-    out = []
-    for i, j in np.argwhere(peak):
-        if 0 < i < c.shape[0] - 1 and 0 < j < c.shape[1] - 1:
-            sub = [0.5 * (m - p) / d if (d := m - 2 * z + p) < 0 else 0.0
-                   for m, z, p in ((c[i - 1, j], c[i, j], c[i + 1, j]), (c[i, j - 1], c[i, j], c[i, j + 1]))]
-            out.append((i + sub[0], j + sub[1], c[i, j]))
-    return np.array(out).reshape(-1, 3)
-
-
 def dynamical(structure: str, n: int, thicknesses_nm, seed: int) -> list[dict]:
     """Random orientations simulated by abTEM multislice (oriented boxes, α = 2 mrad, static lattice), peaks from
-    :func:`_disk_peaks`, matched at every k_max."""
+    :func:`analysis.disks.flat_disk_peaks`, matched at every k_max."""
     from analysis import BraggVectors, Calibration
+    from analysis.disks import flat_disk_peaks
     from analysis.orientation import _misorientation, orientation_map
     from analysis.orientation_library import build_orientation_library
     from sim.detector import Detector, resample, resampling_matrix
@@ -120,7 +103,7 @@ def dynamical(structure: str, n: int, thicknesses_nm, seed: int) -> list[dict]:
         pats, sampling, _, _ = simulate_cbed(spec, optics, (side / 2, side / 2), t_A, sampling_A=0.115)
         images = resample(pats, resampling_matrix(pats.shape[1:], sampling, det), det)
         for i in range(len(t_A)):
-            per[i][(0, k)] = _disk_peaks(images[i], radius)
+            per[i][(0, k)] = flat_disk_peaks(images[i], radius)
         print(f"  simulated {k + 1}/{n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     cal = Calibration(q_pixel_size=det.pixel_size, energy_eV=E, origin_px=(52.0, 52.0))
     rows = []

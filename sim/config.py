@@ -277,3 +277,28 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="simulate_schema", node=SimulateConfig)
+
+
+def compose_simulate(*overrides: str, config_dir: str | None = None):
+    """The simulation config as ``scripts/simulate.py`` would see it, through Hydra's compose API.
+
+    Parameters
+    ----------
+    *overrides : str
+        Hydra overrides, e.g. ``"structure=si"``, ``"dataset.num_patterns=8"``.
+    config_dir : str, optional
+        Folder holding ``simulate.yaml`` (default: the repository's ``conf/``).
+
+    Returns
+    -------
+    omegaconf.DictConfig
+        The composed (not yet validated) config; pass it to :func:`validate`.
+    """
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    register_configs()
+    config_dir = config_dir or str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        return compose(config_name="simulate", overrides=list(overrides))

@@ -212,20 +212,7 @@ def multislice_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, sli
                             ensemble_axes_metadata=[OrdinalAxis(label="probe", values=tuple(range(len(stacked))))],
                             metadata=metadata)
         dp = waves.multislice(potential).diffraction_patterns(max_angle=None)
-        arr = dp.array
-        arr = arr.get() if hasattr(arr, "get") else arr
-        arr = np.asarray(arr, dtype=np.float64)
-        kinds = [type(ax).__name__ for ax in dp.ensemble_axes_metadata]
-        if "FrozenPhononsAxis" in kinds:
-            j = kinds.index("FrozenPhononsAxis")
-            arr = arr.mean(axis=j)
-            kinds.pop(j)
-        if "ThicknessAxis" not in kinds:
-            arr, kinds = arr[None], ["ThicknessAxis"] + kinds
-        elif kinds.index("ThicknessAxis") != 0:
-            arr = np.moveaxis(arr, kinds.index("ThicknessAxis"), 0)
-        if arr.ndim == 3:  # abTEM drops a length-one probe axis
-            arr = arr[:, None]
+        arr = ms.exit_plane_stack(dp)
         lookup = {p: j for j, p in enumerate(unique_planes)}
         arr = arr[[lookup[p] for p in planes]]  # (T, probes, nx, ny)
         start = 0
@@ -235,14 +222,8 @@ def multislice_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, sli
             out[i] = np.moveaxis(pat, -1, -2)  # -> [ky, kx]
             start += n
         sampling = (float(dp.sampling[1]), float(dp.sampling[0]))
-    grid = {
-        "gpts": list(gpts),
-        "sampling_A": [lx / gpts[0], ly / gpts[1]],
-        "slice_thickness_A": dz,
-        "num_slices": num_slices,
-        "frozen_phonon_configs": int(phonons.num_configs) if use_fp else 0,
-        "coherence_points": max(len(ow[1]) for ow in offsets_weights),
-    }
+    grid = ms.grid_facts(gpts, (lx, ly), dz, num_slices, int(phonons.num_configs) if use_fp else 0,
+                         max(len(ow[1]) for ow in offsets_weights))
     return out, sampling, exact_t, grid
 
 

@@ -71,6 +71,41 @@ def exit_plane_indices(thicknesses_A, slice_thickness_A: float, num_slices: int)
     return tuple(int(i) for i in idx), (idx + 1) * slice_thickness_A
 
 
+def grid_facts(gpts, extent_A, slice_thickness_A: float, num_slices: int, frozen_phonon_configs: int,
+               coherence_points: int) -> dict:
+    """The simulation-grid facts recorded with every pattern (grid points, Å per point, slicing, ensembles)."""
+    return {
+        "gpts": list(gpts),
+        "sampling_A": [extent_A[0] / gpts[0], extent_A[1] / gpts[1]],
+        "slice_thickness_A": slice_thickness_A,
+        "num_slices": num_slices,
+        "frozen_phonon_configs": frozen_phonon_configs,
+        "coherence_points": coherence_points,
+    }
+
+def exit_plane_stack(dp) -> np.ndarray:
+    """abTEM diffraction patterns -> float64 array (exit plane, probe position, nx, ny) in a fixed axis order.
+
+    Frozen-phonon configurations are averaged; the thickness and probe axes that abTEM drops when they have
+    length one are restored; arrays on a GPU are brought to host memory.
+    """
+    arr = dp.array
+    arr = arr.get() if hasattr(arr, "get") else arr
+    arr = np.asarray(arr, dtype=np.float64)
+    kinds = [type(ax).__name__ for ax in dp.ensemble_axes_metadata]
+    if "FrozenPhononsAxis" in kinds:
+        j = kinds.index("FrozenPhononsAxis")
+        arr = arr.mean(axis=j)
+        kinds.pop(j)
+    if "ThicknessAxis" not in kinds:
+        arr, kinds = arr[None], ["ThicknessAxis"] + kinds
+    elif kinds.index("ThicknessAxis") != 0:
+        arr = np.moveaxis(arr, kinds.index("ThicknessAxis"), 0)
+    if arr.ndim == 3:  # no probe axis left (one position)
+        arr = arr[:, None]
+    return arr
+
+
 def simulate_cbed(
     specimen,
     optics: Optics,
@@ -154,36 +189,14 @@ def simulate_cbed(
     positions = np.asarray(position_A, dtype=float)[None, :] + offsets
     waves = probe.multislice(potential, scan=positions, lazy=False)
     dp = waves.diffraction_patterns(max_angle=None)
-    arr = dp.array
-    if device == "gpu":  # pragma: no cover
-        arr = arr.get() if hasattr(arr, "get") else arr
-    arr = np.asarray(arr, dtype=np.float64)
-    # Name the ensemble axes abTEM kept (it drops length-one ones) and bring them to a fixed order.
-    kinds = [type(ax).__name__ for ax in dp.ensemble_axes_metadata]
-    if "FrozenPhononsAxis" in kinds:
-        i = kinds.index("FrozenPhononsAxis")
-        arr = arr.mean(axis=i)
-        kinds.pop(i)
-    if "ThicknessAxis" not in kinds:
-        arr, kinds = arr[None], ["ThicknessAxis"] + kinds
-    if not any("Position" in k or "Scan" in k for k in kinds):
-        arr = arr[:, None]
-    elif kinds.index("ThicknessAxis") != 0:
-        arr = np.moveaxis(arr, kinds.index("ThicknessAxis"), 0)
+    arr = exit_plane_stack(dp)
     # arr: (planes, positions, nx, ny) -> weighted incoherent sum over source positions
     arr = np.tensordot(arr, weights, axes=([1], [0]))
     arr = np.moveaxis(arr, -1, -2)  # -> [ky, kx]
     lookup = {p: i for i, p in enumerate(unique_planes)}
     patterns = arr[[lookup[p] for p in planes]]
     sampling = (float(dp.sampling[1]), float(dp.sampling[0]))
-    grid = {
-        "gpts": list(gpts),
-        "sampling_A": [lx / gpts[0], ly / gpts[1]],
-        "slice_thickness_A": dz,
-        "num_slices": num_slices,
-        "frozen_phonon_configs": int(phonons.num_configs) if use_fp else 0,
-        "coherence_points": len(weights),
-    }
+    grid = grid_facts(gpts, (lx, ly), dz, num_slices, int(phonons.num_configs) if use_fp else 0, len(weights))
     return patterns, sampling, exact_t, grid
 
 

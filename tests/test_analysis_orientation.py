@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from analysis import AnalysisError, BraggVectors, Calibration
+from analysis.disks import flat_disk_peaks
 from analysis.orientation import (OrientationMap, _misorientation, ipf_colors, orientation_map, score_orientations,
                                   template_correlation, zone_axis_labels)
 from analysis.orientation_library import (_MEMORY_CACHE, build_orientation_library, fundamental_directions,
@@ -230,24 +231,6 @@ def test_bad_inputs_are_refused(si_lib):
 
 
 # --------------------------------------------------------------------------- dynamical check
-def _cbed_peaks(pattern, radius_px, rel=1e-4):
-    """A minimal disk finder: correlate with a disk, local maxima above ``rel`` of the maximum, parabolic
-    sub-pixel refinement; returns (n, 3) rows of (row, col, correlation)."""
-    from scipy import ndimage
-
-    r = int(math.ceil(radius_px)) + 1
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    c = ndimage.correlate(pattern, (np.hypot(yy, xx) <= radius_px).astype(float), mode="constant")
-    peak = (c == ndimage.maximum_filter(c, size=int(2 * radius_px) + 1)) & (c > rel * c.max())
-    out = []
-    for i, j in np.argwhere(peak):
-        if 0 < i < c.shape[0] - 1 and 0 < j < c.shape[1] - 1:
-            sub = [0.5 * (m - p) / d if (d := m - 2 * z + p) < 0 else 0.0
-                   for m, z, p in ((c[i - 1, j], c[i, j], c[i + 1, j]), (c[i, j - 1], c[i, j], c[i, j + 1]))]
-            out.append((i + sub[0], j + sub[1], c[i, j]))
-    return np.array(out)
-
-
 def _dynamical_bragg_vectors(cases, thickness_A, semiangle_mrad=2.0):
     """Si zone-axis CBED patterns (abTEM multislice) rotated in-plane onto a 64×64 detector at 0.05 Å⁻¹/px."""
     from sim.detector import Detector, resample, resampling_matrix
@@ -265,7 +248,7 @@ def _dynamical_bragg_vectors(cases, thickness_A, semiangle_mrad=2.0):
         pats, sampling, _, _ = simulate_cbed(spec, optics, np.array(spec.extent_A) / 2 + 0.3, [thickness_A],
                                              sampling_A=0.14)
         image = resample(pats, resampling_matrix(pats.shape[1:], sampling, det, phi), det)[0]
-        per[(0, k)] = _cbed_peaks(image, semiangle_mrad * 1e-3 / optics.wavelength_A / det.pixel_size)
+        per[(0, k)] = flat_disk_peaks(image, semiangle_mrad * 1e-3 / optics.wavelength_A / det.pixel_size)
         truth.append(_rz(phi) @ spec.rotation)  # the sim labels' rotation
     cal = Calibration(q_pixel_size=det.pixel_size, energy_eV=E, origin_px=(32.0, 32.0))
     return BraggVectors.from_lists((1, len(cases)), det.shape, per, cal), np.stack(truth)

@@ -16,14 +16,9 @@ TINY = ["structure=si", "sampling=fast", "detector.shape=[48,48]", "sampling.rea
 
 
 def compose(*overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from sim.config import compose_simulate
 
-    from sim.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="simulate", overrides=list(overrides))
+    return compose_simulate(*overrides)
 
 
 @pytest.fixture(scope="module")

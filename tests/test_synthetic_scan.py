@@ -19,14 +19,9 @@ C = np.array([32.0, 32.0])  # k = 0 (x=col, y=row)
 
 
 def compose(*overrides):
-    from hydra import compose as hcompose
-    from hydra import initialize_config_dir
+    from sim.config import compose_simulate
 
-    from sim.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hcompose(config_name="simulate", overrides=list(overrides))
+    return compose_simulate(*overrides)
 
 
 def simulate(*args, cwd):
