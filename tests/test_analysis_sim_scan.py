@@ -1,7 +1,7 @@
 """Both methods on a dynamical scan from sim.synthetic_scan, scored against its ground truth (slow: it simulates).
 
 Stated tolerances (measured values in benchmarks/RESULTS.md): classical strain RMSE < 0.5 %, the shipped
-bragg-fcunet 1.0.0 (an early model) < 2 %; ACOM orientation error of the classical peaks < 10° mean.
+bragg-fcunet 2.0.0 (a small early model) < 2 %; ACOM orientation error of the classical peaks < 10° mean.
 """
 
 import subprocess
