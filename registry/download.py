@@ -163,6 +163,26 @@ def _check_cached(path: Path, record: dict, what: str) -> bool:
     return False
 
 
+def _drop_copy_from_another_store(folder: Path, records: dict, url: str, name: str, version: str) -> None:
+    """Delete a cached version whose manifest lists other files than this store's index.
+
+    The same name and version published to two stores (e.g. two clones each running ``make run``) differ in
+    their files; the cached copy of one is then replaced quietly (an info message) instead of being reported as
+    tampered. A copy whose manifest matches the index but whose files do not is left to :func:`_check_cached`.
+    """
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        cached = {f: (r["sha256"], r["size"]) for f, r in manifest["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if all(cached.get(f) == (r["sha256"], r["size"]) for f, r in records.items() if f in FILE_NAMES):
+        return
+    log.info("replacing the cached %s %s (from %s) with the files %s lists under the same name and version",
+             name, version, manifest.get("store", "another store"), url)
+    for fname in (*FILE_NAMES, "manifest.json"):
+        (folder / fname).unlink(missing_ok=True)
+
+
 def _fetch(url: str, path: Path, record: dict, what: str) -> None:
     """Download ``url`` to ``path`` with pooch, enforcing ``record``'s sha256; raise clear registry errors."""
     import pooch
@@ -216,6 +236,7 @@ def _pull_online(store: Store, cache: Path, name: str, target: str, index: dict,
     version = resolve(index, name, target, store.url)
     records = index["models"][name]["versions"][version]["files"]
     folder = cache / "models" / name / version
+    _drop_copy_from_another_store(folder, records, store.url, name, version)
     files = {}
     for fname in only:
         path, record = folder / fname, records[fname]

@@ -37,6 +37,24 @@ def published(store: str, name: str, version: str) -> bool:
     return version in index.get("models", {}).get(name, {}).get("versions", {})
 
 
+def tested_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint whose test metrics ``metrics.json`` records (the best by the monitored metric), so that the
+    published card's metrics describe the published weights; ``last.ckpt`` when none is recorded."""
+    import json
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        best = json.loads((run_dir / "metrics.json").read_text()).get("best_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return last
+    if not best:
+        return last
+    for path in (Path(best), run_dir / "checkpoints" / Path(best).name):  # the run folder may have moved
+        if path.exists():
+            return path
+    return last
+
+
 def commands(cfg) -> dict:
     """Each stage's command line (and whether it is already done)."""
     py = sys.executable
@@ -44,6 +62,7 @@ def commands(cfg) -> dict:
     run_dir = work / "train"
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     trained = ckpt.exists() and (run_dir / "metrics.json").exists()
+    tested = tested_checkpoint(run_dir) if trained else ckpt
     train = [py, "scripts/train.py", *cfg.train.overrides, f"trainer.max_epochs={int(cfg.train.epochs)}",
              f"paths.output_dir={run_dir}", f"hydra.run.dir={run_dir}"]
     if ckpt.exists() and not trained:
@@ -53,7 +72,7 @@ def commands(cfg) -> dict:
     return {
         "simulate": ([py, "scripts/simulate.py", *cfg.simulate.overrides], False),
         "train": (train, trained),
-        "publish": ([py, "scripts/publish.py", f"ckpt={ckpt}", f"name={p.name}", f"version={p.version}",
+        "publish": ([py, "scripts/publish.py", f"ckpt={tested}", f"name={p.name}", f"version={p.version}",
                      f"store={p.store}", *([f"alias={p.alias}"] if p.alias else []), "wandb=false"],
                     published(str(p.store), p.name, str(p.version))),
         "scan": ([py, "scripts/simulate.py", *cfg.scan.overrides], False),
@@ -70,9 +89,8 @@ def main(cfg) -> None:
         sys.exit(2)
     Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    plan = commands(cfg)
     for i, stage in enumerate([s for s in STAGES if s in cfg.stages], 1):
-        cmd, done = plan[stage]
+        cmd, done = commands(cfg)[stage]  # planned when the stage starts: publish needs the trained checkpoint
         if done:
             banner(f"[{i}/{len(cfg.stages)}] {stage}: already done, skipped")
             continue

@@ -295,6 +295,24 @@ def test_corrupt_cache_files_are_refused_or_replaced(published, damage, tmp_path
     assert proc.returncode == 0 and cached.read_bytes() == good, proc.stderr
 
 
+def test_same_version_from_another_store_replaces_the_cached_copy_quietly(published, trained, tmp_path, caplog):
+    """Two stores holding the same name and version with different files (two clones' `make run`): loading from
+    the second replaces the cached copy of the first without a tampering warning."""
+    ckpt, _ = trained
+    other = tmp_path / "other"
+    proc = publish_script(f"ckpt={ckpt}", f"name={NAME}", "version=1.0.0", f"store={other.as_uri()}",
+                          "description=published again elsewhere")
+    assert proc.returncode == 0, proc.stderr
+    cache = tmp_path / "cache"
+    first = registry.pull(f"{NAME}:1.0.0", store=published["url"], cache=cache)
+    with caplog.at_level("INFO", logger="registry"):
+        second = registry.pull(f"{NAME}:1.0.0", store=other.as_uri(), cache=cache)
+    assert "failed verification" not in caplog.text and "replacing the cached" in caplog.text
+    assert second.card["description"] == "published again elsewhere" != first.card.get("description")
+    manifest = json.loads((cache / "models" / NAME / "1.0.0" / "manifest.json").read_text())
+    assert manifest["store"] == other.as_uri()
+
+
 def test_versions_are_immutable(published, trained):
     ckpt, _ = trained
     store = published["store"]
