@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
+    import torch
 
     import analysis
     from analysis.workflow import add_dose_noise, analyse, report
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
         path = make_scan(work / f"multilayer_{shape[0]}x{shape[1]}_{t_nm:g}nm.zarr", shape, t_nm, strain)
         cube = add_dose_noise(analysis.load(path, lazy=False), args.dose, seed=0)
         print(f"\n=== {path.name}: {cube.shape}, {t_nm:g} nm, dose {args.dose:g} e⁻/pattern", flush=True)
+        torch.manual_seed(0)  # the MC-dropout masks: the same numbers on every run
         res = analyse(cube, ["classical", "ml"], classical={"min_relative_intensity": 0.02, "min_spacing_px": 4},
                       ml={"model": model, "mc_samples": args.mc_samples, "threshold": 0.1},
                       strain_reference=[0, max(1, shape[0] // 4), None, None],
