@@ -252,7 +252,8 @@ def correct_ellipticity(bv: BraggVectors, ellipse: tuple[float, float, float] | 
     ``b/a`` about the origin, so rings become circles of the short axis' radius.
 
     ``ellipse`` defaults to ``bv.calibration.ellipticity``; ``origin_px`` to the calibrated origin (or a
-    per-position map ``(Rx, Ry, 2)``).
+    per-position map ``(Rx, Ry, 2)``). The result's calibration has ``ellipticity=None`` and its ``info`` records
+    ``ellipticity_corrected``, so correcting the corrected vectors again is refused rather than applied twice.
     """
     from .lattice import _origin
 
@@ -270,8 +271,10 @@ def correct_ellipticity(bv: BraggVectors, ellipse: tuple[float, float, float] | 
     oo = o[p["rx"], p["ry"]] if o.ndim == 3 else np.broadcast_to(o, (len(p), 2))
     xy = np.stack([p["col"] - oo[:, 1], p["row"] - oo[:, 0]], -1) @ T.T
     p["col"], p["row"] = xy[:, 0] + oo[:, 1], xy[:, 1] + oo[:, 0]
-    return BraggVectors(bv.scan_shape, bv.detector_shape, p, bv.calibration.with_(ellipticity=(a, b, theta)),
-                        bv.method, dict(bv.info))
+    # the result is circular: its calibration has no ellipticity left (so a second call refuses instead of
+    # correcting twice); the ellipse removed is kept in info
+    return BraggVectors(bv.scan_shape, bv.detector_shape, p, bv.calibration.with_(ellipticity=None),
+                        bv.method, {**bv.info, "ellipticity_corrected": (a, b, theta)})
 
 
 __all__ = ["origin_map", "fit_origin_plane", "calibrate_origin", "correct_origin", "fit_ellipticity", "ring_labels",

@@ -194,15 +194,14 @@ def _spaced(rr, cc, spacing, max_peaks):
     n = len(rr)
     if n == 0 or spacing <= 0:
         return np.arange(min(n, max_peaks))
-    d2 = (rr[:, None] - rr[None, :]) ** 2 + (cc[:, None] - cc[None, :]) ** 2
     alive = np.ones(n, bool)
     keep = []
-    for i in range(n):
+    for i in range(n):  # distances only from kept peaks: O(n · max_peaks), not an n × n matrix
         if alive[i]:
             keep.append(i)
             if len(keep) >= max_peaks:
                 break
-            alive &= d2[i] >= spacing ** 2
+            alive &= (rr - rr[i]) ** 2 + (cc - cc[i]) ** 2 >= spacing ** 2
     return np.asarray(keep, dtype=int)
 
 

@@ -125,14 +125,15 @@ def _load_npz(p: Path, key: str | None = None) -> DataCube:
     try:
         with np.load(p) as z:
             names = list(z.files)
-            if key is None:
-                four = [n for n in names if z[n].ndim == 4]
+            if key is None:  # each z[n] reads (and decompresses) the whole member: read each at most once
+                four = {n: a for n in names if (a := z[n]).ndim == 4}
                 if len(four) != 1:
                     raise AnalysisError(f"{p}: {len(four)} 4D arrays among {names}; choose one with key=")
-                key = four[0]
-            if key not in names:
+                key, data = next(iter(four.items()))
+            elif key not in names:
                 raise AnalysisError(f"{p}: no array {key!r} (arrays: {names})")
-            data = z[key]
+            else:
+                data = z[key]
     except (ValueError, OSError) as err:
         raise AnalysisError(f"{p}: not a readable .npz file ({err})") from None
     check_4d(data.shape, p)

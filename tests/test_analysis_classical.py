@@ -318,6 +318,9 @@ def test_ellipticity_from_a_distorted_ring_of_spots():
     inner = r[(r > 6) & (r < 17)]
     r0 = np.hypot(bv.peaks["col"] - W // 2, bv.peaks["row"] - H // 2)
     assert inner.std() < 0.08 and inner.std() < 0.4 * r0[(r0 > 6) & (r0 < 17)].std()
+    assert fixed.calibration.ellipticity is None and fixed.info["ellipticity_corrected"] == pytest.approx((a, b, fth))
+    with pytest.raises(AnalysisError, match="no ellipse"):  # never corrected twice
+        correct_ellipticity(fixed)
 
 
 # ---------------------------------------------------------------- bad input
