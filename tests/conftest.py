@@ -15,10 +15,3 @@ def silicon():
 
     return Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
 
-
-@pytest.fixture(scope="session")
-def real_data_dir():
-    path = ROOT.parent / "shared" / "data" / "real"
-    if not path.is_dir():
-        pytest.skip("../shared/data/real is not present")
-    return path

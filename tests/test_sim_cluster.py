@@ -8,17 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sim.config import compose_simulate as compose
+
 ROOT = Path(__file__).resolve().parents[1]
 # 2 chunks of 2 runs × 2 thicknesses on a 48-px detector; default physics otherwise (mistilt, frozen phonons)
 TINY = ["structure=si", "sampling=fast", "detector.shape=[48,48]", "sampling.real_space_A=0.2",
         "sampling.thicknesses_nm=[1.0,2.0]", "sampling.frozen_phonons=1", "orientation.mistilt_max_mrad=0.5",
         "dataset.num_patterns=8", "dataset.chunk_runs=2", "dataset.progress=false"]
-
-
-def compose(*overrides):
-    from sim.config import compose_simulate
-
-    return compose_simulate(*overrides)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from sim.config import compose_simulate as compose
+
 ROOT = Path(__file__).resolve().parents[1]
 # rows: unstrained | εxx = 5 % (periodic stretched cell) | εxx = 3 % rotated by 10° (sheared in the crystal frame:
 # non-periodic box); columns: 1 nm | 2 nm
@@ -16,12 +18,6 @@ TINY = ["scan=multilayer", "scan.scan_shape=[3,2]", "scan.band_strain_percent=[0
         "scan.band_rotation_deg=[0,0,10]", "scan.thickness_nm=[1.0,2.0]", "sampling=fast", "detector.shape=[64,64]",
         "detector.pixel_size=0.04", "scan.progress=false"]
 C = np.array([32.0, 32.0])  # k = 0 (x=col, y=row)
-
-
-def compose(*overrides):
-    from sim.config import compose_simulate
-
-    return compose_simulate(*overrides)
 
 
 def simulate(*args, cwd):
