@@ -17,7 +17,12 @@ Imported lazily by :mod:`augment.poisson`; compiled on first use and cached on d
    speculatively for every flagged pixel).
 
 All float32 expressions are written in the order numpy evaluates them, so both
-backends give identical counts.
+backends give identical counts.  With numpy's SFC64 bit generator (the one the
+transforms use) the 32-bit words and the 53-bit uniforms are produced here by
+:func:`_sfc64_words` / :func:`_sfc64_doubles`, the same algorithm as numpy's
+``random_raw`` and ``Generator.random`` (~1 ns instead of ~3.7 ns per 64-bit
+draw): the generator's state is read, advanced here and written back, so the
+stream, and every later draw of the generator, is exactly numpy's.
 """
 
 from __future__ import annotations
@@ -31,6 +36,39 @@ __all__ = ["poisson_counts_flat"]
 
 _C31 = 2.0**31
 _GUIDE = 256  # guide cells per row, as augment.poisson._GUIDE_CELLS
+
+
+@numba.njit(cache=True, nogil=True)
+def _sfc64_words(state, n):  # pragma: no cover - compiled
+    """``n`` uint32 words: ``random_raw((n + 1) // 2).view(np.uint32)[:n]`` of an SFC64 in ``state`` (advanced)."""
+    s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
+    words = np.empty(n + (n & 1), dtype=np.uint32)
+    for j in range(words.size // 2):
+        tmp = s0 + s1 + s3
+        s3 += np.uint64(1)
+        s0 = s1 ^ (s1 >> np.uint64(11))
+        s1 = s2 + (s2 << np.uint64(3))
+        s2 = ((s2 << np.uint64(24)) | (s2 >> np.uint64(40))) + tmp
+        words[2 * j] = np.uint32(tmp & np.uint64(0xFFFFFFFF))  # little-endian view: low half first
+        words[2 * j + 1] = np.uint32(tmp >> np.uint64(32))
+    state[0], state[1], state[2], state[3] = s0, s1, s2, s3
+    return words[:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sfc64_doubles(state, n):  # pragma: no cover - compiled
+    """``n`` uniforms in [0, 1) as ``Generator.random(n)`` of an SFC64 in ``state`` (advanced)."""
+    s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
+    out = np.empty(n, dtype=np.float64)
+    for j in range(n):
+        tmp = s0 + s1 + s3
+        s3 += np.uint64(1)
+        s0 = s1 ^ (s1 >> np.uint64(11))
+        s1 = s2 + (s2 << np.uint64(3))
+        s2 = ((s2 << np.uint64(24)) | (s2 >> np.uint64(40))) + tmp
+        out[j] = np.float64(tmp >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    state[0], state[1], state[2], state[3] = s0, s1, s2, s3
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -53,18 +91,28 @@ def _classify(lam, words, threshold, a1, a2, b1, b2, b3, out, flag):  # pragma: 
 
 @numba.njit(cache=True, nogil=True)
 def _compact(flag, idx):  # pragma: no cover - compiled
-    """Indices of the flagged pixels (branch-free) and the sizes of the table and normal classes."""
+    """Indices of the flagged pixels (branch-free) and the sizes of the table and normal classes.
+
+    Flags are read 8 at a time and blocks of 8 unflagged pixels are skipped: most
+    pixels of a low-dose pattern need no further work (7x faster at 1e3
+    electrons per pattern, ~1.4x slower at 1e7 where most pixels are flagged).
+    """
     n = 0
     n_ge1 = 0
     n_high = 0
     n_negative = 0
-    for i in range(flag.size):
-        c = flag[i]
-        idx[n] = i
-        n += c != 0
-        n_ge1 += (c >> 1) & 1
-        n_high += (c >> 2) & 1
-        n_negative += c >> 3
+    n_blocks = flag.size // 8
+    blocks = flag[: 8 * n_blocks].view(np.uint64)
+    for b in range(n_blocks + 1):
+        if b < n_blocks and blocks[b] == 0:
+            continue
+        for i in range(8 * b, min(8 * b + 8, flag.size)):
+            c = flag[i]
+            idx[n] = i
+            n += c != 0
+            n_ge1 += (c >> 1) & 1
+            n_high += (c >> 2) & 1
+            n_negative += c >> 3
     return n, n_ge1 - n_high, n_high, n_negative
 
 
@@ -157,7 +205,14 @@ def poisson_counts_flat(
         1-D float32 counts.
     """
     n = flat32.size
-    words = rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n]
+    bitgen = rng.bit_generator
+    sfc = type(bitgen) is np.random.SFC64
+    if sfc:
+        st = bitgen.state  # a copy: advanced here and written back below
+        state = st["state"]["state"]
+        words = _sfc64_words(state, n)
+    else:
+        words = bitgen.random_raw((n + 1) // 2).view(np.uint32)[:n]
     out = np.empty(n, dtype=np.float32)
     flag = np.empty(n, dtype=np.uint8)
     c_lo, c_hi = _C31 * (1.0 - margin), _C31 * (1.0 + margin)
@@ -176,10 +231,16 @@ def poisson_counts_flat(
     idx = np.empty(n, dtype=np.int64)
     n_flagged, n_table, n_high, n_negative = _compact(flag, idx)
     if n_negative:
+        if sfc:
+            bitgen.state = st
         raise ValueError("poisson_counts: mean counts must be finite and >= 0")
+    if sfc:
+        u_mid = _sfc64_doubles(state, n_table) if n_flagged else None
+        bitgen.state = st
     if n_flagged:
         idx = idx[:n_flagged]
-        u_mid = rng.random(n_table)
+        if not sfc:
+            u_mid = rng.random(n_table)
         z = rng.standard_normal(n_high, dtype=np.float32)
         cdf, guide, k_len = tables
         exact = np.empty(idx.size, dtype=np.int64)
@@ -187,3 +248,23 @@ def poisson_counts_flat(
         if n_exact:
             _exact_low_counts(flat32, words, exact, n_exact, out)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def scaled_means(image, scale, out):  # pragma: no cover - compiled
+    """``out = max(image * scale, 0)`` in float32 (numpy's values); False if a product is not finite."""
+    bad = False
+    zero = np.float32(0.0)
+    for i in range(image.size):
+        v = image[i] * scale
+        bad |= not (abs(v) < np.float32(np.inf))
+        out[i] = v if v > zero else zero
+    return not bad
+
+
+@numba.njit(cache=True, nogil=True)
+def clip_scale(counts, cap, factor):  # pragma: no cover - compiled
+    """``counts = min(counts, cap) * factor`` in place, float32 (numpy's values)."""
+    for i in range(counts.size):
+        c = counts[i]
+        counts[i] = (c if c < cap else cap) * factor

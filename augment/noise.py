@@ -27,7 +27,7 @@ import albumentations as A
 import numpy as np
 
 from augment._base import SeededTransformMixin, check_range, log_uniform, uniform
-from augment.poisson import poisson_counts
+from augment.poisson import _kernels, poisson_counts, shot_noise_counts
 
 __all__ = [
     "SUPPORTED_BIT_DEPTHS",
@@ -177,9 +177,12 @@ class ShotNoise(SeededTransformMixin, A.ImageOnlyTransform):
         **params: Any,
     ) -> np.ndarray:
         """Return the recorded pattern in fraction-of-beam units (float32)."""
-        lam = np.multiply(img, np.float32(dose_e), dtype=np.float32)
-        np.maximum(lam, np.float32(0.0), out=lam)
-        adu = poisson_counts(lam, self.random_generator, self.gaussian_threshold_counts)
+        adu = shot_noise_counts(img, dose_e, self.random_generator, self.gaussian_threshold_counts)
+        plain = gain_adu_per_e == 1.0 and read_noise_adu <= 0 and dark_offset_adu <= 0
+        kernels = _kernels()
+        if plain and self.bit_depth is not None and kernels is not None:  # clip and rescale in one pass
+            kernels.clip_scale(adu.reshape(-1), np.float32(2**self.bit_depth - 1), np.float32(1.0 / dose_e))
+            return adu
         if gain_adu_per_e != 1.0 or read_noise_adu > 0 or dark_offset_adu > 0:
             if gain_adu_per_e != 1.0:
                 adu *= np.float32(gain_adu_per_e)

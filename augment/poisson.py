@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["poisson_counts"]
+__all__ = ["poisson_counts", "shot_noise_counts"]
 
 #: Table means are multiples of 1/_TABLE_STEPS below _TABLE_MAX (exclusive).
 _TABLE_MAX = 64
@@ -354,3 +354,52 @@ def _poisson_tail_counts(lam: np.ndarray, u: np.ndarray) -> np.ndarray:
         beyond += more
     extra[idx] += beyond
     return extra
+
+
+def shot_noise_counts(
+    image: np.ndarray, dose: float, rng: np.random.Generator, gaussian_threshold: float = 10.0
+) -> np.ndarray:
+    """Poisson counts of the means ``max(image * dose, 0)`` (float32 products): ShotNoise's draw.
+
+    The same counts as ``poisson_counts(np.maximum(image * np.float32(dose), 0), rng, gaussian_threshold)``
+    for the same generator state; with numba the scaling, clipping and finiteness check are one pass.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Pattern in fraction-of-beam units (any shape).
+    dose : float
+        Electrons per unit of ``image`` (electrons per pattern for a pattern summing to 1).
+    rng : numpy.random.Generator
+        Source of randomness.
+    gaussian_threshold : float
+        See :func:`poisson_counts`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 counts, the shape of ``image``.
+
+    Raises
+    ------
+    ValueError
+        A non-finite product ``image * dose``.
+    """
+    kernels = _kernels()
+    threshold = max(float(gaussian_threshold), 1.0)
+    if (
+        kernels is None
+        or threshold > _TABLE_MAX  # table rows beyond 63 may be needed: the general path decides
+        or not isinstance(image, np.ndarray)
+        or image.dtype != np.float32
+        or image.size == 0
+    ):
+        lam = np.multiply(image, np.float32(dose), dtype=np.float32)
+        np.maximum(lam, np.float32(0.0), out=lam)
+        return poisson_counts(lam, rng, gaussian_threshold)
+    flat = np.ascontiguousarray(image).ravel()
+    lam = np.empty_like(flat)
+    if not kernels.scaled_means(flat, np.float32(dose), lam):
+        raise ValueError("poisson_counts: mean counts must be finite and >= 0")
+    counts = kernels.poisson_counts_flat(lam, rng, float(np.float32(threshold)), _poisson_tables(), _BOUND_MARGIN)
+    return counts.reshape(image.shape)

@@ -40,6 +40,66 @@ def test_plasmon_background_is_the_probe_convolved_with_the_lorentzian(shape):
     assert bg.min() >= 0 and bg.sum() == pytest.approx(1.0, rel=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(256, 256), (96, 64), (2, 8)])
+def test_ccs_spectrum_product_numba_matches_numpy(shape):
+    """The compiled CCS product (used when numba imports) gives the numpy path's floats exactly."""
+    cv2 = pytest.importorskip("cv2")
+    kernels = pytest.importorskip("augment._background_numba")
+    from augment.background import _ccs_multiply_numpy
+
+    rng = np.random.default_rng(3)
+    packed = cv2.dft(rng.random(shape).astype(np.float32))
+    kq = rng.random((shape[0] // 2 + 1, shape[1] // 2 + 1)).astype(np.float32)
+    a, b = packed.copy(), packed.copy()
+    kernels.ccs_multiply(a, kq)
+    _ccs_multiply_numpy(b, kq)
+    assert np.array_equal(a, b) and not np.array_equal(a, packed)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        (0.03, 0.01, 0.02, (0.47, 0.84), (0.7, 0.9), 0.02, 0.04, 0.3),  # all three components
+        (0.05, 0.1, 0.0, (0.47, 0.84), (0.7, 0.9), 0.06, 0.0, 1.5),  # plasmon only
+        (0.0, 0.05, 0.03, (0.43, 3.9), (0.5, 1.0), 0.06, 0.05, 1.5),  # a ring beyond the corner of the grid
+        (0.0, 0.05, 0.0, (0.43,), (0.5,), 0.06, 0.05, 0.3),  # diffuse only
+    ],
+)
+def test_background_kernel_numba_matches_numpy(monkeypatch, params):
+    """The compiled kernel (annulus-limited rings, separable halo) equals the numpy sum to float32 round-off."""
+    pytest.importorskip("augment._background_numba")
+    import augment.background as bg_mod
+
+    grid = bg_mod._Grid((128, 96), 0.03)
+    fast = bg_mod._background_kernel(grid, *params)
+    monkeypatch.setattr(bg_mod, "_ccs_kernels", lambda: None)
+    ref = bg_mod._background_kernel(grid, *params)
+    assert fast.dtype == ref.dtype == np.float32 and fast.shape == ref.shape == (65, 49)
+    assert np.abs(fast - ref).max() < 1e-6 * ref.max()
+    assert grid.total(fast) == pytest.approx(params[0] + params[2] + params[6], rel=1e-6)
+
+
+@pytest.mark.parametrize("numba_off", [False, True])
+def test_rings_beyond_the_detector_add_nothing(monkeypatch, numba_off):
+    """A ring outside the detector's q range is not recorded: no NaN, the other components unchanged."""
+    import augment.background as bg_mod
+
+    if numba_off:
+        monkeypatch.setattr(bg_mod, "_ccs_kernels", lambda: None)
+    shape = (64, 64)
+    probe = _probe(shape)
+    image = probe.copy()
+    kw = {"diffuse_weight": 0.02, "diffuse_width_inv_A": 0.5, "pixel_size_inv_A": 0.02}  # fixed: nothing drawn
+    far = SpecimenBackground(ring_weight=0.05, ring_q_inv_A=[[20.0, 20.0]], **kw)
+    near = SpecimenBackground(**kw)
+    out_far = _apply(far, image, probe)["image"]
+    out_near = _apply(near, image, probe)["image"]
+    assert np.isfinite(out_far).all() and out_far.sum() == pytest.approx(image.sum(), rel=1e-5)
+    assert np.allclose(out_far, out_near, rtol=1e-5, atol=1e-9)
+    only_far = SpecimenBackground(ring_weight=0.05, ring_q_inv_A=[[20.0, 20.0]], pixel_size_inv_A=0.02)
+    assert np.array_equal(_apply(only_far, image, probe)["image"], image)
+
+
 def _apply(transform, image, probe, **data):
     comp = A.Compose([transform], additional_targets={"probe": "mask", "vg_map": "mask"}, seed=2)
     return comp(image=image, probe=probe, **data)

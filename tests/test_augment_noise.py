@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import augment
 from augment import SUPPORTED_BIT_DEPTHS, ShotNoise, poisson_counts
 from augment.poisson import _first_count_hits, _kernels
 
@@ -99,9 +100,11 @@ def test_low_count_class_is_exact_inversion_of_the_31_bit_uniforms():
 
 
 @pytest.mark.skipif(_kernels() is None, reason="numba not importable")
+@pytest.mark.parametrize("bitgen", [np.random.SFC64, np.random.PCG64])
 @pytest.mark.parametrize("threshold", [10.0, 1.0, 3.3, np.inf])
-def test_numba_and_numpy_backends_give_identical_counts(threshold):
-    """Same generator state, same counts, pixel for pixel, on an image mixing all classes."""
+def test_numba_and_numpy_backends_give_identical_counts(threshold, bitgen):
+    """Same generator state, same counts, pixel for pixel, on an image mixing all classes; the generators
+    end in the same state (numba draws SFC64's words and uniforms itself, other bit generators through numpy)."""
     rng = np.random.default_rng(4)
     lam = np.concatenate(
         [
@@ -114,10 +117,86 @@ def test_numba_and_numpy_backends_give_identical_counts(threshold):
     lam = lam[rng.permutation(lam.size)].reshape(-1, 8)
     if np.isinf(threshold):
         lam = np.minimum(lam, np.float32(63.9))  # means >= 64 below the threshold go through numpy in both
-    a = poisson_counts(lam, np.random.Generator(np.random.SFC64(1)), threshold, backend="numpy")
-    b = poisson_counts(lam, np.random.Generator(np.random.SFC64(1)), threshold, backend="numba")
+    rng_a, rng_b = np.random.Generator(bitgen(1)), np.random.Generator(bitgen(1))
+    rng_a.standard_normal(1, dtype=np.float32)  # leave a buffered 32-bit half in both generators
+    rng_b.standard_normal(1, dtype=np.float32)
+    a = poisson_counts(lam, rng_a, threshold, backend="numpy")
+    b = poisson_counts(lam, rng_b, threshold, backend="numba")
     assert a.shape == b.shape == lam.shape and a.dtype == b.dtype == np.float32
     assert np.array_equal(a, b)
+    assert np.array_equal(rng_a.standard_normal(5, dtype=np.float32), rng_b.standard_normal(5, dtype=np.float32))
+    assert np.array_equal(rng_a.bit_generator.random_raw(4), rng_b.bit_generator.random_raw(4))
+
+
+@pytest.mark.skipif(_kernels() is None, reason="numba not importable")
+def test_sfc64_words_and_doubles_are_numpys_streams():
+    kernels = _kernels()
+    for n in (0, 1, 2, 7, 1000):
+        bg = np.random.SFC64(5)
+        st = bg.state
+        words = kernels._sfc64_words(st["state"]["state"], n)
+        doubles = kernels._sfc64_doubles(st["state"]["state"], 3)
+        ref = np.random.Generator(np.random.SFC64(5))
+        assert np.array_equal(words, ref.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n])
+        assert np.array_equal(doubles, ref.random(3))
+        bg.state = st
+        assert bg.state["state"]["state"].tolist() == ref.bit_generator.state["state"]["state"].tolist()
+
+
+@pytest.mark.skipif(_kernels() is None, reason="numba not importable")
+def test_compact_lists_the_flagged_pixels_and_counts_the_classes():
+    kernels = _kernels()
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 7, 8, 9, 17, 1001):
+        for p in (0.0, 0.01, 0.5, 1.0):
+            flag = (rng.random(n) < p).astype(np.uint8) * rng.integers(1, 16, n).astype(np.uint8)
+            idx = np.empty(n, np.int64)
+            n_flagged, n_table, n_high, n_negative = kernels._compact(flag, idx)
+            f = flag.astype(int)
+            assert n_flagged == np.count_nonzero(flag)
+            assert np.array_equal(idx[:n_flagged], np.flatnonzero(flag))
+            assert (n_table, n_high, n_negative) == (
+                ((f >> 1) & 1).sum() - ((f >> 2) & 1).sum(),
+                ((f >> 2) & 1).sum(),
+                (f >> 3).sum(),
+            )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shot_noise_counts_are_poisson_counts_of_the_clipped_scaled_means(dtype):
+    from augment.poisson import shot_noise_counts
+
+    rng = np.random.default_rng(8)
+    image = (rng.exponential(1e-4, (64, 48)) - 2e-6).astype(dtype)  # a few negative pixels (clipped to 0)
+    for dose in (1e3, 1e5, 1e7):
+        lam = np.maximum(np.multiply(image, np.float32(dose), dtype=np.float32), np.float32(0))
+        a = shot_noise_counts(image, dose, np.random.Generator(np.random.SFC64(3)))
+        b = poisson_counts(lam, np.random.Generator(np.random.SFC64(3)))
+        assert a.shape == image.shape and a.dtype == np.float32 and np.array_equal(a, b)
+    bad = image.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        shot_noise_counts(bad, 1e4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="finite"):
+        shot_noise_counts(image, np.inf, np.random.default_rng(0))
+
+
+def test_shot_noise_transform_is_the_same_without_numba(monkeypatch):
+    """ShotNoise's fused numba passes (scaling, clipping to the counter depth) give the numpy path's values."""
+    import augment.noise
+    import augment.poisson
+
+    image = augment.synthetic_sample(0, shape=(64, 64))["pattern"]
+    outs = []
+    for off in (False, True):
+        if off:
+            monkeypatch.setattr(augment.poisson, "_kernels", lambda: None)
+            monkeypatch.setattr(augment.noise, "_kernels", lambda: None)
+        t = ShotNoise(dose_e_per_pattern=(1e3, 1e7), bit_depth=6, p=1.0)
+        comp = A.Compose([t], seed=4)
+        outs.append([comp(image=image)["image"] for _ in range(6)])
+    for a, b in zip(*outs, strict=True):
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
 
 
 def test_poisson_counts_shapes_and_errors():
