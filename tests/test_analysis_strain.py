@@ -52,6 +52,65 @@ def test_candidates_by_index_and_from_the_mean_pattern():
     np.testing.assert_allclose(np.abs(np.r_[m1, m2]), np.abs(np.r_[g1, g2]), atol=0.05)
 
 
+def _recurring_peaks(vectors, scan_shape=(3, 4), jitter_px=0.08, seed=0) -> BraggVectors:
+    """The same (x, y) px vectors (plus the direct beam) at every position of a scan, jittered, origin (64, 64)."""
+    rng = np.random.default_rng(seed)
+    q = np.r_[[[0.0, 0.0]], np.asarray(vectors, float)]
+    per = {}
+    for rx in range(scan_shape[0]):
+        for ry in range(scan_shape[1]):
+            qq = q + rng.normal(0, jitter_px, q.shape)
+            per[(rx, ry)] = np.c_[64 + qq[:, 1], 64 + qq[:, 0], np.ones(len(qq))]
+    return BraggVectors.from_lists(scan_shape, (128, 128), per)
+
+
+def _spans(g1, g2, a, b) -> bool:
+    """Whether (g1, g2) is a basis of the lattice with basis (a, b): integer coordinates, the same cell."""
+    basis = np.stack([g1, g2]).T
+    coef = np.linalg.solve(basis, np.stack([a, b]).T)
+    cells = abs(np.linalg.det(basis)) / abs(np.linalg.det(np.stack([a, b])))
+    return bool(np.abs(coef - np.rint(coef)).max() < 0.05 and abs(cells - 1) < 0.02)
+
+
+def _lattice_points(a, b, radius):
+    hk = np.array([(h, k) for h in range(-8, 9) for k in range(-8, 9) if (h, k) != (0, 0)])
+    pts = hk @ np.stack([a, b])
+    return pts[np.hypot(*pts.T) <= radius]
+
+
+def test_basis_vote_ignores_recurring_spurious_peaks_shorter_than_the_lattice():
+    a, b = np.array([9.0, 2.0]), np.array([-3.0, 11.0])  # an oblique lattice, reflections out to 34 px
+    spurious = [[4.0, -5.0], [-4.0, 5.0], [-6.5, 1.0]]  # seen at every position, all shorter than a and b
+    bv = _recurring_peaks(np.r_[_lattice_points(a, b, 34.0), spurious])
+    assert lattice_candidates(bv)["length_px"][0] < 7  # the shortest candidate is spurious
+    g1, g2 = choose_lattice_vectors(bv)
+    assert _spans(g1, g2, a, b), (g1, g2)
+    assert g1[0] * g2[1] - g1[1] * g2[0] > 0  # right-handed
+    assert min(np.hypot(*(g1 - v)) for v in (a, -a, b, -b)) < 0.05  # g1 is a shortest lattice vector
+    lat = fit_lattice(bv, g1, g2)
+    assert np.all(lat["num_peaks"] == 1 + len(_lattice_points(a, b, 34.0)))  # direct beam + lattice, no spurious
+    o1, o2 = choose_lattice_vectors(bv, vote=False)  # the shortest-candidate rule takes a spurious g1
+    assert not _spans(o1, o2, a, b)
+
+
+def test_basis_vote_prefers_the_consistent_reflections_to_a_mislocated_family():
+    # what the ML disk finder gave on Si [110] (tests/test_analysis_sim_scan.py): 220, 004, 224, 440 in place,
+    # 111 and 113 found ~1.7 px outward in x, where with 220 and 440 they fit a lattice of their own; 002, 222,
+    # 311 and 331 not found
+    c1, c2 = np.array([24.0, 0.0]), np.array([0.0, 16.6])
+    placed = _lattice_points(c1, c2, 34.0)
+    off = [(sx * (6.0 + 1.7), sy * y) for sx in (-1, 1) for sy in (-1, 1) for y in (8.3, 24.9)]
+    bv = _recurring_peaks(np.r_[placed, off], scan_shape=(2, 4))
+    g1, g2 = choose_lattice_vectors(bv)
+    assert _spans(g1, g2, c1, c2), (g1, g2)
+    idx = index_bragg_vectors(bv, g1, g2)
+    q = np.stack([bv.peaks["col"] - 64, bv.peaks["row"] - 64], 1)
+    mislocated = np.abs(np.abs(q[:, 0]) - 7.7) < 0.5
+    assert idx["indexed"][~mislocated].all() and not idx["indexed"][mislocated].any()
+    o1, o2 = choose_lattice_vectors(bv, vote=False)  # the shortest-candidate rule builds on the mislocated 111s
+    assert abs(abs(o1[0]) - 7.7) < 0.3 and not _spans(o1, o2, c1, c2)
+
+
 def test_indices_of_the_peaks():
     img, pts = lattice_pattern()
     bv = find_bragg_disks(img[None, None].astype(np.float32), min_relative_intensity=0.1, progress=False)
