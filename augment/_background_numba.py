@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["ccs_multiply"]
+__all__ = ["background_kernel", "blend", "ccs_multiply"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -119,3 +119,14 @@ def background_kernel(q2, q, mult, gy, gx, pix, w_pl, q0_sq, ring_q, ring_amp, r
             if w_dif > 0.0:
                 v += c * (gy[i] * gx[j])
             out[i, j] = v
+
+
+@numba.njit(cache=True, nogil=True)
+def blend(image, background, a, b, out):  # pragma: no cover - compiled
+    """``out = a * image + b * max(background, 0)`` (1-D float32; the max removes FFT round-off negatives)."""
+    fa = np.float32(a)
+    fb = np.float32(b)
+    zero = np.float32(0.0)
+    for i in range(image.size):
+        v = background[i]
+        out[i] = fa * image[i] + fb * (v if v > zero else zero)

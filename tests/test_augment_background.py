@@ -210,3 +210,11 @@ def test_hot_and_dead_pixels_are_drawn_per_call_over_the_actual_shape():
     rows = np.concatenate([np.array(sorted(m)) // shape[1] for m in masks])
     assert rows.max() > 256  # positions cover the whole (taller than 256 px) detector
     assert np.array_equal(img[150, 85], np.float32(1e-2))  # input untouched
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (33, 31)])
+@pytest.mark.parametrize("fill", [0.0, np.nan])
+def test_probe_without_positive_intensity_is_refused(shape, fill):
+    t = SpecimenBackground(plasmon_weight=0.05, pixel_size_inv_A=0.02)
+    with pytest.raises(ValueError, match="probe image has no positive intensity"):
+        _apply(t, np.ones(shape, np.float32), np.full(shape, fill, np.float32))
