@@ -10,7 +10,12 @@ OpenMP pools limited to 1), and reports
 * patterns per second per core from process CPU time (robust on a shared machine)
   and from wall time, median over repeats;
 * the time share of each transform and of albumentations' own bookkeeping;
-* with ``--sampler-table``, the Poisson samplers' time per pattern at several doses.
+* with ``--sampler-table``, the Poisson samplers' time per pattern at several doses;
+* with ``--compare REV``, the same measurement of this checkout and of git revision
+  ``REV`` side by side: two worker processes (one per package, exported with
+  ``git archive``) take turns on batches of patterns, so a host whose speed drifts
+  (this VM's does, by up to 40 %) slows both alike; it prints both rates and
+  their ratio per round and the median ratio.
 
 The process is set up with :func:`augment.configure_worker` exactly as a training
 DataLoader worker should be (one thread for OpenCV and BLAS/OpenMP; glibc malloc
@@ -24,6 +29,7 @@ Usage::
 
     python benchmarks/augment_throughput.py --quick
     python benchmarks/augment_throughput.py --preset crystal4d --repeats 5 --patterns 3000
+    python benchmarks/augment_throughput.py --compare HEAD~1 --rounds 10
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -44,7 +52,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if "--worker" in sys.argv:  # a --compare worker imports the augment package of the tree it is given
+    sys.path.insert(0, sys.argv[sys.argv.index("--worker") + 1])
+else:
+    sys.path.insert(0, str(ROOT))
 
 import augment  # noqa: E402
 
@@ -140,6 +151,78 @@ def sampler_table(size: int, repeats: int = 7, calls: int = 20) -> None:
         print(f"  {name:<26s} {100 * mid:10.0f}% {100 * high:10.0f}% " + " ".join(f"{v:17.3f}" for v in best.values()))
 
 
+def worker(root: str, preset: str, dataset: str | None, n_samples: int, size: int, seed: int) -> int:
+    """``--compare`` worker: set up like a training worker, then augment ``N`` patterns per line read from stdin.
+
+    Prints ``ready`` once warmed up, then for each line ``N`` the rate in patterns/s (process CPU time).
+    """
+    augment.configure_worker(threads=1)
+    pipeline = augment.load_preset(preset, conf_dir=str(Path(root) / "conf"), seed=seed)
+    samples = load_samples(dataset, n_samples, size)
+    run_once(pipeline, samples, 50)  # warm-up (numba compilation or cache, tables)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        cpu_s, _ = run_once(pipeline, samples, n)
+        print(f"{n / cpu_s:.3f}", flush=True)
+    return 0
+
+
+def compare(rev: str, args: argparse.Namespace) -> int:
+    """Time this checkout and revision ``rev`` side by side (alternating batches); print rates and ratios."""
+    label = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True, check=False
+    )
+    if label.returncode != 0:
+        print(f"error: --compare {rev!r} is not a git revision of {ROOT}: {label.stderr.strip()}", file=sys.stderr)
+        return 2
+    n_pat = args.patterns or 300
+    rounds = args.rounds
+    with tempfile.TemporaryDirectory(prefix="augment_base_") as base:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "augment", "conf"], capture_output=True)
+        if archive.returncode != 0:
+            print(f"error: git archive {rev} failed: {archive.stderr.decode().strip()}", file=sys.stderr)
+            return 2
+        subprocess.run(["tar", "-x", "-C", base], input=archive.stdout, check=True)
+        short = label.stdout.strip()
+        roots = {rev if rev == short else f"{rev} ({short})": base, "this checkout": str(ROOT)}
+        extra = ["--dataset", args.dataset] if args.dataset else []
+        procs = {}
+        for name, root in roots.items():
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", root, "--preset", args.preset]
+            cmd += ["--samples", str(args.samples), "--size", str(args.size), "--seed", str(args.seed), *extra]
+            procs[name] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            for name, p in procs.items():
+                if p.stdout.readline().strip() != "ready":
+                    print(f"error: the worker for {name} did not start", file=sys.stderr)
+                    return 2
+            names = list(procs)
+            rates: dict[str, list[float]] = {k: [] for k in names}
+            print(f"machine: nproc={os.cpu_count()} cpu='{cpu_model()}' load_avg={os.getloadavg()}")
+            print(f"preset={args.preset} patterns/batch={n_pat} rounds={rounds} (the order alternates per round)")
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    procs[name].stdin.write(f"{n_pat}\n")
+                    procs[name].stdin.flush()
+                    rates[name].append(float(procs[name].stdout.readline()))
+                a, b = rates[names[0]][-1], rates[names[1]][-1]
+                print(f"round {r}: {names[0]} {a:7.1f}  {names[1]} {b:7.1f}  ratio {b / a:.3f}")
+        finally:
+            for p in procs.values():
+                if p.stdin:
+                    p.stdin.close()
+                p.wait(timeout=60)
+    ratios = [b / a for a, b in zip(rates[names[0]], rates[names[1]], strict=True)]
+    for name in names:
+        print(f"median {name}: {statistics.median(rates[name]):.1f} patterns/s/core (CPU time)")
+    print(f"ratio this checkout / {rev}: median {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(f"RESULT patterns_per_s_per_core={statistics.median(rates[names[1]]):.1f} "
+          f"ratio_vs_{label.stdout.strip()}={statistics.median(ratios):.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the report; the last line is the RESULT line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -161,7 +244,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip augment.configure_worker's glibc malloc tuning (threads are still limited to 1)",
     )
+    ap.add_argument("--compare", metavar="REV", default=None,
+                    help="also time git revision REV, alternating batches with this checkout; print the ratio")
+    ap.add_argument("--rounds", type=int, default=10, help="--compare: batches per version (default 10)")
+    ap.add_argument("--worker", metavar="ROOT", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args.preset, args.dataset, args.samples, args.size, args.seed)
+    if args.compare:
+        return compare(args.compare, args)
     setup = augment.configure_worker(threads=1, tune_malloc=not args.default_malloc)
     n_pat = args.patterns or (400 if args.quick else 2000)
     repeats = args.repeats or (3 if args.quick else 5)

@@ -241,3 +241,24 @@ def test_dataset_round_trip_and_preview_png(tmp_path):
         out = tmp_path / name
         assert augment_preview.main([*args, "--rows", "2", "--out", str(out)]) == 0
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_compares_a_revision_side_by_side():
+    """benchmarks/augment_throughput.py --compare REV: two workers alternate; the ratio line is printed.
+
+    Slow (~20 s): the exported copy's numba kernels compile from scratch.
+    """
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    script = ROOT / "benchmarks" / "augment_throughput.py"
+    cmd = [sys.executable, str(script), "--compare", "HEAD", "--rounds", "2", "--patterns", "4", "--samples", "2",
+           "--size", "32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert sum(line.startswith("round ") for line in lines) == 2
+    assert lines[-1].startswith("RESULT patterns_per_s_per_core=") and "ratio_vs_" in lines[-1]
+    bad = subprocess.run([sys.executable, str(script), "--compare", "no-such-revision"], capture_output=True,
+                         text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2 and "not a git revision" in bad.stderr
