@@ -29,7 +29,7 @@ Usage::
 
     python benchmarks/augment_throughput.py --quick
     python benchmarks/augment_throughput.py --preset crystal4d --repeats 5 --patterns 3000
-    python benchmarks/augment_throughput.py --compare HEAD~1 --rounds 10
+    python benchmarks/augment_throughput.py --compare HEAD~1
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -154,7 +155,9 @@ def sampler_table(size: int, repeats: int = 7, calls: int = 20) -> None:
 def worker(root: str, preset: str, dataset: str | None, n_samples: int, size: int, seed: int) -> int:
     """``--compare`` worker: set up like a training worker, then augment ``N`` patterns per line read from stdin.
 
-    Prints ``ready`` once warmed up, then for each line ``N`` the rate in patterns/s (process CPU time).
+    Prints ``ready`` once warmed up, then for each line ``N`` one JSON line: ``rate`` (patterns/s, process
+    CPU time, through :func:`augment.augment_sample`) and ``stages`` (ms per pattern of each transform and of
+    Compose's bookkeeping, from a second run of ``N`` patterns replaying Compose's loop).
     """
     augment.configure_worker(threads=1)
     pipeline = augment.load_preset(preset, conf_dir=str(Path(root) / "conf"), seed=seed)
@@ -164,7 +167,10 @@ def worker(root: str, preset: str, dataset: str | None, n_samples: int, size: in
     for line in sys.stdin:
         n = int(line)
         cpu_s, _ = run_once(pipeline, samples, n)
-        print(f"{n / cpu_s:.3f}", flush=True)
+        acc, total = per_transform_shares(pipeline, samples, n)
+        stages = {k.split(":", 1)[1]: 1e3 * v / n for k, v in acc.items()}
+        stages["compose pre/post"] = 1e3 * (total - sum(acc.values())) / n
+        print(json.dumps({"rate": n / cpu_s, "stages": stages}), flush=True)
     return 0
 
 
@@ -176,7 +182,7 @@ def compare(rev: str, args: argparse.Namespace) -> int:
     if label.returncode != 0:
         print(f"error: --compare {rev!r} is not a git revision of {ROOT}: {label.stderr.strip()}", file=sys.stderr)
         return 2
-    n_pat = args.patterns or 300
+    n_pat = args.patterns or 100  # short batches: the host's speed drifts within seconds
     rounds = args.rounds
     with tempfile.TemporaryDirectory(prefix="augment_base_") as base:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "augment", "conf"], capture_output=True)
@@ -201,11 +207,14 @@ def compare(rev: str, args: argparse.Namespace) -> int:
             rates: dict[str, list[float]] = {k: [] for k in names}
             print(f"machine: nproc={os.cpu_count()} cpu='{cpu_model()}' load_avg={os.getloadavg()}")
             print(f"preset={args.preset} patterns/batch={n_pat} rounds={rounds} (the order alternates per round)")
+            stages: dict[str, list[dict[str, float]]] = {k: [] for k in names}
             for r in range(rounds):
                 for name in names if r % 2 == 0 else names[::-1]:
                     procs[name].stdin.write(f"{n_pat}\n")
                     procs[name].stdin.flush()
-                    rates[name].append(float(procs[name].stdout.readline()))
+                    reply = json.loads(procs[name].stdout.readline())
+                    rates[name].append(reply["rate"])
+                    stages[name].append(reply["stages"])
                 a, b = rates[names[0]][-1], rates[names[1]][-1]
                 print(f"round {r}: {names[0]} {a:7.1f}  {names[1]} {b:7.1f}  ratio {b / a:.3f}")
         finally:
@@ -214,6 +223,16 @@ def compare(rev: str, args: argparse.Namespace) -> int:
                     p.stdin.close()
                 p.wait(timeout=60)
     ratios = [b / a for a, b in zip(rates[names[0]], rates[names[1]], strict=True)]
+    print("time per pattern by stage (CPU time, median over rounds, ms):")
+    print(f"  {'stage':<24s} {names[0]:>16s} {names[1]:>16s} {'speed-up':>9s}")
+    for stage in stages[names[1]][0]:
+        old_ms = [st[stage] for st in stages[names[0]] if stage in st]
+        new_ms = statistics.median(st[stage] for st in stages[names[1]])
+        if old_ms:
+            old_med = statistics.median(old_ms)
+            print(f"  {stage:<24s} {old_med:16.3f} {new_ms:16.3f} {old_med / new_ms if new_ms else float('nan'):9.2f}")
+        else:
+            print(f"  {stage:<24s} {'-':>16s} {new_ms:16.3f}")
     for name in names:
         print(f"median {name}: {statistics.median(rates[name]):.1f} patterns/s/core (CPU time)")
     print(f"ratio this checkout / {rev}: median {statistics.median(ratios):.3f} "
@@ -246,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--compare", metavar="REV", default=None,
                     help="also time git revision REV, alternating batches with this checkout; print the ratio")
-    ap.add_argument("--rounds", type=int, default=10, help="--compare: batches per version (default 10)")
+    ap.add_argument("--rounds", type=int, default=30, help="--compare: batches per version (default 30 of 100)")
     ap.add_argument("--worker", metavar="ROOT", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
