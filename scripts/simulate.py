@@ -20,6 +20,7 @@ import hydra
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sim.cluster import ClusterTaskError  # noqa: E402
 from sim.config import ConfigError, register_configs  # noqa: E402
 from sim.dataset import DatasetMismatch  # noqa: E402
 
@@ -38,7 +39,7 @@ def main(cfg) -> None:
             print(f"{scan_summary(path)}\n  ready in {time.perf_counter() - start:.1f} s")
             return
         path = generate_dataset(cfg)
-    except (ConfigError, DatasetMismatch) as err:
+    except (ConfigError, DatasetMismatch, ClusterTaskError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {cfg.dataset.num_patterns} patterns to {path} in {time.perf_counter() - start:.1f} s")

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 _WORKER_STATE: dict = {}
 
 
+class ClusterTaskError(RuntimeError):
+    """A chunk's task failed on a worker; chunks written before it stay complete, so re-running resumes."""
+
+
 @contextmanager
 def _quiet(*names: str):
     """Silence distributed's own retry/connection logging while we report the failure in one line."""
@@ -137,7 +141,7 @@ def run_chunks(client, cfg, catalog: list, writer, missing: list[int], progress=
     if limit <= 0:
         limit = max(2, 2 * sum(client.nthreads().values()))
     todo = iter(missing)
-    chunk_of = {}
+    chunk_of, running = {}, {}
     pending = as_completed(loop=client.loop)
 
     def submit_next() -> bool:
@@ -147,6 +151,7 @@ def run_chunks(client, cfg, catalog: list, writer, missing: list[int], progress=
         sl = writer.chunk_slice(c)
         fut = client.submit(chunk_task, payload, catalog_data, c, sl.stop - sl.start, pure=False)
         chunk_of[fut.key] = c
+        running[fut.key] = fut
         pending.add(fut)
         return True
 
@@ -155,10 +160,16 @@ def run_chunks(client, cfg, catalog: list, writer, missing: list[int], progress=
             break
     for fut in pending:
         c = chunk_of.pop(fut.key)
+        running.pop(fut.key, None)
         try:
             data = fut.result()
         except Exception as err:
-            raise RuntimeError(f"chunk {c} failed on the cluster: {type(err).__name__}: {err}") from err
+            client.cancel(list(running.values()))  # stop the chunks still queued or running
+            done = writer.num_chunks - len(writer.missing_chunks())
+            raise ClusterTaskError(
+                f"chunk {c} failed on the cluster: {type(err).__name__}: {err} "
+                f"({done} of {writer.num_chunks} chunks are complete; re-run the same command to resume)"
+            ) from err
         writer.write_chunk(c, data)
         fut.release()
         if progress is not None:

@@ -120,3 +120,43 @@ def test_scheduler_without_workers_is_refused(tmp_path):
             generate_dataset(compose(*TINY, f"dataset.path={out}", f"cluster.address={cl.scheduler_address}",
                                      "cluster.connect_timeout_s=1"))
     assert not out.exists()
+
+
+def test_failed_chunk_is_one_line_error_and_resumable(tmp_path):
+    """A task that fails on a worker: one stderr line naming the chunk, exit 2, the chunk before it stays complete."""
+    pytest.importorskip("distributed")
+    out = tmp_path / "out.zarr"
+    driver = f"""
+import logging, runpy, sys
+import distributed
+import sim.generate
+real = sim.generate.simulate_chunk
+def flaky(cfg, catalog, detector, c, length, *a, **k):
+    if c == 1:
+        raise RuntimeError("injected failure")
+    return real(cfg, catalog, detector, c, length, *a, **k)
+sim.generate.simulate_chunk = flaky
+# the worker runs in this process (threads); a real worker logs in its own process, not on the client's stderr
+for name in ("distributed", "distributed.worker", "distributed.core", "distributed.scheduler"):
+    logging.getLogger(name).setLevel(logging.CRITICAL)
+cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                                   host="127.0.0.1",
+                                   dashboard_address=None)
+sys.argv = ["simulate.py", *{TINY!r}, "cluster.max_in_flight=1",
+            "dataset.path={out}", "cluster.address=" + cluster.scheduler_address]
+try:
+    runpy.run_path({str(ROOT / "scripts" / "simulate.py")!r}, run_name="__main__")
+finally:
+    cluster.close()
+"""
+    proc = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: chunk 1 failed on the cluster: RuntimeError: injected"), \
+        proc.stderr[-3000:]
+    assert "1 of 2 chunks are complete" in lines[0] and "re-run" in lines[0]
+    import zarr
+
+    g = zarr.open_group(str(out), mode="r")
+    assert g.attrs["status"] != "complete" and list(g["chunk_complete"][:]) == [True, False]
