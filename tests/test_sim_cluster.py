@@ -141,7 +141,7 @@ for name in ("distributed", "distributed.worker", "distributed.core", "distribut
     logging.getLogger(name).setLevel(logging.CRITICAL)
 cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
                                    host="127.0.0.1",
-                                   dashboard_address=None)
+                                   dashboard_address=":0")  # no port clash with another cluster
 sys.argv = ["simulate.py", *{TINY!r}, "cluster.max_in_flight=1",
             "dataset.path={out}", "cluster.address=" + cluster.scheduler_address]
 try:
