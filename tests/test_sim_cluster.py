@@ -69,8 +69,11 @@ def test_cluster_dataset_equals_local_and_resumes(scheduler, tmp_path):
     g["chunk_complete"][1] = False
     g["patterns"][4:] = np.nan
     g.attrs["status"] = "incomplete"
+    kept = {p: p.stat().st_mtime_ns for p in (remote / "patterns" / "c" / "0").rglob("*") if p.is_file()}
+    assert kept
     generate_dataset(compose(*TINY, f"dataset.path={remote}", f"cluster.address={scheduler}"))
     assert zarr.open_group(str(remote), mode="r").attrs["status"] == "complete"
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # chunk 0 was not recomputed and rewritten
     assert_same(local, remote)
 
 

@@ -141,7 +141,13 @@ def test_kill_9_then_resume(reference, tmp_path):
     # samples of unfinished chunks never look like data: their chunks are absent (NaN fill) or unmarked
     if (~valid).any():
         assert not np.asarray(g["chunk_complete"][:]).all()
-    run([*TINY, f"dataset.path={out}", "dataset.num_patterns=6", "dataset.chunk_runs=1"], cwd=tmp_path)
+    # the resume computes only the unfinished chunks: the finished ones' pattern files are not rewritten
+    done = np.flatnonzero(np.asarray(g["chunk_complete"][:]))
+    kept = {p: p.stat().st_mtime_ns for c in done for p in (out / "patterns" / "c" / str(c)).rglob("*") if p.is_file()}
+    assert kept, "no pattern file of a finished chunk found"
+    proc = run([*TINY, f"dataset.path={out}", "dataset.num_patterns=6", "dataset.chunk_runs=1"], cwd=tmp_path)
+    assert f"{3 - len(done)} of 3 chunks to simulate" in proc.stdout + proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert chunk_files(out) == chunk_files(reference)
 
 
