@@ -163,7 +163,7 @@ class _Grid:
         packed = cv2.dft(np.ascontiguousarray(probe, dtype=np.float32))
         total = float(packed[0, 0])  # the DC term: sum(probe)
         _check_probe_total(total)
-        kq = sfft.dctn(k * np.float32(1.0 / (total * h * w)), type=1, workers=1)  # quadrant of the real, even DFT
+        kq = sfft.dctn(k * np.float32(1.0 / (total * h * w)), type=1, workers=1, overwrite_x=True)  # the even DFT
         kernels = _ccs_kernels()
         if kernels is not None:
             kernels.ccs_multiply(packed, kq)
