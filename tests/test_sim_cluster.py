@@ -20,7 +20,8 @@ TINY = ["structure=si", "sampling=fast", "detector.shape=[48,48]", "sampling.rea
 @pytest.fixture(scope="module")
 def scheduler():
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+    # two worker processes: the two chunks run at once and may arrive in either order
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address=None)
     try:
         yield cluster.scheduler_address
