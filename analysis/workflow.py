@@ -66,14 +66,33 @@ def libraries_for(cube: DataCube, structures, settings: dict) -> dict:
     return {str(s): build_orientation_library(str(s), float(energy), **settings) for s in structures}
 
 
+def score_disks_and_strain(res: MethodResult, gt: dict, reference, tolerance_px: float = 2.0) -> None:
+    """Fill ``res`` from its Bragg vectors: disk scores against the ground truth (``gt``, matched within
+    ``tolerance_px`` px), the lattice and strain map (reference region ``reference``) and their scores; a lattice
+    that cannot be chosen or fitted is recorded as ``res.scores["strain_error"]``."""
+    from .lattice import choose_lattice_vectors, fit_lattice
+    from .strain import strain_map
+    from .validation import disk_scores, strain_scores
+
+    if "reflections_px" in gt:
+        res.scores["disks"] = disk_scores(res.bragg, gt["reflections_px"], gt.get("reflections_visible"),
+                                          tolerance_px)
+    try:
+        g1, g2 = choose_lattice_vectors(res.bragg, region=reference)
+        res.lattice = fit_lattice(res.bragg, g1, g2)
+        res.strain = strain_map(res.lattice, reference=reference)
+        if all(k in gt for k in ("exx", "eyy", "exy")):
+            res.scores["strain"] = strain_scores(res.strain, gt)
+    except AnalysisError as err:
+        res.scores["strain_error"] = str(err)
+
+
 def analyse(cube: DataCube, methods=("classical", "ml"), *, classical: dict | None = None, ml: dict | None = None,
             strain_reference=None, orientation: dict | None = None, truth_tolerance_px: float = 2.0,
             progress: bool = True) -> dict[str, MethodResult]:
     """Run every method on ``cube``; see the module docstring. Returns ``{method: MethodResult}``."""
     from .disks import find_bragg_disks
-    from .lattice import choose_lattice_vectors, fit_lattice
-    from .strain import strain_map
-    from .validation import disk_scores, orientation_scores, strain_scores
+    from .validation import orientation_scores
 
     gt = cube.ground_truth or {}
     ref = _rect(strain_reference, cube.scan_shape)
@@ -96,17 +115,7 @@ def analyse(cube: DataCube, methods=("classical", "ml"), *, classical: dict | No
         n = int(np.prod(cube.scan_shape))
         res.timings["disks_s"] = time.perf_counter() - t0
         res.timings["patterns_per_s"] = n / max(res.timings["disks_s"], 1e-9)
-        if "reflections_px" in gt:
-            res.scores["disks"] = disk_scores(res.bragg, gt["reflections_px"], gt.get("reflections_visible"),
-                                              truth_tolerance_px)
-        try:
-            g1, g2 = choose_lattice_vectors(res.bragg, region=ref)
-            res.lattice = fit_lattice(res.bragg, g1, g2)
-            res.strain = strain_map(res.lattice, reference=ref)
-            if all(k in gt for k in ("exx", "eyy", "exy")):
-                res.scores["strain"] = strain_scores(res.strain, gt)
-        except AnalysisError as err:
-            res.scores["strain_error"] = str(err)
+        score_disks_and_strain(res, gt, ref, truth_tolerance_px)
         if libs:
             t1 = time.perf_counter()
             if len(libs) == 1:

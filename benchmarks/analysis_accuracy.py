@@ -164,28 +164,6 @@ def run_py4dstem(python: str, cube, params: dict):
     return bv, timings, info
 
 
-def score_method(res, cube, reference, tolerance_px: float = 2.0) -> None:
-    """Disk and strain scores of ``res.bragg`` against the cube's ground truth, as
-    :func:`analysis.workflow.analyse` scores its methods (filled into ``res``)."""
-    from analysis.datacube import AnalysisError
-    from analysis.lattice import choose_lattice_vectors, fit_lattice
-    from analysis.strain import strain_map
-    from analysis.validation import disk_scores, strain_scores
-
-    gt = cube.ground_truth or {}
-    if "reflections_px" in gt:
-        res.scores["disks"] = disk_scores(res.bragg, gt["reflections_px"], gt.get("reflections_visible"),
-                                          tolerance_px)
-    try:
-        g1, g2 = choose_lattice_vectors(res.bragg, region=reference)
-        res.lattice = fit_lattice(res.bragg, g1, g2)
-        res.strain = strain_map(res.lattice, reference=reference)
-        if all(k in gt for k in ("exx", "eyy", "exy")):
-            res.scores["strain"] = strain_scores(res.strain, gt)
-    except AnalysisError as err:
-        res.scores["strain_error"] = str(err)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one 8x8 scan at 50 nm (< 10 min on 2 cores)")
@@ -233,12 +211,12 @@ def main(argv=None) -> int:
                       orientation={"k_max": 1.5, "direction_step_deg": 2.0, "in_plane_step_deg": 2.0},
                       progress=False)
         if args.py4dstem_python:
-            from analysis.workflow import MethodResult, _rect
+            from analysis.workflow import MethodResult, _rect, score_disks_and_strain
 
             params = py4dstem_params(CLASSICAL, subpixel=args.py4dstem_subpixel)
             bv, timings, info = run_py4dstem(args.py4dstem_python, cube, params)
             res["py4dstem"] = MethodResult("py4dstem", bv, timings=timings)
-            score_method(res["py4dstem"], cube, _rect(reference, cube.scan_shape))
+            score_disks_and_strain(res["py4dstem"], cube.ground_truth or {}, _rect(reference, cube.scan_shape))
             v4 = info["versions"]
             print(f"py4DSTEM {v4['py4DSTEM']} (numpy {v4['numpy']}, scipy {v4['scipy']}, python {v4['python']}): "
                   f"kernel {params['kernel_mode']} radii {', '.join(f'{r:.2f}' for r in info['kernel_radii_px'])} px "
