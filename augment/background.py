@@ -164,7 +164,7 @@ class _Grid:
         total = float(packed[0, 0])  # the DC term: sum(probe)
         _check_probe_total(total)
         kq = sfft.dctn(k * np.float32(1.0 / (total * h * w)), type=1, workers=1, overwrite_x=True)  # the even DFT
-        kernels = _ccs_kernels()
+        kernels = _compiled_kernels()
         if kernels is not None:
             kernels.ccs_multiply(packed, kq)
         else:
@@ -194,20 +194,20 @@ def _ccs_multiply_numpy(packed: np.ndarray, kq: np.ndarray) -> None:
         packed[2 : h - 1 : 2, col] *= c[1:half]
 
 
-_ccs_module: Any = None  # augment._background_numba, or False when numba cannot be imported
+_compiled_module: Any = None  # augment._background_numba, or False when numba cannot be imported
 
 
-def _ccs_kernels() -> Any:
-    """The compiled CCS kernel module, or None when numba cannot be imported."""
-    global _ccs_module
-    if _ccs_module is None:
+def _compiled_kernels() -> Any:
+    """The compiled background kernels (augment._background_numba), or None when numba cannot be imported."""
+    global _compiled_module
+    if _compiled_module is None:
         try:
             from augment import _background_numba
         except ImportError:
-            _ccs_module = False
+            _compiled_module = False
         else:
-            _ccs_module = _background_numba
-    return _ccs_module or None
+            _compiled_module = _background_numba
+    return _compiled_module or None
 
 
 def plasmon_background(probe: np.ndarray, pixel_size_inv_A: float, q0_inv_A: float) -> np.ndarray:
@@ -258,7 +258,7 @@ def _background_kernel(
     where they exceed 2e-9 of their peak, the separable diffuse halo without a 2-D ``exp``), numpy otherwise;
     the two agree to float32 round-off.
     """
-    kernels = _ccs_kernels() if grid.mult is not None else None
+    kernels = _compiled_kernels() if grid.mult is not None else None
     if kernels is not None:
         out = np.empty_like(grid.q2)
         ring = np.empty_like(grid.q2) if w_ring > 0 else out
@@ -440,7 +440,7 @@ class SpecimenBackground(SeededTransformMixin, A.ImageOnlyTransform):
         if background is None or total_weight == 0.0:
             return img
         total = float(img.sum())  # float32 pairwise summation, ~1e-7 relative
-        kernels = _ccs_kernels()
+        kernels = _compiled_kernels()
         if kernels is not None and img.dtype == np.float32 and img.ndim == 2 and img.flags.c_contiguous:
             out = np.empty_like(img)
             kernels.blend(img.reshape(-1), background.reshape(-1), 1.0 - total_weight, total, out.reshape(-1))

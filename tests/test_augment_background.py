@@ -72,7 +72,7 @@ def test_background_kernel_numba_matches_numpy(monkeypatch, params):
 
     grid = bg_mod._Grid((128, 96), 0.03)
     fast = bg_mod._background_kernel(grid, *params)
-    monkeypatch.setattr(bg_mod, "_ccs_kernels", lambda: None)
+    monkeypatch.setattr(bg_mod, "_compiled_kernels", lambda: None)
     ref = bg_mod._background_kernel(grid, *params)
     assert fast.dtype == ref.dtype == np.float32 and fast.shape == ref.shape == (65, 49)
     assert np.abs(fast - ref).max() < 1e-6 * ref.max()
@@ -85,7 +85,7 @@ def test_rings_beyond_the_detector_add_nothing(monkeypatch, numba_off):
     import augment.background as bg_mod
 
     if numba_off:
-        monkeypatch.setattr(bg_mod, "_ccs_kernels", lambda: None)
+        monkeypatch.setattr(bg_mod, "_compiled_kernels", lambda: None)
     shape = (64, 64)
     probe = _probe(shape)
     image = probe.copy()
