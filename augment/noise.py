@@ -178,12 +178,7 @@ class ShotNoise(SeededTransformMixin, A.ImageOnlyTransform):
     ) -> np.ndarray:
         """Return the recorded pattern in fraction-of-beam units (float32)."""
         adu = shot_noise_counts(img, dose_e, self.random_generator, self.gaussian_threshold_counts)
-        plain = gain_adu_per_e == 1.0 and read_noise_adu <= 0 and dark_offset_adu <= 0
-        kernels = _kernels()
-        if plain and self.bit_depth is not None and kernels is not None:  # clip and rescale in one pass
-            kernels.clip_scale(adu.reshape(-1), np.float32(2**self.bit_depth - 1), np.float32(1.0 / dose_e))
-            return adu
-        if gain_adu_per_e != 1.0 or read_noise_adu > 0 or dark_offset_adu > 0:
+        if gain_adu_per_e != 1.0 or read_noise_adu > 0 or dark_offset_adu > 0:  # the readout chain
             if gain_adu_per_e != 1.0:
                 adu *= np.float32(gain_adu_per_e)
             if read_noise_adu > 0:
@@ -192,9 +187,17 @@ class ShotNoise(SeededTransformMixin, A.ImageOnlyTransform):
                 adu += np.float32(dark_offset_adu)
             np.rint(adu, out=adu)  # an ADC delivers integers
             np.maximum(adu, np.float32(0.0), out=adu)
-        if self.bit_depth is not None:
-            np.minimum(adu, np.float32(2**self.bit_depth - 1), out=adu)
-        adu *= np.float32(1.0 / (gain_adu_per_e * dose_e))
+        to_beam = np.float32(1.0 / (gain_adu_per_e * dose_e))
+        if self.bit_depth is None:
+            adu *= to_beam
+            return adu
+        full_scale = np.float32(2**self.bit_depth - 1)
+        kernels = _kernels()
+        if kernels is not None and adu.flags.c_contiguous:  # saturate and rescale in one pass
+            kernels.clip_scale(adu.reshape(-1), full_scale, to_beam)
+        else:
+            np.minimum(adu, full_scale, out=adu)
+            adu *= to_beam
         return adu
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:

@@ -141,7 +141,7 @@ def run_chunks(client, cfg, catalog: list, writer, missing: list[int], progress=
     if limit <= 0:
         limit = max(2, 2 * sum(client.nthreads().values()))
     todo = iter(missing)
-    chunk_of, running = {}, {}
+    running = {}  # future key -> (chunk index, future)
     pending = as_completed(loop=client.loop)
 
     def submit_next() -> bool:
@@ -150,8 +150,7 @@ def run_chunks(client, cfg, catalog: list, writer, missing: list[int], progress=
             return False
         sl = writer.chunk_slice(c)
         fut = client.submit(chunk_task, payload, catalog_data, c, sl.stop - sl.start, pure=False)
-        chunk_of[fut.key] = c
-        running[fut.key] = fut
+        running[fut.key] = (c, fut)
         pending.add(fut)
         return True
 
@@ -159,12 +158,11 @@ def run_chunks(client, cfg, catalog: list, writer, missing: list[int], progress=
         if not submit_next():
             break
     for fut in pending:
-        c = chunk_of.pop(fut.key)
-        running.pop(fut.key, None)
+        c, _ = running.pop(fut.key)
         try:
             data = fut.result()
         except Exception as err:
-            client.cancel(list(running.values()))  # stop the chunks still queued or running
+            client.cancel([f for _, f in running.values()])  # stop the chunks still queued or running
             done = writer.num_chunks - len(writer.missing_chunks())
             raise ClusterTaskError(
                 f"chunk {c} failed on the cluster: {type(err).__name__}: {err} "
