@@ -150,8 +150,10 @@ def test_compact_lists_the_flagged_pixels_and_counts_the_classes():
     for n in (0, 1, 7, 8, 9, 17, 1001):
         for p in (0.0, 0.01, 0.5, 1.0):
             flag = (rng.random(n) < p).astype(np.uint8) * rng.integers(1, 16, n).astype(np.uint8)
-            idx = np.empty(n, np.int64)
-            n_flagged, n_table, n_high, n_negative = kernels._compact(flag, idx)
+            padded = np.zeros(-(-n // 8) * 8, np.uint8)  # the caller's padding to whole 8-byte blocks
+            padded[:n] = flag
+            idx = np.empty(padded.size, np.int64)
+            n_flagged, n_table, n_high, n_negative = kernels._compact(padded, idx)
             f = flag.astype(int)
             assert n_flagged == np.count_nonzero(flag)
             assert np.array_equal(idx[:n_flagged], np.flatnonzero(flag))
@@ -181,8 +183,18 @@ def test_shot_noise_counts_are_poisson_counts_of_the_clipped_scaled_means(dtype)
         shot_noise_counts(image, np.inf, np.random.default_rng(0))
 
 
-def test_shot_noise_transform_is_the_same_without_numba(monkeypatch):
-    """ShotNoise's fused numba passes (scaling, clipping to the counter depth) give the numpy path's values."""
+@pytest.mark.parametrize(
+    "readout",
+    [
+        {"bit_depth": 6},
+        {"bit_depth": 12, "gain_adu_per_e": 2.5, "read_noise_adu": 1.5, "dark_offset_adu": 3.0},
+        {"bit_depth": None, "gain_adu_per_e": 0.7},
+    ],
+    ids=["counting-6bit", "readout-chain-12bit", "no-saturation"],
+)
+def test_shot_noise_transform_is_the_same_without_numba(monkeypatch, readout):
+    """ShotNoise's fused numba passes (scaling, clipping to the counter depth) give the numpy path's values,
+    with and without a gain / read-out noise / dark offset chain before the saturation."""
     import augment.noise
     import augment.poisson
 
@@ -192,7 +204,7 @@ def test_shot_noise_transform_is_the_same_without_numba(monkeypatch):
         if off:
             monkeypatch.setattr(augment.poisson, "_kernels", lambda: None)
             monkeypatch.setattr(augment.noise, "_kernels", lambda: None)
-        t = ShotNoise(dose_e_per_pattern=(1e3, 1e7), bit_depth=6, p=1.0)
+        t = ShotNoise(dose_e_per_pattern=(1e3, 1e7), p=1.0, **readout)
         comp = A.Compose([t], seed=4)
         outs.append([comp(image=image)["image"] for _ in range(6)])
     for a, b in zip(*outs, strict=True):
