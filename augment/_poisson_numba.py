@@ -94,19 +94,22 @@ def _compact(flag, idx):  # pragma: no cover - compiled
     """Indices of the flagged pixels (branch-free) and the sizes of the table and normal classes.
 
     Flags are read 8 at a time and blocks of 8 unflagged pixels are skipped: most
-    pixels of a low-dose pattern need no further work (~10x faster at 1e3
-    electrons per pattern, ~1.4x slower at 1e7 where most pixels are flagged).
+    pixels of a low-dose pattern need no further work. ``flag.size`` must be a
+    multiple of 8 (the caller pads with zeros, which are never listed). Against a
+    plain loop over every pixel (45 us for 256x256): ~14x faster at 1e3 electrons
+    per pattern, 3-5x at 1e5, ~1.3x slower at 1e7 where 60-93 % of the pixels are
+    flagged.
     """
     n = 0
     n_ge1 = 0
     n_high = 0
     n_negative = 0
-    n_blocks = flag.size // 8
-    blocks = flag[: 8 * n_blocks].view(np.uint64)
-    for b in range(n_blocks + 1):
-        if b < n_blocks and blocks[b] == 0:
+    blocks = flag.view(np.uint64)
+    for b in range(blocks.size):
+        if blocks[b] == 0:
             continue
-        for i in range(8 * b, min(8 * b + 8, flag.size)):
+        for j in range(8):  # a fixed trip count, unrolled by LLVM
+            i = 8 * b + j
             c = flag[i]
             idx[n] = i
             n += c != 0
@@ -214,7 +217,8 @@ def poisson_counts_flat(
     else:
         words = bitgen.random_raw((n + 1) // 2).view(np.uint32)[:n]
     out = np.empty(n, dtype=np.float32)
-    flag = np.empty(n, dtype=np.uint8)
+    flag = np.empty(-(-n // 8) * 8, dtype=np.uint8)  # padded to whole 8-byte blocks for _compact
+    flag[n:] = 0
     c_lo, c_hi = _C31 * (1.0 - margin), _C31 * (1.0 + margin)
     _classify(
         flat32,
@@ -228,7 +232,7 @@ def poisson_counts_flat(
         out,
         flag,
     )
-    idx = np.empty(n, dtype=np.int64)
+    idx = np.empty(flag.size, dtype=np.int64)  # _compact may also write a slot in the padding
     n_flagged, n_table, n_high, n_negative = _compact(flag, idx)
     if n_negative:
         if sfc:
