@@ -1,8 +1,8 @@
 """Accuracy and speed of Bragg disk finding, strain and orientation mapping: ML versus classical, side by side.
 
-Held-out synthetic scans (``sim.synthetic_scan``: a Si [110] multilayer, thicker than anything in the default
+Held-out synthetic scans (``stemforge.sim.synthetic_scan``: a Si [110] multilayer, thicker than anything in the default
 training set — 50 nm quick, 50 and 80 nm full — with ground-truth strain, rotation and reflection positions) are
-made noisy at a low dose and analysed by both methods through :func:`analysis.workflow.analyse`:
+made noisy at a low dose and analysed by both methods through :func:`stemforge.analysis.workflow.analyse`:
 
 * disk F1 and position RMSE (px) against the kinematic reflections of the strained crystal
   (``ground_truth/reflections_visible``, matched within 2 px);
@@ -18,7 +18,7 @@ With ``--py4dstem-python PATH`` (default ``$STEMFORGE_PY4DSTEM_PYTHON``) py4DSTE
 runs side by side on exactly the same noisy scan: py4DSTEM 0.14 needs numpy<2, so it runs in a separate environment
 (never a stemforge dependency) whose python executes ``benchmarks/py4dstem_side.py``; scan, vacuum probe and
 parameters go there and the peaks come back as .npy / .npz / json files in a temporary folder. Its peaks become
-stemforge :class:`~analysis.braggvectors.BraggVectors` (py4DSTEM's qx = detector row, qy = column) and are scored
+stemforge :class:`~stemforge.analysis.braggvectors.BraggVectors` (py4DSTEM's qx = detector row, qy = column) and are scored
 by the same functions as the other two methods (disk F1 / position RMSE, lattice fit and strain RMSE). Set up such
 an environment with::
 
@@ -44,7 +44,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # The classical settings of this benchmark (stemforge's find_bragg_disks_classical; its other defaults apply).
 CLASSICAL = {"min_relative_intensity": 0.02, "min_spacing_px": 4}
@@ -71,7 +70,7 @@ def py4dstem_params(classical: dict, subpixel: str = "multicorr", upsample_facto
     (with stemforge's defaults for what it leaves out), and the kernel settings for ``Probe.get_kernel``."""
     import inspect
 
-    from analysis.disks import find_bragg_disks_classical
+    from stemforge.analysis.disks import find_bragg_disks_classical
 
     sf = {k: v.default for k, v in inspect.signature(find_bragg_disks_classical).parameters.items()
           if v.default is not inspect.Parameter.empty}
@@ -103,7 +102,7 @@ def py4dstem_to_bragg(scan_shape, detector_shape, counts, qx, qy, intensity, cal
     """
     import numpy as np
 
-    from analysis.braggvectors import BraggVectors
+    from stemforge.analysis.braggvectors import BraggVectors
 
     counts = np.asarray(counts, dtype=np.int64).reshape(-1)
     rx_n, ry_n = (int(v) for v in scan_shape)
@@ -138,7 +137,7 @@ def run_py4dstem(python: str, cube, params: dict):
     uses them) in the other environment. Returns ``(BraggVectors, timings, info)``."""
     import numpy as np
 
-    from analysis.probe import probe_from_data
+    from stemforge.analysis.probe import probe_from_data
 
     probe = cube.probe if cube.probe is not None else probe_from_data(cube)
     with tempfile.TemporaryDirectory(prefix="stemforge-py4dstem-") as tmp:
@@ -183,11 +182,11 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    import analysis
-    from analysis.workflow import add_dose_noise, analyse, report
+    from stemforge import analysis
+    from stemforge.analysis.workflow import add_dose_noise, analyse, report
 
-    from analysis.datacube import AnalysisError
-    from analysis.inference import load_model
+    from stemforge.analysis.datacube import AnalysisError
+    from stemforge.analysis.inference import load_model
 
     try:
         model = load_model(args.model, store=args.store)  # fail before minutes of simulation
@@ -211,7 +210,7 @@ def main(argv=None) -> int:
                       orientation={"k_max": 1.5, "direction_step_deg": 2.0, "in_plane_step_deg": 2.0},
                       progress=False)
         if args.py4dstem_python:
-            from analysis.workflow import MethodResult, _rect, score_disks_and_strain
+            from stemforge.analysis.workflow import MethodResult, _rect, score_disks_and_strain
 
             params = py4dstem_params(CLASSICAL, subpixel=args.py4dstem_subpixel)
             bv, timings, info = run_py4dstem(args.py4dstem_python, cube, params)

@@ -3,8 +3,8 @@
 
 Builds the preset ``conf/augment/<preset>.yaml`` through Hydra (exactly what a
 training run instantiates), feeds it 256 x 256 samples (stand-ins from
-:func:`augment.synthetic_sample`, or the first patterns of a ``--dataset`` zarr
-group) through :func:`augment.augment_sample` on one thread (OpenCV, BLAS and
+:func:`stemforge.augment.synthetic_sample`, or the first patterns of a ``--dataset`` zarr
+group) through :func:`stemforge.augment.augment_sample` on one thread (OpenCV, BLAS and
 OpenMP pools limited to 1), and reports
 
 * patterns per second per core from process CPU time (robust on a shared machine)
@@ -17,7 +17,7 @@ OpenMP pools limited to 1), and reports
   (this VM's does, by up to 40 %) slows both alike; it prints both rates and
   their ratio per round and the median ratio.
 
-The process is set up with :func:`augment.configure_worker` exactly as a training
+The process is set up with :func:`stemforge.augment.configure_worker` exactly as a training
 DataLoader worker should be (one thread for OpenCV and BLAS/OpenMP; glibc malloc
 thresholds raised, see ``augment/runtime.py``); ``--default-malloc`` measures
 without the malloc tuning.  ShotNoise's sampler uses its numba backend when numba
@@ -53,12 +53,21 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if "--worker" in sys.argv:  # a --compare worker imports the augment package of the tree it is given
-    sys.path.insert(0, sys.argv[sys.argv.index("--worker") + 1])
+if "--worker" in sys.argv:  # a --compare worker imports the augment package of the tree it is given (the only
+    _TREE = Path(sys.argv[sys.argv.index("--worker") + 1])  # sys.path edit: it times another revision's code)
+    sys.path.insert(0, str(_TREE))
+    if (_TREE / "stemforge").is_dir():
+        from stemforge import augment  # noqa: E402
+    else:  # a revision from before the stemforge.* namespace (top-level augment/ and conf/)
+        import augment  # noqa: E402
 else:
-    sys.path.insert(0, str(ROOT))
+    from stemforge import augment  # noqa: E402
 
-import augment  # noqa: E402
+
+def conf_dir(tree: str | Path) -> Path:
+    """The Hydra config folder of a source tree (``stemforge/conf``, or ``conf`` before the namespace)."""
+    tree = Path(tree)
+    return tree / "stemforge" / "conf" if (tree / "stemforge").is_dir() else tree / "conf"
 
 
 def cpu_model() -> str:
@@ -124,7 +133,7 @@ def per_transform_shares(pipeline, samples: list[dict], n_patterns: int) -> tupl
 
 def sampler_table(size: int, repeats: int = 7, calls: int = 20) -> None:
     """Print ms per pattern of the Poisson samplers at several doses (best of ``repeats`` x ``calls`` calls)."""
-    from augment.poisson import _kernels
+    from stemforge.augment.poisson import _kernels
 
     pattern = augment.synthetic_sample(0, shape=(size, size))["pattern"]
     rng = np.random.Generator(np.random.SFC64(0))
@@ -156,11 +165,11 @@ def worker(root: str, preset: str, dataset: str | None, n_samples: int, size: in
     """``--compare`` worker: set up like a training worker, then augment ``N`` patterns per line read from stdin.
 
     Prints ``ready`` once warmed up, then for each line ``N`` one JSON line: ``rate`` (patterns/s, process
-    CPU time, through :func:`augment.augment_sample`) and ``stages`` (ms per pattern of each transform and of
+    CPU time, through :func:`stemforge.augment.augment_sample`) and ``stages`` (ms per pattern of each transform and of
     Compose's bookkeeping, from a second run of ``N`` patterns replaying Compose's loop).
     """
     augment.configure_worker(threads=1)
-    pipeline = augment.load_preset(preset, conf_dir=str(Path(root) / "conf"), seed=seed)
+    pipeline = augment.load_preset(preset, conf_dir=str(conf_dir(root)), seed=seed)
     samples = load_samples(dataset, n_samples, size)
     run_once(pipeline, samples, 50)  # warm-up (numba compilation or cache, tables)
     print("ready", flush=True)
@@ -185,7 +194,10 @@ def compare(rev: str, args: argparse.Namespace) -> int:
     n_pat = args.patterns or 100  # short batches: the host's speed drifts within seconds
     rounds = args.rounds
     with tempfile.TemporaryDirectory(prefix="augment_base_") as base:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "augment", "conf"], capture_output=True)
+        namespaced = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:stemforge"],
+                                    capture_output=True).returncode == 0
+        paths = ["stemforge"] if namespaced else ["augment", "conf"]
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *paths], capture_output=True)
         if archive.returncode != 0:
             print(f"error: git archive {rev} failed: {archive.stderr.decode().strip()}", file=sys.stderr)
             return 2
@@ -256,12 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sampler-table",
         action="store_true",
-        help="also time augment.poisson_counts (numba and numpy backends) and Generator.poisson per dose",
+        help="also time stemforge.augment.poisson_counts (numba and numpy backends) and Generator.poisson per dose",
     )
     ap.add_argument(
         "--default-malloc",
         action="store_true",
-        help="skip augment.configure_worker's glibc malloc tuning (threads are still limited to 1)",
+        help="skip stemforge.augment.configure_worker's glibc malloc tuning (threads are still limited to 1)",
     )
     ap.add_argument("--compare", metavar="REV", default=None,
                     help="also time git revision REV, alternating batches with this checkout; print the ratio")
@@ -282,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     import albumentations
     import scipy
 
-    from augment.poisson import _kernels
+    from stemforge.augment.poisson import _kernels
 
     numba_version = _kernels().numba.__version__ if _kernels() is not None else "unavailable"
 

@@ -1,12 +1,12 @@
 """Orientation-mapping (ACOM) accuracy and speed on noisy kinematic Bragg peaks at random orientations.
 
 For each structure and k_max (1.0 / 1.5 / 2.0 Å⁻¹, the field's comparison points): ``n`` orientations drawn
-uniformly in the fundamental zone (``sim.orientations.random_orientations``), their kinematic peaks
-(``analysis.kinematic_bragg_vectors``: reflections with excitation weight exp(−s²/2σ²) ≥ 0.1, σ = 0.03 Å⁻¹,
+uniformly in the fundamental zone (``stemforge.sim.orientations.random_orientations``), their kinematic peaks
+(``stemforge.analysis.kinematic_bragg_vectors``: reflections with excitation weight exp(−s²/2σ²) ≥ 0.1, σ = 0.03 Å⁻¹,
 intensity |F|²·weight with Debye–Waller damping, 0.5 px Gaussian position noise at 0.03 Å⁻¹/px, 20 % log-normal
 intensity noise, |g_xy| ≤ k_max, direct beam included) are matched against the default library
-(``analysis.build_orientation_library``: 2° direction grid, 2° in-plane, σ_s = 0.02 Å⁻¹, σ_q = 0.02 Å⁻¹, intensity
-power 0.25) with ``analysis.orientation_map`` (refinement and Friedel-twin check on), 200 keV.
+(``stemforge.analysis.build_orientation_library``: 2° direction grid, 2° in-plane, σ_s = 0.02 Å⁻¹, σ_q = 0.02 Å⁻¹, intensity
+power 0.25) with ``stemforge.analysis.orientation_map`` (refinement and Friedel-twin check on), 200 keV.
 
 Errors are misorientations to the truth with crystal symmetry; "twin-blind" also accepts the Friedel twin
 Rz(180°)·R, which has the same projected kinematic spots (only the Ewald-sphere curvature separates it). Rates
@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 E = 200e3
 K_MAXES = (1.0, 1.5, 2.0)
@@ -42,9 +41,9 @@ FIELD = {1.0: ("7.25", "80–90"), 1.5: ("3.09", "45–55"), 2.0: ("1.39", "25�
 def run(structure: str, k_max: float, n: int, repeats: int, seed: int, sigma_data: float = 0.03) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from analysis.orientation import _misorientation, orientation_map
-    from analysis.orientation_library import build_orientation_library, kinematic_bragg_vectors
-    from sim.orientations import random_orientations
+    from stemforge.analysis.orientation import _misorientation, orientation_map
+    from stemforge.analysis.orientation_library import build_orientation_library, kinematic_bragg_vectors
+    from stemforge.sim.orientations import random_orientations
 
     t0 = time.perf_counter()
     lib = build_orientation_library(structure, E, k_max, cache=False)
@@ -76,17 +75,17 @@ def run(structure: str, k_max: float, n: int, repeats: int, seed: int, sigma_dat
 
 def dynamical(structure: str, n: int, thicknesses_nm, seed: int) -> list[dict]:
     """Random orientations simulated by abTEM multislice (oriented boxes, α = 2 mrad, static lattice), peaks from
-    :func:`analysis.disks.flat_disk_peaks`, matched at every k_max."""
-    from analysis import BraggVectors, Calibration
-    from analysis.disks import flat_disk_peaks
-    from analysis.orientation import _misorientation, orientation_map
-    from analysis.orientation_library import build_orientation_library
-    from sim.detector import Detector, resample, resampling_matrix
-    from sim.multislice import simulate_cbed
-    from sim.optics import Optics, probe_spread_radius_A
-    from sim.orientations import random_orientations
-    from sim.specimen import oriented_box_specimen
-    from sim.structures import load_structure
+    :func:`stemforge.analysis.disks.flat_disk_peaks`, matched at every k_max."""
+    from stemforge.analysis import BraggVectors, Calibration
+    from stemforge.analysis.disks import flat_disk_peaks
+    from stemforge.analysis.orientation import _misorientation, orientation_map
+    from stemforge.analysis.orientation_library import build_orientation_library
+    from stemforge.sim.detector import Detector, resample, resampling_matrix
+    from stemforge.sim.multislice import simulate_cbed
+    from stemforge.sim.optics import Optics, probe_spread_radius_A
+    from stemforge.sim.orientations import random_orientations
+    from stemforge.sim.specimen import oriented_box_specimen
+    from stemforge.sim.structures import load_structure
 
     st = load_structure(structure)
     det = Detector((104, 104), 0.04, 2)
@@ -144,7 +143,7 @@ def main() -> None:
         return
     if args.quick:
         args.n, args.structures, args.repeats = 100, ["Si"], 2
-    from analysis.orientation_library import build_orientation_library
+    from stemforge.analysis.orientation_library import build_orientation_library
 
     build_orientation_library("Si", E, 0.5, direction_step_deg=20.0, cache=False)  # imports out of the timings
     rows = [run(s, k, args.n, args.repeats, args.seed, args.sigma_data) for s in args.structures for k in K_MAXES]

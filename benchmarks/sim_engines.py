@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def compose(*overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from sim.config import register_configs
+    from stemforge.sim.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -59,9 +58,9 @@ def main() -> None:
 
 
 def group_timing(args) -> dict:
-    from sim.config import build_detector
-    from sim.engine import GroupRun, choose_group_engine, uses_frozen_phonons
-    from sim.generate import (
+    from stemforge.sim.config import build_detector
+    from stemforge.sim.engine import GroupRun, choose_group_engine, uses_frozen_phonons
+    from stemforge.sim.generate import (
         build_catalog,
         group_specimen,
         plan_run,
@@ -69,8 +68,8 @@ def group_timing(args) -> dict:
         simulate_group,
         simulation_frame_optics,
     )
-    from sim.multislice import configure_abtem
-    from sim.smatrix import commensurate_sampling
+    from stemforge.sim.multislice import configure_abtem
+    from stemforge.sim.smatrix import commensurate_sampling
 
     k = args.group_size
     det = ["detector.shape=[64,64]", "sampling.thicknesses_nm=[5.0,10.0]"] if args.quick else []
@@ -117,7 +116,7 @@ def cluster_timing(args) -> dict:
     import distributed
     import zarr
 
-    from sim.generate import generate_dataset
+    from stemforge.sim.generate import generate_dataset
 
     base = ["structure=si", "sampling=fast", "detector.shape=[64,64]", "sampling.thicknesses_nm=[5.0,10.0]",
             "sampling.frozen_phonons=1", "orientation.mistilt_max_mrad=1.0", "dataset.chunk_runs=2",

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
     from pymatgen.core import Lattice, Structure
 
-    from sim.detector import Detector, resample, resampling_matrix
-    from sim.multislice import Phonons, configure_abtem, simulate_cbed
-    from sim.optics import Optics
-    from sim.specimen import zone_axis_specimen
+    from stemforge.sim.detector import Detector, resample, resampling_matrix
+    from stemforge.sim.multislice import Phonons, configure_abtem, simulate_cbed
+    from stemforge.sim.optics import Optics
+    from stemforge.sim.specimen import zone_axis_specimen
 
     configure_abtem(fftw_threads=2)
     si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])

@@ -1,13 +1,13 @@
-"""Throughput of the S-matrix thickness-series engine (sim.smatrix) against one abTEM multislice per pattern.
+"""Throughput of the S-matrix thickness-series engine (stemforge.sim.smatrix) against one abTEM multislice per pattern.
 
 Reference sweep: Si[110], 11 thicknesses 0–50 nm (whole beam periods), 10 defoci (−200…200 Å), 16 probe
-positions (4×4 in one repeat cell), α = 2 mrad, 300 keV, 256² detector (sim.detector, 0.02 Å⁻¹/px). Both
+positions (4×4 in one repeat cell), α = 2 mrad, 300 keV, 256² detector (stemforge.sim.detector, 0.02 Å⁻¹/px). Both
 engines use the same grid (periodic cell ≥ 1/pixel = 50 Å, sampling ≤ 0.092 Å for the detector's corners,
 commensurate with the cell repetitions), the same slices (half a beam period, atoms shifted a quarter slice off
 the slice boundaries) and static atoms.
 
-* **S-matrix**: :func:`sim.smatrix.build_smatrix` (one propagation of every plane wave within α, every exit
-  plane kept) then :meth:`~sim.smatrix.ThicknessSMatrix.patterns` for all 1760 patterns, binned onto the detector.
+* **S-matrix**: :func:`stemforge.sim.smatrix.build_smatrix` (one propagation of every plane wave within α, every exit
+  plane kept) then :meth:`~stemforge.sim.smatrix.ThicknessSMatrix.patterns` for all 1760 patterns, binned onto the detector.
 * **Baseline**: abTEM at its default engine settings (lazy dask graph, FFTW_MEASURE planning, 1 FFTW thread,
   float32), one ``Probe.multislice`` per pattern through a specimen of that pattern's thickness, binned onto the
   same detector. Its rate is measured on a subset (one pattern per thickness in ``--quick``, ``--baseline N``
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
@@ -42,17 +41,17 @@ def main() -> None:
     import abtem
     from pymatgen.core import Lattice, Structure
 
-    from sim.detector import Detector, resample, resampling_matrix
-    from sim.multislice import configure_abtem
-    from sim.optics import Optics
-    from sim.smatrix import (
+    from stemforge.sim.detector import Detector, resample, resampling_matrix
+    from stemforge.sim.multislice import configure_abtem
+    from stemforge.sim.optics import Optics
+    from stemforge.sim.smatrix import (
         beam_count,
         build_smatrix,
         choose_engine,
         commensurate_sampling,
         slicing,
     )
-    from sim.specimen import zone_axis_specimen
+    from stemforge.sim.specimen import zone_axis_specimen
 
     energy, alpha = 300e3, 2.0
     det = Detector(shape=(256, 256), pixel_size=0.02, supersample=4)

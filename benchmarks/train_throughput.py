@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _timing_callback():
@@ -70,7 +69,7 @@ def main(argv=None) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    from networks.training import build_model
+    from stemforge.networks.training import build_model
     from hydra.utils import instantiate
 
     tmp = Path(tempfile.mkdtemp(prefix="stemforge_train_bench_"))
@@ -125,8 +124,8 @@ def fit_and_compare(overrides, epochs: int, tmp: Path) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
-    from networks.metrics import PeakMatchMetric
-    from networks.training import train
+    from stemforge.networks.metrics import PeakMatchMetric
+    from stemforge.networks.training import train
 
     fit_overrides = [o for o in overrides if not o.startswith(("data.split.", "paths.output_dir"))] + [
         f"trainer.max_epochs={epochs}", "logger=csv", "test=false", "extras.print_config=false",

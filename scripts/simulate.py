@@ -1,49 +1,6 @@
-"""Simulate a labelled CBED dataset: ``python scripts/simulate.py [group=option] [key=value ...]``.
+"""Thin entry point: ``python scripts/simulate.py ...`` runs ``stemforge-simulate`` (:mod:`stemforge.cli.simulate`)."""
 
-Examples::
-
-    python scripts/simulate.py                                   # the default dataset (data/default.zarr)
-    python scripts/simulate.py dataset.path=out.zarr dataset.num_patterns=24 structure=si
-    python scripts/simulate.py -m optics.semiangle_mrad=1.0,2.0 dataset.path='si_${optics.semiangle_mrad}.zarr'
-    python scripts/simulate.py scan=multilayer scan.path=data/scan_multilayer.zarr   # a 4D-STEM scan with ground truth
-
-Running the same command again resumes: only missing chunks are computed.
-"""
-
-from __future__ import annotations
-
-import sys
-import time
-from pathlib import Path
-
-import hydra
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sim.cluster import ClusterTaskError  # noqa: E402
-from sim.config import ConfigError, register_configs  # noqa: E402
-from sim.dataset import DatasetMismatch  # noqa: E402
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="simulate")
-def main(cfg) -> None:
-    from sim.generate import generate_dataset
-    from sim.synthetic_scan import generate_scan, scan_summary
-
-    start = time.perf_counter()
-    try:
-        if cfg.scan.profile != "none":
-            path = generate_scan(cfg)
-            print(f"{scan_summary(path)}\n  ready in {time.perf_counter() - start:.1f} s")
-            return
-        path = generate_dataset(cfg)
-    except (ConfigError, DatasetMismatch, ClusterTaskError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"wrote {cfg.dataset.num_patterns} patterns to {path} in {time.perf_counter() - start:.1f} s")
-
+from stemforge.cli.simulate import main
 
 if __name__ == "__main__":
     main()

@@ -4,16 +4,16 @@ origin / descan and ellipticity calibration (lattice fitting and strain: test_an
 import numpy as np
 import pytest
 
-from analysis.braggvectors import BraggVectors
-from analysis.calibration import (calibrate_ellipticity, calibrate_origin, correct_ellipticity, correct_origin,
+from stemforge.analysis.braggvectors import BraggVectors
+from stemforge.analysis.calibration import (calibrate_ellipticity, calibrate_origin, correct_ellipticity, correct_origin,
                                   ellipticity_from_bragg, fit_ellipticity, fit_origin_plane, origin_map)
-from analysis.datacube import AnalysisError, Calibration, DataCube
-from analysis.disks import find_bragg_disks
-from analysis.lattice import choose_lattice_vectors, fit_lattice
-from analysis.probe import probe_from_data, probe_template
-from analysis.strain import strain_map
-from analysis.validation import disk_scores
-from analysis.virtual import max_pattern, mean_pattern, virtual_adf, virtual_bf, virtual_image
+from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube
+from stemforge.analysis.disks import find_bragg_disks
+from stemforge.analysis.lattice import choose_lattice_vectors, fit_lattice
+from stemforge.analysis.probe import probe_from_data, probe_template
+from stemforge.analysis.strain import strain_map
+from stemforge.analysis.validation import disk_scores
+from stemforge.analysis.virtual import max_pattern, mean_pattern, virtual_adf, virtual_bf, virtual_image
 
 H = W = 64
 G1, G2 = np.array([11.0, 0.0]), np.array([0.0, 9.0])  # reciprocal basis (x, y) px
@@ -27,7 +27,7 @@ def disk(shape, centre, radius=2.5, amp=1.0):
 
 def lattice_pattern(F=np.eye(2), theta_deg=0.0, origin=(H // 2, W // 2), dose=None, rng=None, hk_max=2):
     """Disks at the reciprocal lattice of a crystal deformed by D = F·R(θ) (F = I + ε symmetric: the convention of
-    sim.synthetic_scan's ground truth): g' = D⁻ᵀ·g = F⁻¹·R(θ)·g."""
+    stemforge.sim.synthetic_scan's ground truth): g' = D⁻ᵀ·g = F⁻¹·R(θ)·g."""
     th = np.radians(theta_deg)
     R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
     M = np.linalg.inv(F) @ R
@@ -185,7 +185,7 @@ def test_hybrid_correlation_and_peak_filters():
 
 
 def test_ml_method_is_delegated(monkeypatch):
-    import analysis.inference as inference
+    import stemforge.analysis.inference as inference
 
     seen = {}
 

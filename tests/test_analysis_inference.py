@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import analysis
-from analysis.datacube import AnalysisError, Calibration, DataCube
-from analysis.inference import GridMap, check_calibration, find_bragg_disks_ml, predict_property_map
-from registry.loading import Preprocessor
+from stemforge import analysis
+from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube
+from stemforge.analysis.inference import GridMap, check_calibration, find_bragg_disks_ml, predict_property_map
+from stemforge.registry.loading import Preprocessor
 
 H = W = 32
 P = 0.05  # Å⁻¹/px of the fake model
@@ -171,7 +171,7 @@ def test_bad_inputs_are_refused():
         predict_property_map(cube, FakeModel(BlurNet()), progress=False)
     with pytest.raises(AnalysisError, match="probe shape"):
         find_bragg_disks_ml(cube, FakeModel(BlurNet()), probe=np.ones((8, 8)), progress=False)
-    # without a probe the direct beam is cut out of the mean pattern (analysis.probe.probe_from_data)
+    # without a probe the direct beam is cut out of the mean pattern (stemforge.analysis.probe.probe_from_data)
     bv = find_bragg_disks_ml(DataCube(cube.data, cube.calibration), FakeModel(BlurNet()), mc_samples=0,
                              progress=False)
     assert len(bv) > 0

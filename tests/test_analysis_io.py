@@ -1,4 +1,4 @@
-"""analysis.io: the real detector files (RosettaSciIO test data, see ../shared/data/real/SOURCES.md) with their
+"""stemforge.analysis.io: the real detector files (RosettaSciIO test data, see ../shared/data/real/SOURCES.md) with their
 shapes and calibrations checked against the files' own headers; laziness; round trips; clear errors."""
 
 import math
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import analysis
-from analysis.datacube import AnalysisError, Calibration, DataCube
-from analysis.io_formats import FileArray, length_to_A, reciprocal_to_invA
-from analysis.io_rsciio import cube_from_signals
+from stemforge import analysis
+from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube
+from stemforge.analysis.io_formats import FileArray, length_to_A, reciprocal_to_invA
+from stemforge.analysis.io_rsciio import cube_from_signals
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 LAMBDA_100KEV_A = 0.0370143  # relativistic electron wavelength at 100 keV
@@ -150,10 +150,10 @@ def test_py4dstem_emdfile(real):
 
 
 def test_python_c_load_each_real_file(real, merlin):
-    """`python -c "import analysis; d = analysis.load(PATH)"` on every real file (one interpreter for speed)."""
+    """`python -c "import stemforge.analysis; d = stemforge.analysis.load(PATH)"` on every real file (one interpreter for speed)."""
     paths = [real / "test1.blo", real / "Si100_4D.emd", real / "py4DSTEM_size2x3x4x5.h5",
              merlin / "001_4x2_6bit.hdr", merlin / "001_4x2_6bit.mib", merlin / "002_4x2_6bit_roi128.mib"]
-    code = ("import sys, analysis\nfor PATH in sys.argv[1:]:\n    d = analysis.load(PATH)\n"
+    code = ("import sys, stemforge.analysis\nfor PATH in sys.argv[1:]:\n    d = stemforge.analysis.load(PATH)\n"
             "    print(d.scan_shape, d.detector_shape)")
     out = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[1])
@@ -167,7 +167,7 @@ def test_python_c_load_each_real_file(real, merlin):
                                   "001_4x2_6bit.mib", "002_4x2_6bit_roi128.mib"])
 def test_python_c_exact_command(real, merlin, name):
     path = real / name if (real / name).exists() else merlin / name
-    out = subprocess.run([sys.executable, "-c", f"import analysis; d = analysis.load({str(path)!r})"],
+    out = subprocess.run([sys.executable, "-c", f"import stemforge.analysis; d = stemforge.analysis.load({str(path)!r})"],
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
 
@@ -266,7 +266,7 @@ def test_zarr_round_trip_with_ground_truth(tmp_path):
 
 
 def test_save_streams_a_lazy_cube_in_blocks(tmp_path, monkeypatch):
-    import analysis.io_formats as fmts
+    import stemforge.analysis.io_formats as fmts
 
     arr = np.random.default_rng(2).random((5, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "a.npy", arr)
@@ -299,7 +299,7 @@ def test_nested_ground_truth_groups_are_flattened(tmp_path):
 def test_save_lazy_cube_with_ragged_chunks(tmp_path, monkeypatch):
     import dask.array as da
 
-    import analysis.io_formats as fmts
+    import stemforge.analysis.io_formats as fmts
 
     arr = np.random.default_rng(3).random((5, 3, 8, 8)).astype(np.float64)
     monkeypatch.setattr(fmts, "CHUNK_BYTES", 2 * 3 * 8 * 8 * 4)  # store chunks of two scan rows

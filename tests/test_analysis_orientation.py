@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from analysis import AnalysisError, BraggVectors, Calibration
-from analysis.disks import flat_disk_peaks
-from analysis.orientation import (OrientationMap, _misorientation, ipf_colors, orientation_map, score_orientations,
+from stemforge.analysis import AnalysisError, BraggVectors, Calibration
+from stemforge.analysis.disks import flat_disk_peaks
+from stemforge.analysis.orientation import (OrientationMap, _misorientation, ipf_colors, orientation_map, score_orientations,
                                   template_correlation, zone_axis_labels)
-from analysis.orientation_library import (_MEMORY_CACHE, build_orientation_library, fundamental_directions,
+from stemforge.analysis.orientation_library import (_MEMORY_CACHE, build_orientation_library, fundamental_directions,
                                           kinematic_bragg_vectors, reduce_directions)
-from sim.orientations import proper_point_group, random_orientations, zone_axis_rotation
+from stemforge.sim.orientations import proper_point_group, random_orientations, zone_axis_rotation
 
 E = 200e3
 TWIN = np.diag([-1.0, -1.0, 1.0])  # Rz(180°): the Friedel twin of a kinematic pattern
@@ -35,7 +35,7 @@ def _detector_px(k_max, p=0.03):
 @pytest.mark.parametrize("name, k", [("Si", 24), ("GaAs", 12), ("GaN", 6), ("TiO2-rutile", 8),
                                      ("ZrO2-monoclinic", 2)])
 def test_fundamental_directions_cover_one_zone(name, k):
-    from sim.structures import load_structure
+    from stemforge.sim.structures import load_structure
 
     st = load_structure(name)
     ops = proper_point_group(st)
@@ -136,7 +136,7 @@ def test_refinement_is_exact_for_consistent_data(si_lib2):
 
 
 def _peaks(bv, lib):
-    from analysis.orientation import _padded, _prepare_peaks
+    from stemforge.analysis.orientation import _padded, _prepare_peaks
 
     q, r, th, a, off = _prepare_peaks(bv, lib, 64)
     (qb, ab), _ = _padded(off, np.arange(int(np.prod(bv.scan_shape))), q, a)
@@ -148,7 +148,7 @@ def test_zone_axis_labels_and_in_plane_angle(si_lib):
     R = np.stack([zone_axis_rotation("Si", z, phi) for z, phi in cases])
     bv = kinematic_bragg_vectors("Si", R[None], E, _detector_px(1.5), position_noise_px=0.3, k_max=1.5, seed=1)
     om = orientation_map(bv, si_lib, progress=False)
-    expect_axis = [(1, 0, 0), (1, 1, 0), (1, 1, 1), (2, 1, 1)]  # sim.orientations representatives
+    expect_axis = [(1, 0, 0), (1, 1, 0), (1, 1, 1), (2, 1, 1)]  # stemforge.sim.orientations representatives
     np.testing.assert_array_equal(om.zone_axis[0], expect_axis)
     assert np.all(om.zone_axis_offset_deg[0] < 1.0)
     np.testing.assert_allclose(om.in_plane_period_deg[0], [90, 180, 120, 360])
@@ -233,11 +233,11 @@ def test_bad_inputs_are_refused(si_lib):
 # --------------------------------------------------------------------------- dynamical check
 def _dynamical_bragg_vectors(cases, thickness_A, semiangle_mrad=2.0):
     """Si zone-axis CBED patterns (abTEM multislice) rotated in-plane onto a 64×64 detector at 0.05 Å⁻¹/px."""
-    from sim.detector import Detector, resample, resampling_matrix
-    from sim.multislice import simulate_cbed
-    from sim.optics import Optics
-    from sim.specimen import zone_axis_specimen
-    from sim.structures import load_structure
+    from stemforge.sim.detector import Detector, resample, resampling_matrix
+    from stemforge.sim.multislice import simulate_cbed
+    from stemforge.sim.optics import Optics
+    from stemforge.sim.specimen import zone_axis_specimen
+    from stemforge.sim.structures import load_structure
 
     si = load_structure("Si")
     det = Detector((64, 64), 0.05, 2)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from analysis import AnalysisError, BraggVectors, Calibration
-from analysis.orientation import _misorientation
-from analysis.orientation_library import build_orientation_library, kinematic_bragg_vectors
-from analysis.phase import PhaseMap, phase_map
-from sim.orientations import random_orientations
+from stemforge.analysis import AnalysisError, BraggVectors, Calibration
+from stemforge.analysis.orientation import _misorientation
+from stemforge.analysis.orientation_library import build_orientation_library, kinematic_bragg_vectors
+from stemforge.analysis.phase import PhaseMap, phase_map
+from stemforge.sim.orientations import random_orientations
 
 E = 200e3
 K_MAX = 1.5

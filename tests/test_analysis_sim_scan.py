@@ -1,4 +1,4 @@
-"""Both methods on a dynamical scan from sim.synthetic_scan, scored against its ground truth (slow: it simulates).
+"""Both methods on a dynamical scan from stemforge.sim.synthetic_scan, scored against its ground truth (slow: it simulates).
 
 Scan: Si [110] multilayer, 4×2 positions, 20 nm, rows 2–3 at εxx = +2 % (εyy −0.56 %). A method that returned
 zero strain everywhere would score a strain RMSE of 0.0085 here, so the bounds are stated against that baseline too.
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    import analysis
-    from analysis.validation import STRAIN_KEYS, strain_scores
-    from analysis.workflow import analyse, report
+    from stemforge import analysis
+    from stemforge.analysis.validation import STRAIN_KEYS, strain_scores
+    from stemforge.analysis.workflow import analyse, report
 
     tmp_path = tmp_path_factory.mktemp("sim_scan")
     path = tmp_path / "scan.zarr"
@@ -37,7 +37,7 @@ def scored(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-2000:]
     cube = analysis.load(path, lazy=False)
     res = analyse(cube, ["classical", "ml"], ml={"model": "bragg-fcunet:stable",
-                                                 "store": str(ROOT / "registry" / "pretrained"), "mc_samples": 0},
+                                                 "store": str(ROOT / "stemforge" / "registry" / "pretrained"), "mc_samples": 0},
                   strain_reference=[0, 2, None, None], orientation={"k_max": 1.5}, progress=False)
     print(report(res, cube))
     gt = cube.ground_truth

@@ -7,16 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_analysis_classical import G1, G2, H, W, lattice_pattern, strained_scan  # noqa: E402
 
-from analysis.braggvectors import BraggVectors  # noqa: E402
-from analysis.datacube import AnalysisError, Calibration, DataCube  # noqa: E402
-from analysis.disks import find_bragg_disks  # noqa: E402
-from analysis.lattice import (choose_lattice_vectors, fit_lattice, index_bragg_vectors,  # noqa: E402
+from stemforge.analysis.braggvectors import BraggVectors  # noqa: E402
+from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube  # noqa: E402
+from stemforge.analysis.disks import find_bragg_disks  # noqa: E402
+from stemforge.analysis.lattice import (choose_lattice_vectors, fit_lattice, index_bragg_vectors,  # noqa: E402
                               lattice_candidates)
-from analysis.strain import plot_strain_maps, strain_map  # noqa: E402
-from analysis.virtual import mean_pattern  # noqa: E402
+from stemforge.analysis.strain import plot_strain_maps, strain_map  # noqa: E402
+from stemforge.analysis.virtual import mean_pattern  # noqa: E402
 
 REF = [0, 1, 0, 4]
 

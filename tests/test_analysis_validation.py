@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from analysis.braggvectors import BraggVectors
-from analysis.datacube import AnalysisError
-from analysis.validation import disk_scores, strain_scores
+from stemforge.analysis.braggvectors import BraggVectors
+from stemforge.analysis.datacube import AnalysisError
+from stemforge.analysis.validation import disk_scores, strain_scores
 
 
 def test_disk_scores_count_matches_misses_and_false_peaks():

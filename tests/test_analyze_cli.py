@@ -6,10 +6,9 @@ from pathlib import Path
 
 import zarr
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_analysis_classical import strained_scan  # noqa: E402
 
-import analysis  # noqa: E402
+from stemforge import analysis  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

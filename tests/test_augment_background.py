@@ -6,8 +6,8 @@ import albumentations as A
 import numpy as np
 import pytest
 
-import augment
-from augment import (
+from stemforge import augment
+from stemforge.augment import (
     AmorphousRings,
     DetectorBlur,
     DiffuseBackground,
@@ -44,8 +44,8 @@ def test_plasmon_background_is_the_probe_convolved_with_the_lorentzian(shape):
 def test_ccs_spectrum_product_numba_matches_numpy(shape):
     """The compiled CCS product (used when numba imports) gives the numpy path's floats exactly."""
     cv2 = pytest.importorskip("cv2")
-    kernels = pytest.importorskip("augment._background_numba")
-    from augment.background import _ccs_multiply_numpy
+    kernels = pytest.importorskip("stemforge.augment._background_numba")
+    from stemforge.augment.background import _ccs_multiply_numpy
 
     rng = np.random.default_rng(3)
     packed = cv2.dft(rng.random(shape).astype(np.float32))
@@ -67,8 +67,8 @@ def test_ccs_spectrum_product_numba_matches_numpy(shape):
 )
 def test_background_kernel_numba_matches_numpy(monkeypatch, params):
     """The compiled kernel (annulus-limited rings, separable halo) equals the numpy sum to float32 round-off."""
-    pytest.importorskip("augment._background_numba")
-    import augment.background as bg_mod
+    pytest.importorskip("stemforge.augment._background_numba")
+    import stemforge.augment.background as bg_mod
 
     grid = bg_mod._Grid((128, 96), 0.03)
     fast = bg_mod._background_kernel(grid, *params)
@@ -82,7 +82,7 @@ def test_background_kernel_numba_matches_numpy(monkeypatch, params):
 @pytest.mark.parametrize("numba_off", [False, True])
 def test_rings_beyond_the_detector_add_nothing(monkeypatch, numba_off):
     """A ring outside the detector's q range is not recorded: no NaN, the other components unchanged."""
-    import augment.background as bg_mod
+    import stemforge.augment.background as bg_mod
 
     if numba_off:
         monkeypatch.setattr(bg_mod, "_compiled_kernels", lambda: None)

@@ -8,8 +8,8 @@ import albumentations as A
 import numpy as np
 import pytest
 
-import augment
-from augment import AffineDistortion, EllipticDistortion, PatternShift, affine_matrix
+from stemforge import augment
+from stemforge.augment import AffineDistortion, EllipticDistortion, PatternShift, affine_matrix
 
 TARGETS = {"probe": "mask", "vg_map": "mask", "disk_map": "mask"}
 KP = A.KeypointParams(format="xy", remove_invisible=False)

@@ -1,4 +1,4 @@
-"""Shot noise and detector readout: statistics of augment.noise.
+"""Shot noise and detector readout: statistics of stemforge.augment.noise.
 
 Tolerances: means within 5 standard errors; variances within 5 standard errors of
 the sample variance (``sqrt((2 lam**2 + lam) / N)``) plus, in the normal-approximation
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import augment
-from augment import SUPPORTED_BIT_DEPTHS, ShotNoise, poisson_counts
-from augment.poisson import _first_count_hits, _kernels
+from stemforge import augment
+from stemforge.augment import SUPPORTED_BIT_DEPTHS, ShotNoise, poisson_counts
+from stemforge.augment.poisson import _first_count_hits, _kernels
 
 N = 200_000
 
@@ -166,7 +166,7 @@ def test_compact_lists_the_flagged_pixels_and_counts_the_classes():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_shot_noise_counts_are_poisson_counts_of_the_clipped_scaled_means(dtype):
-    from augment.poisson import shot_noise_counts
+    from stemforge.augment.poisson import shot_noise_counts
 
     rng = np.random.default_rng(8)
     image = (rng.exponential(1e-4, (64, 48)) - 2e-6).astype(dtype)  # a few negative pixels (clipped to 0)
@@ -195,15 +195,14 @@ def test_shot_noise_counts_are_poisson_counts_of_the_clipped_scaled_means(dtype)
 def test_shot_noise_transform_is_the_same_without_numba(monkeypatch, readout):
     """ShotNoise's fused numba passes (scaling, clipping to the counter depth) give the numpy path's values,
     with and without a gain / read-out noise / dark offset chain before the saturation."""
-    import augment.noise
-    import augment.poisson
+    from stemforge.augment import noise, poisson
 
     image = augment.synthetic_sample(0, shape=(64, 64))["pattern"]
     outs = []
     for off in (False, True):
         if off:
-            monkeypatch.setattr(augment.poisson, "_kernels", lambda: None)
-            monkeypatch.setattr(augment.noise, "_kernels", lambda: None)
+            monkeypatch.setattr(poisson, "_kernels", lambda: None)
+            monkeypatch.setattr(noise, "_kernels", lambda: None)
         t = ShotNoise(dose_e_per_pattern=(1e3, 1e7), p=1.0, **readout)
         comp = A.Compose([t], seed=4)
         outs.append([comp(image=image)["image"] for _ in range(6)])

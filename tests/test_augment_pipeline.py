@@ -13,18 +13,19 @@ import numpy as np
 import pytest
 import yaml
 
-import augment
-from augment import augment_sample, build_pipeline, reseed
+from stemforge import augment
+from stemforge.conf import CONF_DIR
+from stemforge.augment import augment_sample, build_pipeline, reseed
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 PRESETS = ["none", "crystal4d", "counting", "default"]
 
 
 def _compose(preset: str):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
         return compose(config_name=None, overrides=[f"+augment={preset}"])
 
 
@@ -55,7 +56,7 @@ def test_preset_keys_map_one_to_one_to_build_pipeline_arguments():
             assert keys == set()
             continue
         assert keys == params, (path.name, keys ^ params)
-        assert yaml.safe_load(path.read_text())["_target_"] == "augment.build_pipeline"
+        assert yaml.safe_load(path.read_text())["_target_"] == "stemforge.augment.build_pipeline"
     assert set(_compose("default").augment) - {"_target_"} == params
 
 
@@ -65,7 +66,7 @@ def test_default_preset_is_the_counting_preset():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_config_matches_hydra_compose(preset):
-    """augment.preset_config (no Hydra global state) resolves presets exactly as Hydra's compose does."""
+    """stemforge.augment.preset_config (no Hydra global state) resolves presets exactly as Hydra's compose does."""
     assert augment.preset_config(preset) == _compose(preset).augment
     with pytest.raises(ValueError, match="unknown augmentation preset"):
         augment.preset_config("no_such_preset")
@@ -82,13 +83,13 @@ def _digest(out: dict) -> str:
 
 _SCRIPT = """
 import sys, hashlib
-sys.path.insert(0, {root!r})
-import numpy as np, augment
-pipe = augment.load_preset("crystal4d", seed=1234)
+import numpy as np
+import stemforge.augment
+pipe = stemforge.augment.load_preset("crystal4d", seed=1234)
 h = hashlib.sha256()
 for i in range(3):
-    s = augment.synthetic_sample(i, shape=(64, 64))
-    out = augment.augment_sample(pipe, s["pattern"], s["probe"], s["labels"], s["reflections_px"],
+    s = stemforge.augment.synthetic_sample(i, shape=(64, 64))
+    out = stemforge.augment.augment_sample(pipe, s["pattern"], s["probe"], s["labels"], s["reflections_px"],
                                  s["num_reflections"], pixel_size_inv_A=0.04)
     for key in ("pattern", "probe", "reflections_px"):
         h.update(np.ascontiguousarray(out[key]).tobytes())
@@ -126,7 +127,7 @@ def test_seeded_pipeline_is_deterministic_across_processes():
     assert local != _local_digest(1235)
     env = dict(os.environ, PYTHONHASHSEED="12345")
     res = subprocess.run(
-        [sys.executable, "-c", _SCRIPT.format(root=str(ROOT))],
+        [sys.executable, "-c", _SCRIPT],
         capture_output=True,
         text=True,
         env=env,
@@ -232,11 +233,8 @@ def test_dataset_round_trip_and_preview_png(tmp_path):
     assert back[1]["num_reflections"] == samples[2]["num_reflections"]
     assert back[0]["calibration"]["pixel_size"] == 0.04
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import augment_preview
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    from stemforge.augment import preview as augment_preview
+
     for args, name in (([], "synthetic.png"), (["--dataset", str(path), "--preset", "crystal4d"], "dataset.png")):
         out = tmp_path / name
         assert augment_preview.main([*args, "--rows", "2", "--out", str(out)]) == 0

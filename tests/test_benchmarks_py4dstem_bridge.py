@@ -15,7 +15,7 @@ spec.loader.exec_module(aa)
 
 
 def test_py4dstem_peaks_become_bragg_vectors_with_qx_as_row():
-    from analysis.datacube import Calibration
+    from stemforge.analysis.datacube import Calibration
 
     # a 2x3 scan; py4DSTEM lists peaks per position in row-major scan order, qx = detector row (axis 2 of the data)
     counts = np.array([2, 0, 1, 0, 3, 1])
@@ -41,7 +41,7 @@ def test_py4dstem_peaks_become_bragg_vectors_with_qx_as_row():
 
 def test_converted_peaks_score_against_truth_in_col_row_order():
     """A peak at image (row 30, col 80) is py4DSTEM's (qx 30, qy 80) and stemforge's truth (x 80, y 30)."""
-    from analysis.validation import disk_scores
+    from stemforge.analysis.validation import disk_scores
 
     img = np.zeros((64, 96))
     img[30, 80] = 1.0

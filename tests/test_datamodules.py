@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import CBEDDataModule, ChunkShuffleSampler, normalise, split_indices
+from stemforge.datamodules import CBEDDataModule, ChunkShuffleSampler, normalise, split_indices
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,8 @@ def test_holdout_splits(dataset):
     dm = CBEDDataModule(str(dataset), split={"method": "orientation", "holdout_val": ["[111]"],
                                              "max_angle_deg": 15.0})
     dm.setup()
-    from sim.orientations import proper_point_group
-    from sim.structures import load_structure
+    from stemforge.sim.orientations import proper_point_group
+    from stemforge.sim.structures import load_structure
 
     for i in range(len(dm._sets["val"])):
         s = dm._sets["val"][i]
@@ -117,7 +117,7 @@ def test_holdout_splits(dataset):
 
 
 def test_augmentation_moves_peaks_and_is_seeded(dataset):
-    from augment import load_preset
+    from stemforge.augment import load_preset
 
     pipe = load_preset("crystal4d", seed=7)
     dm = CBEDDataModule(str(dataset), batch_size=2, augment=pipe, split={"method": "random", "val_fraction": 0.0,

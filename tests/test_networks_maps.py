@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from networks import FCUNet, UNet
-from networks.fcunet import fourier_cross_correlation, to_detector_space
-from networks.layers import ComplexConv2d, MCDropout, complex_cat, resolve_depth
+from stemforge.networks import FCUNet, UNet
+from stemforge.networks.fcunet import fourier_cross_correlation, to_detector_space
+from stemforge.networks.layers import ComplexConv2d, MCDropout, complex_cat, resolve_depth
 
 SMALL = dict(base_filters=4, max_filters=16)
 

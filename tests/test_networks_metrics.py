@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from networks import find_peaks, match_peaks
-from networks.losses import MapLoss, ssim
-from networks.metrics import PeakMatchMetric
+from stemforge.networks import find_peaks, match_peaks
+from stemforge.networks.losses import MapLoss, ssim
+from stemforge.networks.metrics import PeakMatchMetric
 
 SIZE = 64
 GT = torch.tensor([[32.0, 32.0], [12.3, 40.6], [50.0, 20.5], [20.7, 15.2], [45.4, 47.9]])  # (x, y) px

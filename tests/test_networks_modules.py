@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader
 
 pl = pytest.importorskip("pytorch_lightning")
 
-from networks import FCUNet, OrientationNet, PhaseNet, ThicknessNet, UNet  # noqa: E402
-from networks.modules import BraggMapModule, OrientationModule, PhaseModule, ThicknessModule  # noqa: E402
-from networks.rotations import cubic_group, pad_symmetry, random_rotations  # noqa: E402
+from stemforge.networks import FCUNet, OrientationNet, PhaseNet, ThicknessNet, UNet  # noqa: E402
+from stemforge.networks.modules import BraggMapModule, OrientationModule, PhaseModule, ThicknessModule  # noqa: E402
+from stemforge.networks.rotations import cubic_group, pad_symmetry, random_rotations  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`"),
               pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")]
@@ -183,8 +183,8 @@ def test_hydra_instantiate_and_checkpoint_round_trip(tmp_path):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({
-        "_target_": "networks.modules.BraggMapModule", "loss": "l1",
-        "net": {"_target_": "networks.UNet", "image_size": SIZE, "depth": 2, "base_filters": 4, "max_filters": 8},
+        "_target_": "stemforge.networks.modules.BraggMapModule", "loss": "l1",
+        "net": {"_target_": "stemforge.networks.UNet", "image_size": SIZE, "depth": 2, "base_filters": 4, "max_filters": 8},
         "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
         "scheduler": {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "patience": 2},
     })

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from networks import OrientationNet, PhaseNet, ThicknessNet
-from networks.losses import OrientationLoss
-from networks.metrics import MisorientationMetric
-from networks.rotations import (axis_angle_to_matrix, cubic_group, geodesic_angle, is_rotation,
+from stemforge.networks import OrientationNet, PhaseNet, ThicknessNet
+from stemforge.networks.losses import OrientationLoss
+from stemforge.networks.metrics import MisorientationMetric
+from stemforge.networks.rotations import (axis_angle_to_matrix, cubic_group, geodesic_angle, is_rotation,
                                 matrix_to_rotation_6d, pad_symmetry, random_rotations, rotation_6d_to_matrix,
                                 symmetric_geodesic_angle)
 
@@ -70,7 +70,7 @@ def test_misorientation_symmetric():
 
 
 def test_misorientation_matches_sim_orientations():
-    from sim.orientations import misorientation_deg
+    from stemforge.sim.orientations import misorientation_deg
 
     ops = cubic_group(torch.float64)
     g = torch.Generator().manual_seed(4)

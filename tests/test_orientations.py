@@ -1,4 +1,4 @@
-"""Tests for sim.orientations: zone axes, point groups, fundamental zone, uniform sampling."""
+"""Tests for stemforge.sim.orientations: zone axes, point groups, fundamental zone, uniform sampling."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pymatgen.core import Lattice, Structure
 from scipy import stats
 from scipy.spatial.transform import Rotation
 
-from sim.orientations import (
+from stemforge.sim.orientations import (
     Orientation,
     miller_bravais_to_miller,
     misorientation_deg,
@@ -24,7 +24,7 @@ from sim.orientations import (
     symmetry_distinct_zone_axes,
     zone_axis_rotation,
 )
-from sim.structures import list_structures, load_structure
+from stemforge.sim.structures import list_structures, load_structure
 
 Z = np.array([0.0, 0.0, 1.0])
 P_CRIT = 1e-4  # chi-square tests reject at this p-value (fixed seeds make them deterministic)

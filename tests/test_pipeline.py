@@ -1,7 +1,6 @@
-"""The main job's plan (scripts/pipeline.py): stage commands, skipping finished stages, resuming training, and
+"""The main job's plan (stemforge.pipeline): stage commands, skipping finished stages, resuming training, and
 publishing the checkpoint whose test metrics the card will carry."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,17 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def pipeline():
-    spec = importlib.util.spec_from_file_location("stemforge_pipeline", ROOT / "scripts" / "pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from stemforge import pipeline
+
+    return pipeline
 
 
 def compose(workdir):
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
         return hydra_compose(config_name="pipeline", overrides=[f"workdir={workdir}"])
 
 
@@ -35,7 +33,7 @@ def arg(cmd, key):
 def test_plan_follows_the_training_run(pipeline, tmp_path):
     cfg = compose(tmp_path)
     ckpts = tmp_path / "train" / "checkpoints"
-    plan = pipeline.commands(cfg)
+    plan = pipeline.plan(cfg)
     assert list(plan) == list(pipeline.STAGES)
     assert not plan["train"][1] and "ckpt_path=last" not in plan["train"][0]
     assert arg(plan["train"][0], "trainer.max_epochs") == str(cfg.train.epochs)
@@ -43,7 +41,7 @@ def test_plan_follows_the_training_run(pipeline, tmp_path):
 
     ckpts.mkdir(parents=True)  # interrupted: a last.ckpt but no metrics -> resume
     (ckpts / "last.ckpt").write_bytes(b"x")
-    plan = pipeline.commands(cfg)
+    plan = pipeline.plan(cfg)
     assert not plan["train"][1] and "ckpt_path=last" in plan["train"][0]
     assert arg(plan["publish"][0], "ckpt") == str(ckpts / "last.ckpt")
 
@@ -51,10 +49,10 @@ def test_plan_follows_the_training_run(pipeline, tmp_path):
     (ckpts / "epoch_003.ckpt").write_bytes(b"y")
     metrics = tmp_path / "train" / "metrics.json"
     metrics.write_text(json.dumps({"best_checkpoint": "/elsewhere/checkpoints/epoch_003.ckpt"}))
-    plan = pipeline.commands(cfg)
+    plan = pipeline.plan(cfg)
     assert plan["train"][1] and arg(plan["publish"][0], "ckpt") == str(ckpts / "epoch_003.ckpt")
     metrics.write_text(json.dumps({"best_checkpoint": None}))
-    assert arg(pipeline.commands(cfg)["publish"][0], "ckpt") == str(ckpts / "last.ckpt")
+    assert arg(pipeline.plan(cfg)["publish"][0], "ckpt") == str(ckpts / "last.ckpt")
 
 
 def test_unknown_stage_is_one_error_line(tmp_path):

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-import registry
-from registry.errors import IntegrityError, StoreUnreachableError, VersionExistsError
+from stemforge import registry
+from stemforge.registry.errors import IntegrityError, StoreUnreachableError, VersionExistsError
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "bragg-unet"
 
 
 def env(**extra):
-    e = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), "STEMFORGE_LOCK_TIMEOUT": "60"}
+    e = {**os.environ, "WANDB_MODE": "offline", "STEMFORGE_LOCK_TIMEOUT": "60"}
     e.pop("STEMFORGE_STORE", None)
     e.update({k: str(v) for k, v in extra.items()})
     return e
@@ -39,7 +39,7 @@ def run(args, cache=None, extra_env=None, **kw):
 
 
 def cli(*args, cache=None):
-    return run(["-m", "registry", *map(str, args)], cache=cache)
+    return run(["-m", "stemforge.registry", *map(str, args)], cache=cache)
 
 
 def publish_script(*args):
@@ -154,7 +154,7 @@ def test_publish_writes_safetensors_card_and_index(published, trained):
     for key in ("name", "version", "task", "architecture", "input", "labels", "training", "metrics", "software",
                 "created", "license"):
         assert key in card
-    assert card["architecture"]["net"]["_target_"] == "networks.unet.UNet" and card["architecture"]["net"]["depth"] == 3
+    assert card["architecture"]["net"]["_target_"] == "stemforge.networks.unet.UNet" and card["architecture"]["net"]["depth"] == 3
     assert card["input"]["shape"] == [32, 32] and card["input"]["pixel_size_inv_A"] == 0.06
     assert card["input"]["normalisation"] == {"mode": "probe_max", "power": 1.0}
     assert card["input"]["energy_eV"][0] <= card["input"]["energy_eV"][1] and "probe_convention" in card["input"]
@@ -179,8 +179,8 @@ def reference_output(trained):
     """What the trained network (from the checkpoint itself) predicts for pattern 0 of the dataset."""
     import zarr
 
-    from datamodules import normalise
-    from networks.unet import UNet
+    from stemforge.datamodules import normalise
+    from stemforge.networks.unet import UNet
 
     ckpt, data = trained
     state = torch.load(ckpt, weights_only=True, map_location="cpu")
@@ -196,7 +196,7 @@ def reference_output(trained):
 
 
 def test_http_pull_by_second_process_then_run(published, trained, tmp_path):
-    """The acceptance path: empty cache, `python -m registry pull` over loopback HTTP, load and run elsewhere."""
+    """The acceptance path: empty cache, `python -m stemforge.registry pull` over loopback HTTP, load and run elsewhere."""
     pattern, probe, expected = reference_output(trained)
     np.save(tmp_path / "pattern.npy", pattern)
     np.save(tmp_path / "probe.npy", probe)
@@ -208,8 +208,8 @@ def test_http_pull_by_second_process_then_run(published, trained, tmp_path):
     folder = "models/bragg-unet/1.0.0"
     assert {f"{folder}/model.safetensors", f"{folder}/card.json"} <= set(cached_files(cache))
     script = (
-        "import sys, numpy as np, registry\n"
-        "m = registry.load('bragg-unet:stable', store=sys.argv[1])\n"
+        "import sys, numpy as np, stemforge.registry\n"
+        "m = stemforge.registry.load('bragg-unet:stable', store=sys.argv[1])\n"
         "assert not m.net.training and m.version == '1.0.0' and m.input_spec['shape'] == [32, 32]\n"
         "y = m(np.load(sys.argv[2] + '/pattern.npy'), np.load(sys.argv[2] + '/probe.npy'))\n"
         "np.save(sys.argv[2] + '/out.npy', y.numpy())\n")
@@ -380,7 +380,7 @@ def test_cli_failures_are_one_line(published, tmp_path):
     one_error_line(publish_script(f"ckpt={tmp_path}/none.ckpt", "name=a", "version=1.0.0", f"store={tmp_path}/s"),
                    "does not exist")
     proc = cli("show", f"{NAME}:stable", "--store", url, cache=tmp_path / "c")
-    assert proc.returncode == 0 and "networks.unet.UNet" in proc.stdout and "test/peak_f1" in proc.stdout
+    assert proc.returncode == 0 and "stemforge.networks.unet.UNet" in proc.stdout and "test/peak_f1" in proc.stdout
     proc = cli("--store", url, "list", "--json")  # --store before the command works too
     assert proc.returncode == 0 and json.loads(proc.stdout)[NAME]["aliases"]["stable"] == "1.0.0"
 
@@ -393,8 +393,8 @@ def test_concurrent_publishers_keep_the_index_whole(published, served, trained, 
     go = tmp_path / "go"
     script = (
         "import os, sys, time\n"
-        "import registry.lock as rl\n"
-        "from registry.publishing import publish\n"
+        "import stemforge.registry.lock as rl\n"
+        "from stemforge.registry.publishing import publish\n"
         "import safetensors.torch, torch, hydra.utils\n"  # imports done before the start signal
         "try_create, busy = rl.StoreLock._try_create, [0]\n"
         "def counting(self):\n"
@@ -455,7 +455,7 @@ def test_mirrors_absolute_urls_and_push_of_a_pulled_folder(published, served, tm
     assert model.version == "1.0.0"
 
 
-@pytest.mark.parametrize("target", ["os.system", "networks.fcunet.torch.load", "builtins.exec"])
+@pytest.mark.parametrize("target", ["os.system", "stemforge.networks.fcunet.torch.load", "builtins.exec"])
 def test_card_that_builds_something_else_is_refused(published, served, target, tmp_path):
     """A store whose card (with the index's hashes updated to match) asks for a non-network _target_."""
     store, url = copy_store(published, served, f"evil-{target.replace('.', '-')}")

@@ -2,8 +2,8 @@
 
 import json
 
-import registry
-from registry import store as store_mod
+from stemforge import registry
+from stemforge.registry import store as store_mod
 
 
 def fake_store(root):

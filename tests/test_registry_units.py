@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import registry
-from registry.card import build_card, dataset_fingerprint
-from registry.errors import (IntegrityError, InvalidNameError, LockTimeoutError, ReadOnlyStoreError, RegistryError,
+from stemforge import registry
+from stemforge.registry.card import build_card, dataset_fingerprint
+from stemforge.registry.errors import (IntegrityError, InvalidNameError, LockTimeoutError, ReadOnlyStoreError, RegistryError,
                              UnsafeModelError, VersionExistsError)
-from registry.loading import Preprocessor, build_net, check_net_config
-from registry.naming import SemVer, latest_version, parse_ref, validate_relpath
-from registry.store import Store, check_index
+from stemforge.registry.loading import Preprocessor, build_net, check_net_config
+from stemforge.registry.naming import SemVer, latest_version, parse_ref, validate_relpath
+from stemforge.registry.store import Store, check_index
 
 BAD_NAMES = ["../evil", "..", "a/b", "a\\b", "Bragg", "bragg unet", "", "-lead", ".hidden", "a.b", "x" * 65,
              "name\n", "%2e%2e"]
@@ -85,16 +85,16 @@ def test_malicious_index_refused():
             check_index(case, "x")
 
 
-@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "networks.fcunet.torch.load",
-                                    "networks.layers.np.load", "torch.nn.Linear", "networks.training.train",
-                                    "networks.peaks.find_peaks", "networks..UNet", "networksx.UNet"])
+@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "stemforge.networks.fcunet.torch.load",
+                                    "stemforge.networks.layers.np.load", "torch.nn.Linear", "stemforge.networks.training.train",
+                                    "stemforge.networks.peaks.find_peaks", "networks..UNet", "networksx.UNet"])
 def test_unsafe_targets_refused(target):
     with pytest.raises(UnsafeModelError, match="refusing"):
         build_net({"_target_": target})
 
 
 def test_unsafe_config_keys_refused():
-    ok = {"_target_": "networks.unet.UNet", "depth": 2, "base_filters": 4}
+    ok = {"_target_": "stemforge.networks.unet.UNet", "depth": 2, "base_filters": 4}
     check_net_config(ok)
     assert isinstance(build_net(ok), torch.nn.Module)
     for bad in [{**ok, "_partial_": True}, {**ok, "depth": "${oc.env:HOME}"},
@@ -105,7 +105,7 @@ def test_unsafe_config_keys_refused():
 
 @pytest.mark.parametrize("power", [1.0, 0.5])
 def test_preprocess_matches_training_normalisation(power):
-    from datamodules import normalise
+    from stemforge.datamodules import normalise
 
     rng = np.random.default_rng(0)
     pattern, probe = rng.random((2, 16, 16)) * 50, rng.random((2, 16, 16)) * 30
@@ -134,7 +134,7 @@ def _fake_checkpoint(module: str, net_cfg: dict, structures=("Si", "Cu")) -> dic
         "state_dict": {**{f"net.{k}": v for k, v in net.state_dict().items()}, "val_metric.total": torch.tensor(3)},
         "hyper_parameters": {"loss": "l1", "optimizer_spec": "torch.optim.adam.Adam(lr=0.001)"},
         "stemforge": {
-            "task": module.lower(), "model_config": {"_target_": f"networks.modules.{module}", "net": net_cfg},
+            "task": module.lower(), "model_config": {"_target_": f"stemforge.networks.modules.{module}", "net": net_cfg},
             "input": {"shape": [32, 32], "pixel_size_inv_A": 0.06, "normalisation": {"mode": "probe_max", "power": 1.0},
                       "probe_convention": "vacuum probe", "energy_eV": [2e5, 3e5], "semiangle_mrad": [1.5, 3.0]},
             "structures": list(structures), "split": {"method": "random", "sizes": [8, 4, 4]},
@@ -145,10 +145,10 @@ def _fake_checkpoint(module: str, net_cfg: dict, structures=("Si", "Cu")) -> dic
 
 PROPERTY = {"width": 4, "num_stages": 2, "blocks_per_stage": 1, "hidden": 8}
 FAMILIES = [
-    ("PhaseModule", {"_target_": "networks.property.PhaseNet", "num_phases": "auto", **PROPERTY}, (2, 2)),
-    ("ThicknessModule", {"_target_": "networks.property.ThicknessNet", **PROPERTY}, (2,)),
-    ("OrientationModule", {"_target_": "networks.property.OrientationNet", **PROPERTY}, (2, 3, 3)),
-    ("BraggMapModule", {"_target_": "networks.fcunet.FCUNet", "image_size": "auto", "depth": 2, "base_filters": 2},
+    ("PhaseModule", {"_target_": "stemforge.networks.property.PhaseNet", "num_phases": "auto", **PROPERTY}, (2, 2)),
+    ("ThicknessModule", {"_target_": "stemforge.networks.property.ThicknessNet", **PROPERTY}, (2,)),
+    ("OrientationModule", {"_target_": "stemforge.networks.property.OrientationNet", **PROPERTY}, (2, 3, 3)),
+    ("BraggMapModule", {"_target_": "stemforge.networks.fcunet.FCUNet", "image_size": "auto", "depth": 2, "base_filters": 2},
      (2, 1, 32, 32)),
 ]
 
@@ -193,7 +193,7 @@ def test_dataset_fingerprint_is_canonical():
 
 
 def test_card_refuses_checkpoint_without_net_target():
-    ckpt = _fake_checkpoint("ThicknessModule", {"_target_": "networks.property.ThicknessNet", **PROPERTY})
+    ckpt = _fake_checkpoint("ThicknessModule", {"_target_": "stemforge.networks.property.ThicknessNet", **PROPERTY})
     del ckpt["stemforge"]["model_config"]["net"]
     with pytest.raises(RegistryError, match="no 'net'"):
         build_card(ckpt, "x", "1.0.0")
@@ -268,9 +268,9 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
 def test_weights_must_fit_the_architecture(tmp_path):
     from safetensors.torch import save_file
 
-    from registry.loading import load_weights
+    from stemforge.registry.loading import load_weights
 
-    net = build_net({"_target_": "networks.unet.UNet", "depth": 2, "base_filters": 4})
+    net = build_net({"_target_": "stemforge.networks.unet.UNet", "depth": 2, "base_filters": 4})
     sd = {k: v.clone() for k, v in net.state_dict().items()}
     sd.pop(next(iter(sd)))
     save_file(sd, str(tmp_path / "w.safetensors"))
@@ -283,7 +283,7 @@ def test_weights_must_fit_the_architecture(tmp_path):
 
 def test_local_store_with_spaces_by_path_and_file_url(tmp_path):
     ckpt = tmp_path / "last.ckpt"
-    torch.save(_fake_checkpoint("ThicknessModule", {"_target_": "networks.property.ThicknessNet", **PROPERTY}), ckpt)
+    torch.save(_fake_checkpoint("ThicknessModule", {"_target_": "stemforge.networks.property.ThicknessNet", **PROPERTY}), ckpt)
     store = tmp_path / "my store"
     registry.publish(ckpt, "thick", "1.0.0", store=str(store), wandb=False)
     assert registry.list_models(store.as_uri())["thick"]["versions"] == ["1.0.0"]

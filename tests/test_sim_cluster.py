@@ -1,4 +1,4 @@
-"""Cluster engine (sim.cluster): a LocalCluster on loopback writes the same bytes as a local run, resumes the
+"""Cluster engine (stemforge.sim.cluster): a LocalCluster on loopback writes the same bytes as a local run, resumes the
 same way, and a bad address is one error with nothing written."""
 
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.config import compose_simulate as compose
+from stemforge.sim.config import compose_simulate as compose
 
 ROOT = Path(__file__).resolve().parents[1]
 # 2 chunks of 2 runs × 2 thicknesses on a 48-px detector; default physics otherwise (mistilt, frozen phonons)
@@ -56,7 +56,7 @@ def assert_same(a, b):
 def test_cluster_dataset_equals_local_and_resumes(scheduler, tmp_path):
     import zarr
 
-    from sim.generate import generate_dataset
+    from stemforge.sim.generate import generate_dataset
 
     local, remote = tmp_path / "local.zarr", tmp_path / "remote.zarr"
     generate_dataset(compose(*TINY, f"dataset.path={local}"))
@@ -80,7 +80,7 @@ def test_cluster_dataset_equals_local_and_resumes(scheduler, tmp_path):
 
 def test_cluster_smatrix_groups_equal_local(scheduler, tmp_path):
     """S-matrix groups (batched reductions, scipy FFTs) give the same bytes on a worker as locally."""
-    from sim.generate import generate_dataset
+    from stemforge.sim.generate import generate_dataset
 
     args = [*TINY, "sampling.frozen_phonons=0", "orientation.mistilt_max_mrad=0", "orientation.zone_axes=[100]",
             "sampling.optics_per_specimen=2", "sampling.engine=smatrix"]
@@ -102,8 +102,8 @@ def test_bad_address_is_one_error_and_nothing_written(tmp_path):
 
 
 def test_malformed_address_is_refused(tmp_path):
-    from sim.config import ConfigError
-    from sim.generate import generate_dataset
+    from stemforge.sim.config import ConfigError
+    from stemforge.sim.generate import generate_dataset
 
     out = tmp_path / "out.zarr"
     with pytest.raises(ConfigError, match="cluster.address"):
@@ -114,8 +114,8 @@ def test_malformed_address_is_refused(tmp_path):
 
 def test_scheduler_without_workers_is_refused(tmp_path):
     distributed = pytest.importorskip("distributed")
-    from sim.config import ConfigError
-    from sim.generate import generate_dataset
+    from stemforge.sim.config import ConfigError
+    from stemforge.sim.generate import generate_dataset
 
     out = tmp_path / "out.zarr"
     with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
@@ -133,13 +133,13 @@ def test_failed_chunk_is_one_line_error_and_resumable(tmp_path):
     driver = f"""
 import logging, runpy, sys
 import distributed
-import sim.generate
-real = sim.generate.simulate_chunk
+import stemforge.sim.generate
+real = stemforge.sim.generate.simulate_chunk
 def flaky(cfg, catalog, detector, c, length, *a, **k):
     if c == 1:
         raise RuntimeError("injected failure")
     return real(cfg, catalog, detector, c, length, *a, **k)
-sim.generate.simulate_chunk = flaky
+stemforge.sim.generate.simulate_chunk = flaky
 # the worker runs in this process (threads); a real worker logs in its own process, not on the client's stderr
 for name in ("distributed", "distributed.worker", "distributed.core", "distributed.scheduler"):
     logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -153,8 +153,7 @@ try:
 finally:
     cluster.close()
 """
-    proc = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: chunk 1 failed on the cluster: RuntimeError: injected"), \

@@ -1,4 +1,4 @@
-"""Specimen groups and the engine choice (sim.engine, sim.generate): shared specimens, S-matrix = multislice,
+"""Specimen groups and the engine choice (stemforge.sim.engine, stemforge.sim.generate): shared specimens, S-matrix = multislice,
 batched multislice = one multislice per run, the automatic choice picks the faster path, refusals."""
 
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.config import ConfigError, build_detector, validate
-from sim.config import compose_simulate as compose
+from stemforge.sim.config import ConfigError, build_detector, validate
+from stemforge.sim.config import compose_simulate as compose
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny: 32-px detector (0.03 1/Å/px, 33 Å cells), 0.3 Å sampling, 1 and 3 nm
@@ -21,7 +21,7 @@ _CATALOGS = {}
 
 def catalog_of(cfg):
     """build_catalog, cached per structure list and zone-axis setting (loading the library takes seconds)."""
-    from sim.generate import build_catalog
+    from stemforge.sim.generate import build_catalog
 
     key = (tuple(cfg.structure.names), tuple(cfg.orientation.zone_axes), cfg.orientation.max_index)
     if key not in _CATALOGS:
@@ -30,7 +30,7 @@ def catalog_of(cfg):
 
 
 def group(cfg, g=0):
-    from sim.generate import optics_per_specimen, plan_run
+    from stemforge.sim.generate import optics_per_specimen, plan_run
 
     catalog = catalog_of(cfg)
     k = optics_per_specimen(cfg)
@@ -38,7 +38,7 @@ def group(cfg, g=0):
 
 
 def test_runs_of_a_group_share_the_specimen_and_draw_their_own_optics():
-    from sim.generate import plan_run
+    from stemforge.sim.generate import plan_run
 
     cfg = compose(*TINY, "structure.names=[Si,GaAs,Cu]", "orientation.random_fraction=0.5",
                   "optics.energy=[200e3,300e3]", "sampling.optics_per_specimen=3", "dataset.chunk_runs=3")
@@ -63,8 +63,8 @@ def test_runs_of_a_group_share_the_specimen_and_draw_their_own_optics():
 
 def test_k1_draws_everything_from_the_run_stream():
     """k = 1 keeps today's draws: every value comes from default_rng([seed, r]) in the original order."""
-    from sim.config import draw
-    from sim.generate import plan_run
+    from stemforge.sim.config import draw
+    from stemforge.sim.generate import plan_run
 
     cfg = compose(*TINY, "orientation.mistilt_max_mrad=0.7", "optics.energy=[200e3,300e3]")
     catalog = catalog_of(cfg)
@@ -94,7 +94,7 @@ def _compare_groups(a, b, rel=1e-3):
 @pytest.mark.parametrize("zone", ["100", "110"])
 def test_smatrix_group_equals_multislice(zone):
     """One S-matrix for a group of 4 optics settings / positions: patterns within 1e-3, labels identical."""
-    from sim.generate import simulate_group
+    from stemforge.sim.generate import simulate_group
 
     cfg = compose(*TINY, "sampling.optics_per_specimen=4", "dataset.chunk_runs=4", f"orientation.zone_axes=[{zone}]",
                   "orientation.in_plane_deg={min:0,max:360}")
@@ -108,7 +108,7 @@ def test_smatrix_group_equals_multislice(zone):
 
 def test_smatrix_group_with_one_frozen_phonon_configuration_equals_multislice():
     """frozen_phonons = 1: the S-matrix is built on abTEM's displaced atoms of the run group's seed."""
-    from sim.generate import simulate_group
+    from stemforge.sim.generate import simulate_group
 
     cfg = compose(*TINY, "sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
                   "sampling.frozen_phonons=1", "sampling.thicknesses_nm=[1.0,2.0]")
@@ -120,10 +120,10 @@ def test_smatrix_group_with_one_frozen_phonon_configuration_equals_multislice():
 
 def test_batched_multislice_equals_one_multislice_per_run(silicon):
     """Stacked probes (same tilt) and a prebuilt potential shared by several tilts give each run's own result."""
-    from sim.engine import GroupRun, multislice_group
-    from sim.multislice import Phonons, simulate_cbed
-    from sim.optics import Optics
-    from sim.specimen import zone_axis_specimen
+    from stemforge.sim.engine import GroupRun, multislice_group
+    from stemforge.sim.multislice import Phonons, simulate_cbed
+    from stemforge.sim.optics import Optics
+    from stemforge.sim.specimen import zone_axis_specimen
 
     spec = zone_axis_specimen(silicon, (1, 1, 0), thickness_A=20.0, min_extent_A=16.0)
     runs = [GroupRun(Optics(300e3, 2.0, defocus_A=30.0), np.array([5.0, 6.0])),
@@ -159,7 +159,7 @@ def test_auto_picks_the_faster_engine(overrides, expected):
 def _auto_choice(cfg, catalog, specs, det):
     import logging
 
-    from sim.generate import simulate_group
+    from stemforge.sim.generate import simulate_group
 
     records = []
 
@@ -167,7 +167,7 @@ def _auto_choice(cfg, catalog, specs, det):
         def emit(self, record):
             records.append(record.getMessage())
 
-    logger = logging.getLogger("sim.generate")
+    logger = logging.getLogger("stemforge.sim.generate")
     handler, level = Grab(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
@@ -182,10 +182,10 @@ def _auto_choice(cfg, catalog, specs, det):
 
 def test_choice_rules():
     """Without measuring: blockers force multislice, k = 1 never takes the S-matrix, explicit requests win."""
-    from sim.engine import GroupRun, choose_group_engine
-    from sim.generate import group_specimen
-    from sim.optics import Optics
-    from sim.smatrix import commensurate_sampling
+    from stemforge.sim.engine import GroupRun, choose_group_engine
+    from stemforge.sim.generate import group_specimen
+    from stemforge.sim.optics import Optics
+    from stemforge.sim.smatrix import commensurate_sampling
 
     cfg = compose(*TINY, "sampling.optics_per_specimen=4", "dataset.chunk_runs=4", "orientation.zone_axes=[100]")
     catalog, specs = group(cfg)
@@ -230,7 +230,7 @@ def test_group_settings_are_validated():
 
 
 def test_identity_config_keeps_old_datasets_resumable():
-    from sim.generate import identity_config
+    from stemforge.sim.generate import identity_config
 
     plain = identity_config(compose(*TINY))
     assert "engine" not in plain["sampling"] and "optics_per_specimen" not in plain["sampling"]
@@ -258,7 +258,7 @@ def test_grouped_dataset_is_deterministic(tmp_path):
     """A dataset of S-matrix groups, written twice (once resumed after losing a chunk), gives the same bytes."""
     import zarr
 
-    from sim.generate import generate_dataset
+    from stemforge.sim.generate import generate_dataset
 
     args = [*TINY, "sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
             "dataset.num_patterns=8", "sampling.engine=smatrix"]

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from sim.detector import Detector, resample, resampling_matrix
-from sim.labels import kinematic_reflections, structure_factors
-from sim.multislice import Phonons, coherence_offsets, simulate_cbed, vacuum_probe
-from sim.optics import Optics, probe_spread_radius_A, wavelength_A
-from sim.specimen import oriented_box_specimen, orthogonal_lattice_basis, zone_axis_specimen
+from stemforge.sim.detector import Detector, resample, resampling_matrix
+from stemforge.sim.labels import kinematic_reflections, structure_factors
+from stemforge.sim.multislice import Phonons, coherence_offsets, simulate_cbed, vacuum_probe
+from stemforge.sim.optics import Optics, probe_spread_radius_A, wavelength_A
+from stemforge.sim.specimen import oriented_box_specimen, orthogonal_lattice_basis, zone_axis_specimen
 
 DET = Detector(shape=(96, 96), pixel_size=0.03, supersample=4)
 
@@ -171,7 +171,7 @@ def test_structure_factors_close_to_pymatgen(silicon):
 
 
 def test_oriented_box_keeps_probe_inside(silicon):
-    """The box criterion R(t) of sim.optics.probe_spread_radius_A: on one fixed grid, removing every atom
+    """The box criterion R(t) of stemforge.sim.optics.probe_spread_radius_A: on one fixed grid, removing every atom
     farther than R from the probe (laterally) barely changes the pattern, removing those beyond R/2 does."""
     import copy
 

@@ -1,12 +1,12 @@
-"""S-matrix thickness series (sim.smatrix) against multislice, and the automatic engine choice."""
+"""S-matrix thickness series (stemforge.sim.smatrix) against multislice, and the automatic engine choice."""
 
 import numpy as np
 import pytest
 
-from sim.multislice import Phonons, simulate_cbed
-from sim.optics import Optics
-from sim.smatrix import beam_count, build_smatrix, choose_engine
-from sim.specimen import zone_axis_specimen
+from stemforge.sim.multislice import Phonons, simulate_cbed
+from stemforge.sim.optics import Optics
+from stemforge.sim.smatrix import beam_count, build_smatrix, choose_engine
+from stemforge.sim.specimen import zone_axis_specimen
 
 THICK = [0.0, 7.7, 23.0, 40.0]
 
@@ -90,7 +90,7 @@ def test_choose_engine_picks_the_cheaper_path():
 
 def test_bloch_repeat_cell_path_equals_multislice(silicon):
     """On a grid commensurate with the repetitions, each plane wave is propagated on one repeat cell."""
-    from sim.smatrix import commensurate_sampling
+    from stemforge.sim.smatrix import commensurate_sampling
 
     spec = zone_axis_specimen(silicon, (1, 1, 0), thickness_A=40.0, min_extent_A=20.0)
     s = commensurate_sampling(spec, 0.12)
@@ -108,8 +108,8 @@ def test_bloch_repeat_cell_path_equals_multislice(silicon):
 
 
 def test_non_periodic_specimen_uses_the_supercell_path(silicon):
-    from sim.smatrix import commensurate_sampling
-    from sim.specimen import oriented_box_specimen
+    from stemforge.sim.smatrix import commensurate_sampling
+    from stemforge.sim.specimen import oriented_box_specimen
 
     box = oriented_box_specimen(silicon, np.eye(3), (12.0, 12.0, 6.0))
     assert commensurate_sampling(box, 0.15) == 0.15

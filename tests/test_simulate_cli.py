@@ -67,7 +67,7 @@ def reference(tmp_path_factory):
 def test_dataset_layout(reference):
     import zarr
 
-    from sim.dataset import open_dataset
+    from stemforge.sim.dataset import open_dataset
 
     g, valid = open_dataset(reference, require_complete=True)
     assert valid.all() and g.attrs["status"] == "complete"
@@ -118,7 +118,7 @@ def test_same_config_and_seed_give_identical_bytes(reference, tmp_path):
 
 
 def test_kill_9_then_resume(reference, tmp_path):
-    from sim.dataset import open_dataset
+    from stemforge.sim.dataset import open_dataset
 
     out = tmp_path / "killed.zarr"
     args = [sys.executable, str(SCRIPT), *TINY, f"dataset.path={out}", "dataset.num_patterns=6",
@@ -158,12 +158,12 @@ def test_multirun_sweep(tmp_path):
 
 
 def test_compose_api_defaults_are_valid():
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
-    from sim.config import register_configs, validate
+    from stemforge.sim.config import register_configs, validate
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
         cfg = compose(config_name="simulate")
         validate(cfg)
         assert cfg.dataset.num_patterns >= 200 and len(cfg.structure.names) >= 4

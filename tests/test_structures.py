@@ -1,4 +1,4 @@
-"""Tests for sim.structures: the built-in library, every input form of load_structure, and errors."""
+"""Tests for stemforge.sim.structures: the built-in library, every input form of load_structure, and errors."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from sim import structures as S
-from sim.structures import (
+from stemforge.sim import structures as S
+from stemforge.sim.structures import (
     StructureError,
     debye_waller_sigmas,
     library_entry,
@@ -323,7 +323,7 @@ def test_debye_waller_sigmas_default_and_matching():
 
 # --------------------------------------------------------------------------- package import
 def test_package_import_is_light():
-    code = "import sys, sim; assert 'abtem' not in sys.modules; print(sim.list_structures()[0]); " \
+    code = "import sys, stemforge.sim; assert 'abtem' not in sys.modules; print(stemforge.sim.list_structures()[0]); " \
            "assert 'abtem' not in sys.modules"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -331,7 +331,7 @@ def test_package_import_is_light():
 
 
 def test_library_json_is_valid_and_documented():
-    data = json.loads((REPO / "sim" / "data" / "structures.json").read_text())
+    data = json.loads((REPO / "stemforge" / "sim" / "data" / "structures.json").read_text())
     for name, entry in data["structures"].items():
         assert {"space_group", "space_group_number", "lattice", "sites", "source", "debye_waller_B"} <= set(entry)
         if entry["debye_waller_B"]:

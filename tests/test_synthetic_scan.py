@@ -1,4 +1,4 @@
-"""sim.synthetic_scan / sim.scan_profiles: maps equal the profiles, disks sit where strain and rotation put them,
+"""stemforge.sim.synthetic_scan / stemforge.sim.scan_profiles: maps equal the profiles, disks sit where strain and rotation put them,
 dedupe changes no byte, refusals, and the scripts/simulate.py scan group."""
 
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from sim.config import compose_simulate as compose
+from stemforge.sim.config import compose_simulate as compose
 
 ROOT = Path(__file__).resolve().parents[1]
 # rows: unstrained | εxx = 5 % (periodic stretched cell) | εxx = 3 % rotated by 10° (sheared in the crystal frame:
@@ -27,8 +27,8 @@ def simulate(*args, cwd):
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
-    import analysis
-    from sim.synthetic_scan import generate_scan
+    from stemforge import analysis
+    from stemforge.sim.synthetic_scan import generate_scan
 
     tmp = tmp_path_factory.mktemp("scan")
     cfg = compose(*TINY, f"scan.path={tmp / 's.zarr'}")
@@ -45,7 +45,7 @@ def centroid(img, x, y, rad=3):
 
 
 def test_maps_equal_the_profile(scan):
-    from sim.synthetic_scan import position_parameters
+    from stemforge.sim.synthetic_scan import position_parameters
 
     cube, cfg, _ = scan
     gt, p = cube.ground_truth, position_parameters(cfg.scan)
@@ -68,7 +68,7 @@ def test_disks_move_as_strain_and_rotation_predict(scan):
     """Reciprocal vectors map by F⁻ᵀ = (I+ε)⁻¹ Rθ (= Rθ (I+ε_crystal)⁻ᵀ): the stored labels and the simulated
     disk centroids of the strained (row 1) and strained + rotated (row 2) positions are where that map sends the
     unstrained disks (row 0); a wrong rotation sign would miss by ~2·|g|·sin 10° ≈ 3 px."""
-    from sim.scan_profiles import reciprocal_map
+    from stemforge.sim.scan_profiles import reciprocal_map
 
     cube, _, _ = scan
     gt = cube.ground_truth
@@ -93,7 +93,7 @@ def test_disks_move_as_strain_and_rotation_predict(scan):
 
 
 def test_dedupe_gives_the_same_bytes(scan, tmp_path):
-    from sim.synthetic_scan import generate_scan
+    from stemforge.sim.synthetic_scan import generate_scan
 
     cube, _, _ = scan
     generate_scan(compose(*TINY, "scan.dedupe=false", f"scan.path={tmp_path / 'nd.zarr'}"))
@@ -107,8 +107,8 @@ def test_dedupe_gives_the_same_bytes(scan, tmp_path):
 
 
 def test_rerun_is_a_noop_and_a_changed_config_is_refused(scan):
-    from sim.config import ConfigError
-    from sim.synthetic_scan import generate_scan
+    from stemforge.sim.config import ConfigError
+    from stemforge.sim.synthetic_scan import generate_scan
 
     _, cfg, tmp = scan
     path = tmp / "s.zarr"
@@ -121,8 +121,8 @@ def test_rerun_is_a_noop_and_a_changed_config_is_refused(scan):
 
 
 def test_bad_values_are_one_line_config_errors():
-    from sim.config import ConfigError, ScanConfig
-    from sim.scan_profiles import validate_scan
+    from stemforge.sim.config import ConfigError, ScanConfig
+    from stemforge.sim.scan_profiles import validate_scan
 
     for profile in ("multilayer", "smooth", "grains"):
         validate_scan(OmegaConf.structured(ScanConfig(profile=profile)))
@@ -138,8 +138,8 @@ def test_bad_values_are_one_line_config_errors():
 
 
 def test_smooth_profile_is_a_rotated_quantised_bump():
-    from sim.config import ScanConfig
-    from sim.scan_profiles import crystal_frame_strain, position_parameters, strain_tensor
+    from stemforge.sim.config import ScanConfig
+    from stemforge.sim.scan_profiles import crystal_frame_strain, position_parameters, strain_tensor
 
     s = OmegaConf.structured(ScanConfig(profile="smooth", scan_shape=[16, 12], strain_amplitude_percent=1.0,
                                         shear_ratio=0.5, poisson_ratio=0.25, strain_levels=5,
@@ -161,12 +161,12 @@ def test_smooth_profile_is_a_rotated_quantised_bump():
 def test_grains_through_the_script(tmp_path):
     """scripts/simulate.py scan=grains: phases, rotations (crystal→lab = Rz(θ)·Q), disks at the labels; a bad value
     exits 2 with one line and writes nothing."""
-    import analysis
-    from sim.config import ScanConfig
-    from sim.generate import _rot_z
-    from sim.scan_profiles import position_parameters
-    from sim.specimen import zone_axis_specimen
-    from sim.structures import load_structure
+    from stemforge import analysis
+    from stemforge.sim.config import ScanConfig
+    from stemforge.sim.generate import _rot_z
+    from stemforge.sim.scan_profiles import position_parameters
+    from stemforge.sim.specimen import zone_axis_specimen
+    from stemforge.sim.structures import load_structure
 
     args = ["scan=grains", "scan.scan_shape=[2,3]", "scan.num_grains=2", "scan.thickness_nm=[1.0]",
             "sampling=fast", "detector.shape=[48,48]", "detector.pixel_size=0.06"]
@@ -208,8 +208,8 @@ def test_grains_through_the_script(tmp_path):
 def test_an_existing_incomplete_group_is_refused_and_kept(tmp_path):
     import zarr
 
-    from sim.config import ConfigError
-    from sim.synthetic_scan import generate_scan
+    from stemforge.sim.config import ConfigError
+    from stemforge.sim.synthetic_scan import generate_scan
 
     path = tmp_path / "other.zarr"
     zarr.open_group(str(path), mode="w").attrs["owner"] = "someone else"
@@ -220,7 +220,7 @@ def test_an_existing_incomplete_group_is_refused_and_kept(tmp_path):
 
 def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     """Interrupted after every array is written, before the last attributes: nothing at path, no .partial."""
-    import sim.synthetic_scan as ss
+    import stemforge.sim.synthetic_scan as ss
 
     def boom(*a, **k):
         assert (tmp_path / "i.zarr.partial" / "data").exists()

@@ -33,10 +33,10 @@ def tiny_dataset(tmp_path_factory):
 
 
 def compose_train(overrides, output_dir):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True,
                       overrides=[*overrides, f"paths.output_dir={output_dir}", f"paths.root_dir={output_dir}"])
     HydraConfig().set_config(cfg)
@@ -45,7 +45,7 @@ def compose_train(overrides, output_dir):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_fits_two_steps(experiment, tiny_dataset, tmp_path):
-    from networks.training import train
+    from stemforge.networks.training import train
 
     cfg = compose_train([f"experiment={experiment}", f"data.path={tiny_dataset}", "trainer.max_steps=2",
                          *SMALL, *NET[experiment]], tmp_path)
@@ -56,22 +56,22 @@ def test_every_experiment_fits_two_steps(experiment, tiny_dataset, tmp_path):
     card = ckpt["stemforge"]
     assert card["input"]["shape"] == [32, 32] and card["input"]["pixel_size_inv_A"] == 0.06
     assert card["structures"] == ["Si", "Cu"]
-    assert card["model_config"]["_target_"].startswith("networks.modules.")
+    assert card["model_config"]["_target_"].startswith("stemforge.networks.modules.")
     assert '"auto"' not in __import__("json").dumps(card["model_config"])  # filled from the dataset
 
 
 def test_compose_all_experiments_and_launchers(tmp_path):
     for experiment in EXPERIMENTS:
         cfg = compose_train([f"experiment={experiment}"], tmp_path)
-        assert cfg.model._target_.startswith("networks.modules.")
+        assert cfg.model._target_.startswith("stemforge.networks.modules.")
         assert cfg.task_name == experiment and cfg.optimized_metric.startswith("val/")
     cfg = compose_train(["experiment=bragg_fcunet", "trainer=gpu"], tmp_path)
     assert cfg.trainer.precision == "bf16-mixed"
     cfg = compose_train(["trainer=ddp"], tmp_path)
     assert cfg.trainer.strategy == "ddp"
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
         assert "SlurmLauncher" in cfg.hydra.launcher._target_
         cfg = compose(config_name="train", overrides=["hparams_search=bragg_optuna"], return_hydra_config=True)

@@ -1,0 +1,167 @@
+"""Lazy, worker-safe access to a simulated CBED dataset, with on-the-fly augmentation and normalisation.
+
+A sample is a dict of tensors (the batch contract of ``networks``): ``pattern`` and ``probe`` (1,H,W),
+``vg_map`` and ``disk_map`` (1,H,W), ``peaks`` (R,2) visible Bragg positions (x=col, y=row; NaN padded),
+``thickness_nm``, ``phase`` (class index), ``rotation`` (3,3) and ``symmetry`` (24,3,3: the crystal's proper
+point group padded with identities), plus ``index`` (the pattern's index in the store).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+MAX_SYMMETRY = 24
+
+#: How patterns and probes are scaled before the network; recorded in model cards.
+NORMALISATIONS = ("probe_max", "none")
+
+
+def normalise(pattern: np.ndarray, probe: np.ndarray, mode: str = "probe_max", power: float = 1.0):
+    """Scale a (pattern, probe) pair: ``probe_max`` divides both by the probe's maximum (crystal4D's choice, so
+    the direct beam of a thin crystal is ~1), then raises both to ``power`` (e.g. 0.5 to compress the range)."""
+    if mode not in NORMALISATIONS:
+        raise ValueError(f"normalisation mode must be one of {NORMALISATIONS}, got {mode!r}")
+    if mode == "probe_max":
+        peak = float(np.max(probe))
+        if not peak > 0:
+            raise ValueError("probe image has no positive pixel; cannot normalise by its maximum")
+        pattern, probe = pattern / peak, probe / peak
+    if power != 1.0:
+        pattern = np.clip(pattern, 0, None) ** power
+        probe = np.clip(probe, 0, None) ** power
+    return pattern.astype(np.float32), probe.astype(np.float32)
+
+
+def padded_symmetry(ops: np.ndarray) -> np.ndarray:
+    """(K,3,3) proper rotations → (24,3,3) padded with identities."""
+    out = np.tile(np.eye(3, dtype=np.float32), (MAX_SYMMETRY, 1, 1))
+    out[: len(ops)] = ops
+    return out
+
+
+class CBEDDataset(Dataset):
+    """Patterns ``indices`` of the zarr dataset at ``path``.
+
+    The zarr group is opened lazily in each process (after a DataLoader fork) and chunks are read on demand;
+    the last decoded chunk of every array is kept, so a chunk-ordered sampler (:class:`ChunkShuffleSampler`)
+    decodes each chunk once per epoch. Nothing else of the dataset is held in memory.
+
+    Parameters
+    ----------
+    path : str
+    indices : array of int
+        Pattern indices (from :func:`stemforge.datamodules.splits.split_indices`).
+    symmetry : ndarray
+        (num_structures, 24, 3, 3) padded proper point groups by structure id.
+    augment : albumentations.Compose or None
+        A pipeline from ``stemforge.augment.build_pipeline`` (geometry moves maps and peaks with the pattern).
+    normalisation : dict
+        ``{"mode": "probe_max" | "none", "power": float}``.
+    max_peaks : int
+        Rows of the padded ``peaks`` tensor.
+    """
+
+    SCALARS = ("thickness_A", "structure_id", "num_reflections")
+
+    def __init__(self, path, indices, symmetry, augment=None, normalisation=None, max_peaks: int = 128,
+                 pixel_size: float | None = None):
+        self.path = str(path)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.symmetry = np.asarray(symmetry, dtype=np.float32)
+        self.augment = augment
+        self.normalisation = dict(normalisation or {"mode": "probe_max", "power": 1.0})
+        self.max_peaks = int(max_peaks)
+        self.pixel_size = pixel_size
+        self._group = None
+        self._pid = None
+        self._cache: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _open(self):
+        if self._group is None or self._pid != os.getpid():
+            import zarr
+
+            self._group = zarr.open_group(self.path, mode="r")
+            self._pid = os.getpid()
+            self._cache = {}
+        return self._group
+
+    def _read(self, name: str, i: int):
+        """Row ``i`` of array ``name``, decoding (and caching) its whole chunk."""
+        arr = self._open()[name]
+        c = arr.chunks[0]
+        start = (i // c) * c
+        hit = self._cache.get(name)
+        if hit is None or hit[0] != start:
+            hit = (start, arr[start:min(start + c, arr.shape[0])])
+            self._cache[name] = hit
+        return hit[1][i - start]
+
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.indices[k])
+        pattern = np.asarray(self._read("patterns", i), dtype=np.float32)
+        probe = np.asarray(self._read("probes", i), dtype=np.float32)
+        maps = {key: np.asarray(self._read(f"labels/{key}", i), dtype=np.float32) for key in ("vg_map", "disk_map")}
+        refl = np.asarray(self._read("labels/reflections_px", i), dtype=np.float32)
+        visible = np.asarray(self._read("labels/reflections_visible", i), dtype=bool)
+        n = int(self._read("labels/num_reflections", i))
+        if self.augment is not None:
+            from stemforge.augment import augment_sample
+
+            out = augment_sample(self.augment, pattern, probe, maps, refl[:n], n, self.pixel_size)
+            pattern, probe, maps = out["pattern"], out["probe"], out["labels"]
+            refl = np.concatenate([out["reflections_px"], refl[n:]])
+        pattern, probe = normalise(pattern, probe, **self.normalisation)
+        peaks = np.full((self.max_peaks, 2), np.nan, dtype=np.float32)
+        vis = refl[:n][visible[:n]][: self.max_peaks]
+        peaks[: len(vis)] = vis
+        sid = int(self._read("labels/structure_id", i))
+        sample = {
+            "pattern": pattern[None],
+            "probe": probe[None],
+            "vg_map": maps["vg_map"][None],
+            "disk_map": maps["disk_map"][None],
+            "peaks": peaks,
+            "thickness_nm": np.float32(self._read("labels/thickness_A", i) / 10.0),
+            "phase": np.int64(sid),
+            "rotation": np.asarray(self._read("labels/rotation", i), dtype=np.float32),
+            "symmetry": self.symmetry[sid],
+            "index": np.int64(i),
+        }
+        # np.ascontiguousarray would turn 0-d scalars into shape (1,): batch them as (B,)
+        return {k: torch.as_tensor(np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v)) for k, v in sample.items()}
+
+
+class ChunkShuffleSampler(Sampler):
+    """Shuffles the order of zarr chunks and the order within each chunk, so that every chunk is decoded once
+    per epoch while batches still mix chunks over the epoch. ``set_epoch`` (or a new seed) reshuffles."""
+
+    def __init__(self, indices, chunk_size: int, seed: int = 0, shuffle: bool = True):
+        self.positions = np.arange(len(indices))
+        self.chunk_of = np.asarray(indices) // int(chunk_size)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __iter__(self):
+        if not self.shuffle:
+            yield from self.positions.tolist()
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        chunks = np.unique(self.chunk_of)
+        for c in rng.permutation(chunks):
+            members = self.positions[self.chunk_of == c]
+            yield from rng.permutation(members).tolist()

@@ -1,0 +1,132 @@
+"""The LightningDataModule that streams a simulated dataset into training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from .cbed import CBEDDataset, ChunkShuffleSampler, padded_symmetry
+from .splits import split_indices
+
+
+def _worker_init(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream (albumentations ignores global seeds) and one
+    thread with augment's allocator settings (see ``stemforge.augment.configure_worker``)."""
+    import torch
+
+    info = torch.utils.data.get_worker_info()
+    ds = info.dataset
+    torch.set_num_threads(1)
+    if ds.augment is not None:
+        from stemforge.augment import configure_worker, reseed
+
+        configure_worker(threads=1)
+        reseed(ds.augment, (int(info.seed) + worker_id) % (2**31))
+
+
+class CBEDDataModule(pl.LightningDataModule):
+    """Train / val / test loaders over a dataset written by ``scripts/simulate.py``.
+
+    Parameters
+    ----------
+    path : str
+        The zarr dataset.
+    batch_size, num_workers : int
+    split : dict
+        Keyword arguments of :func:`stemforge.datamodules.splits.split_indices` (``method``, fractions, holdouts, seed).
+    augment : albumentations.Compose or None
+        Training-time augmentation (``conf/augment``); applied to validation too when ``augment_val``.
+    augment_val : bool
+        Augment validation/test data with a fixed seed (to measure on realistic detector data).
+    normalisation : dict
+        ``{"mode": "probe_max" | "none", "power": float}`` — recorded in the model card.
+    max_peaks : int
+    seed : int
+        Shuffling seed.
+    """
+
+    def __init__(self, path: str, batch_size: int = 8, num_workers: int = 0, split: dict | None = None,
+                 augment=None, augment_val: bool = False, normalisation: dict | None = None, max_peaks: int = 128,
+                 seed: int = 0, pin_memory: bool = False):
+        super().__init__()
+        self.path = str(path)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.split = dict(split or {"method": "random"})
+        self.augment = augment
+        self.augment_val = augment_val
+        self.normalisation = dict(normalisation or {"mode": "probe_max", "power": 1.0})
+        self.max_peaks = max_peaks
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.info: dict = {}
+        self._sets: dict = {}
+
+    def prepare_data(self) -> None:
+        from stemforge.sim.dataset import open_dataset
+
+        open_dataset(self.path)  # clear error when the path is not a dataset
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._sets:
+            return
+        from stemforge.sim.dataset import open_dataset
+        from stemforge.sim.orientations import proper_point_group
+        from stemforge.sim.structures import load_structure
+
+        group, valid = open_dataset(self.path)
+        attrs = dict(group.attrs)
+        names = [s["name"] for s in attrs["structures"]]
+        structures = [load_structure(n) for n in names]
+        symmetry = np.stack([padded_symmetry(proper_point_group(s)) for s in structures])
+        lab = group["labels"]
+        needed = {"run_index", "structure_id", "thickness_A"}
+        if self.split.get("method") == "orientation":
+            needed |= {"rotation"}
+        labels = {k: lab[k][:] for k in needed}
+        train, val, test = split_indices(labels, valid, structure_names=names, structures=structures,
+                                         **self.split)
+        calib = attrs["calibration"]
+        self.info = {
+            "structures": names,
+            "num_phases": len(names),
+            "shape": list(calib["shape"]),
+            "pixel_size": calib["pixel_size"],
+            "calibration": calib,
+            "normalisation": self.normalisation,
+            "split": {**self.split, "sizes": [len(train), len(val), len(test)]},
+            "chunk_patterns": int(attrs["chunk_patterns"]),
+            "dataset_config": attrs["config"],
+            "versions": attrs["versions"],
+        }
+        aug_eval = self.augment if self.augment_val else None
+        kw = dict(symmetry=symmetry, normalisation=self.normalisation, max_peaks=self.max_peaks,
+                  pixel_size=calib["pixel_size"])
+        self._sets = {
+            "train": CBEDDataset(self.path, train, augment=self.augment, **kw),
+            "val": CBEDDataset(self.path, val, augment=aug_eval, **kw),
+            "test": CBEDDataset(self.path, test, augment=aug_eval, **kw),
+        }
+        if aug_eval is not None:
+            from stemforge.augment import reseed
+
+            reseed(aug_eval, self.seed)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        # training drops a last batch of one sample: BatchNorm cannot normalise a single sample
+        ds = self._sets[name]
+        sampler = ChunkShuffleSampler(ds.indices, self.info["chunk_patterns"], self.seed, shuffle=shuffle)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          worker_init_fn=_worker_init if self.num_workers > 0 else None,
+                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
+                          drop_last=shuffle and len(ds) % self.batch_size == 1)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

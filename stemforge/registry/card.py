@@ -1,0 +1,313 @@
+"""Model cards: what a published model is, how to feed it, what it predicts and what it was trained on.
+
+A card is a JSON object (``card.json`` beside ``model.safetensors``) built from a training checkpoint's
+``checkpoint["stemforge"]`` facts, its hyper-parameters and the run's ``metrics.json``:
+
+``schema``                 ``"stemforge-model-card/1"``
+``name``, ``version``      registry name and semantic version
+``task``, ``task_family``  training task (``bragg_unet``) and family (bragg | thickness | phase | orientation)
+``description``, ``license``, ``created`` (UTC ISO 8601)
+``architecture``           ``module`` (LightningModule target), ``net`` (the network's Hydra config with its
+                           ``_target_``, ``auto`` values filled; what :func:`stemforge.registry.load` instantiates),
+                           ``net_class``, ``num_parameters``, ``module_hyper_parameters``
+``input``                  ``shape`` [H, W], ``pixel_size_inv_A``, ``energy_eV`` and ``semiangle_mrad`` ranges
+                           trained on, ``normalisation`` {mode, power}, ``probe_convention``, ``call``
+``labels``                 what the output means: ``key``, ``definition``, ``unit``, ``output_shape``
+                           (+ ``class_names`` for phase)
+``training``               ``dataset_fingerprint`` (sha256 of the canonical JSON of the simulation config and
+                           versions), ``dataset_config``, ``dataset_versions``, ``structures``, ``split``,
+                           ``augment``, ``epoch``, ``global_step``, ``checkpoint`` {file, sha256}
+``metrics``                ``test`` and ``validation`` metrics from ``metrics.json`` and which checkpoint was tested
+``software``               stemforge version and git commit, python, torch, pytorch_lightning, numpy, abtem, ...
+``files``                  ``{"model.safetensors": {"sha256", "size"}}`` (the card cannot hash itself; the
+                           index records the card's own sha256 and size)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from .errors import RegistryError
+from .index import sha256_file, utc_now
+from .naming import validate_name, validate_version
+
+__all__ = ["CARD_SCHEMA", "build_card", "canonical_json", "dataset_fingerprint", "software_versions",
+           "net_weights", "load_checkpoint", "read_metrics", "task_family", "label_spec", "jsonable", "upgrade_card"]
+
+log = logging.getLogger("registry")
+
+CARD_SCHEMA = "stemforge-model-card/1"
+ROOT = Path(__file__).resolve().parents[1]
+
+_FAMILIES = {"BraggMapModule": "bragg", "ThicknessModule": "thickness", "PhaseModule": "phase",
+             "OrientationModule": "orientation"}
+_PACKAGES = ("torch", "pytorch_lightning", "numpy", "abtem", "safetensors", "hydra-core", "omegaconf",
+             "torchmetrics", "scipy", "zarr", "pooch")
+
+
+def jsonable(obj):
+    """``obj`` as strict JSON values: non-finite floats become None, tuples lists, unknown types strings."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        return jsonable(obj.item())
+    if hasattr(obj, "tolist"):
+        return jsonable(obj.tolist())
+    return str(obj)
+
+
+_LEGACY_PACKAGES = ("sim", "augment", "datamodules", "networks", "registry", "analysis")
+_CLASS_PATH_KEYS = ("_target_", "module", "net_class")
+
+
+def _upgrade_path(value):
+    """``networks.fcunet.FCUNet`` (a class path from before the ``stemforge.*`` namespace) ->
+    ``stemforge.networks.fcunet.FCUNet``; anything else unchanged."""
+    if isinstance(value, str) and value.split(".", 1)[0] in _LEGACY_PACKAGES and "." in value:
+        return f"stemforge.{value}"
+    return value
+
+
+def upgrade_card(card):
+    """A card as this stemforge writes it, from one written by any earlier version (a new object; the input is
+    left alone).
+
+    Cards published before the ``stemforge.*`` namespace (``bragg-fcunet`` 2.0.0 and older) name their classes
+    ``networks.…``, ``sim.…`` and ``augment.…``: every ``_target_``, ``module`` and ``net_class`` value is mapped
+    onto ``stemforge.…``, so the loader's allow-list (``stemforge.networks.`` only) applies to them and a foreign
+    top-level ``networks`` package is never imported.
+    """
+    if isinstance(card, dict):
+        return {k: _upgrade_path(v) if k in _CLASS_PATH_KEYS else upgrade_card(v) for k, v in card.items()}
+    if isinstance(card, list):
+        return [upgrade_card(v) for v in card]
+    return card
+
+
+def canonical_json(obj) -> bytes:
+    """Canonical JSON bytes (sorted keys, no whitespace, ASCII) for hashing."""
+    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode()
+
+
+def dataset_fingerprint(dataset_config: dict, versions: dict) -> str:
+    """``"sha256:<hex>"`` of the canonical JSON of ``{"config": dataset_config, "versions": versions}``.
+
+    Two datasets simulated from the same config with the same code and library versions share it.
+    """
+    return "sha256:" + hashlib.sha256(canonical_json({"config": dataset_config, "versions": versions})).hexdigest()
+
+
+def _git_commit() -> dict:
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def software_versions() -> dict:
+    """Versions of stemforge (and its git commit when run from a checkout), python and key dependencies."""
+    out = {"python": platform.python_version()}
+    for pkg in ("stemforge", *_PACKAGES):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    out.update({f"stemforge_{k}": v for k, v in _git_commit().items()})
+    return out
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a local Lightning checkpoint with ``torch.load(weights_only=True)`` (no arbitrary unpickling)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise RegistryError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # pickle.UnpicklingError, RuntimeError (zip), EOFError (truncated)
+        raise RegistryError(f"cannot read checkpoint {path} with weights_only=True: {type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise RegistryError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    if not isinstance(ckpt.get("stemforge"), dict):
+        raise RegistryError(f"{path} has no 'stemforge' facts (was it written by scripts/train.py?)")
+    return ckpt
+
+
+def read_metrics(path: str | Path | None) -> dict | None:
+    """The parsed ``metrics.json`` of a training run, or None when ``path`` is None or absent."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RegistryError(f"cannot read metrics file {path}: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
+        raise RegistryError(f"metrics file {path} has no 'metrics' object")
+    return data
+
+
+def net_weights(state_dict: dict) -> dict:
+    """The network's tensors: keys ``net.*`` of the module's state dict, prefix stripped, contiguous copies."""
+    out = {k[4:]: v.detach().cpu().contiguous().clone() for k, v in state_dict.items() if k.startswith("net.")}
+    if not out:
+        raise RegistryError("checkpoint state_dict has no 'net.*' weights")
+    return out
+
+
+def task_family(module_target: str) -> str:
+    """``bragg``/``thickness``/``phase``/``orientation`` from the LightningModule's ``_target_``."""
+    return _FAMILIES.get(str(module_target).rsplit(".", 1)[-1], "unknown")
+
+
+def _net_config(model_config: dict, structures: list, shape: list) -> dict:
+    net = model_config.get("net")
+    if not isinstance(net, dict) or not isinstance(net.get("_target_"), str):
+        raise RegistryError("checkpoint's model_config has no 'net' with a '_target_'")
+    # as stemforge.networks.training.resolve_model_config (older checkpoints kept "auto" in their model_config)
+    from stemforge.networks.autofill import dataset_auto_values, fill_auto
+
+    return jsonable(fill_auto(net, dataset_auto_values(len(structures), shape)))
+
+
+def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
+    """What the network outputs, in words and units, for each task family."""
+    h, w = facts["input"]["shape"]
+    sampling = (facts.get("dataset_config") or {}).get("sampling", {})
+    if family == "bragg":
+        key = hparams.get("target_key") or facts["model_config"].get("target_key", "vg_map")
+        sigma = sampling.get("blob_sigma_px", 1.0)
+        if key == "disk_map":
+            definition = (f"unit-height Gaussian blobs (sigma={sigma} px) at the centres of visible Bragg disks, "
+                          "clipped to 1")
+            unit = "1"
+        else:
+            definition = (f"Ewald-weighted |V_g| in volts rendered as Gaussian blobs sigma={sigma} px at the Bragg "
+                          "positions (peak |V_g| exp(-s_g^2 / 2 sigma_s^2), s_g the excitation error)")
+            unit = "V"
+        return {"key": key, "definition": definition, "unit": unit, "output_shape": ["B", 1, h, w],
+                "blob_sigma_px": sigma}
+    if family == "thickness":
+        spec = {"key": "thickness_nm", "definition": "specimen thickness", "unit": "nm", "output_shape": ["B"]}
+        if sampling.get("thicknesses_nm"):
+            spec["trained_range_nm"] = [min(sampling["thicknesses_nm"]), max(sampling["thicknesses_nm"])]
+        return spec
+    if family == "phase":
+        return {"key": "phase", "definition": "logits over the structures (softmax gives phase probabilities)",
+                "unit": "1", "output_shape": ["B", len(facts["structures"])], "class_names": facts["structures"]}
+    if family == "orientation":
+        return {"key": "rotation", "definition": "rotation matrix crystal->lab (proper, det +1); equal up to the "
+                "crystal's proper point-group symmetry", "unit": "1", "output_shape": ["B", 3, 3]}
+    return {"key": None, "definition": f"unknown task family for {facts['model_config'].get('_target_')}"}
+
+
+def _metrics(data: dict | None, ckpt_path: Path | None) -> dict:
+    if data is None:
+        return {"test": {}, "validation": {}, "source": None}
+    values = jsonable(data.get("metrics", {}))
+    tested = data.get("best_checkpoint")
+    out = {"test": {k: v for k, v in values.items() if k.startswith("test/")},
+           "validation": {k: v for k, v in values.items() if k.startswith("val/")},
+           "source": "metrics.json", "tested_checkpoint": Path(tested).name if tested else None}
+    if not out["test"]:
+        log.warning("metrics file has no test/* metrics; the card records none")
+    elif ckpt_path is not None and tested and Path(tested).name != ckpt_path.name:
+        log.warning("test metrics in metrics.json were computed with %s, not with the published %s",
+                    Path(tested).name, ckpt_path.name)
+    return out
+
+
+def build_card(ckpt: dict, name: str, version: str, *, metrics: dict | None = None, license: str = "MIT",
+               description: str | None = None, ckpt_path: str | Path | None = None) -> dict:
+    """The model card of a checkpoint (without ``files``, which the publisher adds after writing the weights).
+
+    Parameters
+    ----------
+    ckpt : dict
+        A checkpoint loaded by :func:`load_checkpoint` (``state_dict``, ``hyper_parameters``, ``stemforge``).
+    name, version : str
+        Registry name and semantic version (validated).
+    metrics : dict, optional
+        Parsed ``metrics.json`` of the run.
+    license : str
+        License of the published weights (SPDX identifier).
+    description : str, optional
+        Free text.
+    ckpt_path : path, optional
+        The checkpoint file (its name and sha256 are recorded).
+    """
+    validate_name(name)
+    validate_version(version)
+    facts = ckpt["stemforge"]
+    for key in ("task", "model_config", "input"):
+        if key not in facts:
+            raise RegistryError(f"checkpoint's stemforge facts lack {key!r}")
+    structures = list(facts.get("structures") or [])
+    model_config = facts["model_config"]
+    net_cfg = _net_config(model_config, structures, list(facts["input"].get("shape") or []))
+    hparams = jsonable(dict(ckpt.get("hyper_parameters") or {}))
+    family = task_family(model_config.get("_target_", ""))
+    weights = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
+    checkpoint = None
+    if ckpt_path is not None:
+        checkpoint = {"file": ckpt_path.name, "sha256": sha256_file(ckpt_path)[0]}
+    card = {
+        "schema": CARD_SCHEMA,
+        "name": name,
+        "version": version,
+        "task": facts["task"],
+        "task_family": family,
+        "description": description or f"{facts['task']} network trained by stemforge on simulated CBED",
+        "license": license,
+        "created": utc_now(),
+        "architecture": {
+            "module": model_config.get("_target_"),
+            "net": net_cfg,
+            "net_class": net_cfg["_target_"],
+            "num_parameters": int(sum(v.numel() for v in weights.values())),
+            "module_hyper_parameters": hparams,
+        },
+        "input": {
+            **jsonable(facts["input"]),
+            "call": "net(pattern, probe) with (B, 1, H, W) float32 tensors, both normalised as 'normalisation' says",
+        },
+        "labels": label_spec(family, facts, hparams, net_cfg),
+        "training": {
+            "dataset_fingerprint": dataset_fingerprint(facts.get("dataset_config") or {},
+                                                       facts.get("dataset_versions") or {}),
+            "dataset_config": jsonable(facts.get("dataset_config")),
+            "dataset_versions": jsonable(facts.get("dataset_versions")),
+            "structures": structures,
+            "split": jsonable(facts.get("split")),
+            "augment": jsonable(facts.get("augment")),
+            "epoch": ckpt.get("epoch"),
+            "global_step": ckpt.get("global_step"),
+            "checkpoint": checkpoint,
+        },
+        "metrics": _metrics(metrics, ckpt_path),
+        "software": {**software_versions(), "pytorch_lightning_checkpoint": ckpt.get("pytorch-lightning_version")},
+    }
+    return card
+
