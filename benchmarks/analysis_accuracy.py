@@ -52,10 +52,16 @@ PY4DSTEM_SIDE = ROOT / "benchmarks" / "py4dstem_side.py"
 
 def make_scan(path: Path, shape, thickness_nm: float, strain_percent) -> Path:
     """Simulate the held-out scan once (scripts/simulate.py resumes / skips a complete identical scan)."""
-    cmd = [sys.executable, str(ROOT / "scripts" / "simulate.py"), "scan=multilayer", f"scan.path={path}",
-           f"scan.scan_shape=[{shape[0]},{shape[1]}]", f"scan.thickness_nm=[{thickness_nm}]",
-           f"scan.band_strain_percent=[{','.join(str(v) for v in strain_percent)}]",
-           f"hydra.run.dir={path.parent}/hydra"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "simulate.py"),
+        "scan=multilayer",
+        f"scan.path={path}",
+        f"scan.scan_shape=[{shape[0]},{shape[1]}]",
+        f"scan.thickness_nm=[{thickness_nm}]",
+        f"scan.band_strain_percent=[{','.join(str(v) for v in strain_percent)}]",
+        f"hydra.run.dir={path.parent}/hydra",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -64,16 +70,24 @@ def make_scan(path: Path, shape, thickness_nm: float, strain_percent) -> Path:
     return path
 
 
-def py4dstem_params(classical: dict, subpixel: str = "multicorr", upsample_factor: int = 16,
-                    kernel_mode: str = "sigmoid", kernel_radii_factors=(1.0, 2.0)) -> dict:
+def py4dstem_params(
+    classical: dict,
+    subpixel: str = "multicorr",
+    upsample_factor: int = 16,
+    kernel_mode: str = "sigmoid",
+    kernel_radii_factors=(1.0, 2.0),
+) -> dict:
     """py4DSTEM ``find_Bragg_disks`` keyword arguments matched to stemforge's classical settings ``classical``
     (with stemforge's defaults for what it leaves out), and the kernel settings for ``Probe.get_kernel``."""
     import inspect
 
     from stemforge.analysis.disks import find_bragg_disks_classical
 
-    sf = {k: v.default for k, v in inspect.signature(find_bragg_disks_classical).parameters.items()
-          if v.default is not inspect.Parameter.empty}
+    sf = {
+        k: v.default
+        for k, v in inspect.signature(find_bragg_disks_classical).parameters.items()
+        if v.default is not inspect.Parameter.empty
+    }
     sf.update(classical)
     return {
         "kernel_mode": kernel_mode,
@@ -112,16 +126,21 @@ def py4dstem_to_bragg(scan_shape, detector_shape, counts, qx, qy, intensity, cal
     if len(table) != counts.sum():
         raise ValueError(f"{len(table)} peaks but the counts add up to {counts.sum()}")
     ends = np.cumsum(counts)
-    per = {(i // ry_n, i % ry_n): table[e - n:e] for i, (n, e) in enumerate(zip(counts, ends))}
-    return BraggVectors.from_lists(scan_shape, detector_shape, per, calibration, method="py4dstem",
-                                   info=dict(info or {}))
+    per = {(i // ry_n, i % ry_n): table[e - n : e] for i, (n, e) in enumerate(zip(counts, ends))}
+    return BraggVectors.from_lists(
+        scan_shape, detector_shape, per, calibration, method="py4dstem", info=dict(info or {})
+    )
 
 
 def check_py4dstem(python: str) -> str:
     """py4DSTEM's version in the environment of ``python``; exits 2 with one line when it cannot be imported."""
     try:
-        proc = subprocess.run([python, "-c", "import py4DSTEM, numpy; print(py4DSTEM.__version__, numpy.__version__)"],
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [python, "-c", "import py4DSTEM, numpy; print(py4DSTEM.__version__, numpy.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     except (OSError, subprocess.SubprocessError) as err:
         print(f"error: cannot run the py4DSTEM python {python!r}: {err}", file=sys.stderr)
         sys.exit(2)
@@ -152,11 +171,23 @@ def run_py4dstem(python: str, cube, params: dict):
             sys.exit(2 if proc.returncode == 2 else 1)
         with np.load(folder / "peaks.npz") as z:
             out = {k: z[k] for k in z.files}
-    info = {"versions": json.loads(str(out["versions"])), "probe_radius_px": float(out["probe_radius_px"]),
-            "probe_origin_px": out["probe_origin_px"].tolist(), "kernel_radii_px": out["kernel_radii_px"].tolist(),
-            "params": params}
-    bv = py4dstem_to_bragg(cube.scan_shape, cube.detector_shape, out["counts"], out["qx"], out["qy"],
-                           out["intensity"], cube.calibration, info)
+    info = {
+        "versions": json.loads(str(out["versions"])),
+        "probe_radius_px": float(out["probe_radius_px"]),
+        "probe_origin_px": out["probe_origin_px"].tolist(),
+        "kernel_radii_px": out["kernel_radii_px"].tolist(),
+        "params": params,
+    }
+    bv = py4dstem_to_bragg(
+        cube.scan_shape,
+        cube.detector_shape,
+        out["counts"],
+        out["qx"],
+        out["qy"],
+        out["intensity"],
+        cube.calibration,
+        info,
+    )
     n = int(np.prod(cube.scan_shape))
     t = float(out["kernel_s"]) + float(out["disks_s"])  # like stemforge's timing: template + disks
     timings = {"disks_s": t, "disks_cpu_s": float(out["disks_cpu_s"]), "patterns_per_s": n / max(t, 1e-9)}
@@ -171,11 +202,18 @@ def main(argv=None) -> int:
     ap.add_argument("--store", default=None, help="registry store (default: $STEMFORGE_STORE or the default store)")
     ap.add_argument("--mc-samples", type=int, default=4)
     ap.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
-    ap.add_argument("--py4dstem-python", default=os.environ.get("STEMFORGE_PY4DSTEM_PYTHON") or None,
-                    help="python of a separate environment with py4DSTEM 0.14 (numpy<2): also run its "
-                         "find_Bragg_disks on the same scan (default: $STEMFORGE_PY4DSTEM_PYTHON; else skipped)")
-    ap.add_argument("--py4dstem-subpixel", default="multicorr", choices=["multicorr", "poly", "pixel"],
-                    help="py4DSTEM's sub-pixel refinement (default multicorr, upsample factor 16)")
+    ap.add_argument(
+        "--py4dstem-python",
+        default=os.environ.get("STEMFORGE_PY4DSTEM_PYTHON") or None,
+        help="python of a separate environment with py4DSTEM 0.14 (numpy<2): also run its "
+        "find_Bragg_disks on the same scan (default: $STEMFORGE_PY4DSTEM_PYTHON; else skipped)",
+    )
+    ap.add_argument(
+        "--py4dstem-subpixel",
+        default="multicorr",
+        choices=["multicorr", "poly", "pixel"],
+        help="py4DSTEM's sub-pixel refinement (default multicorr, upsample factor 16)",
+    )
     args = ap.parse_args(argv)
     py4d_version = check_py4dstem(args.py4dstem_python) if args.py4dstem_python else None
 
@@ -191,8 +229,10 @@ def main(argv=None) -> int:
     try:
         model = load_model(args.model, store=args.store)  # fail before minutes of simulation
     except AnalysisError as err:
-        sys.exit(f"error: {err} (pass --model/--store of a published model, e.g. "
-                 "--model bragg-fcunet-demo:stable --store data/demo/registry after `make run`)")
+        sys.exit(
+            f"error: {err} (pass --model/--store of a published model, e.g. "
+            "--model bragg-fcunet-demo:stable --store data/demo/registry after `make run`)"
+        )
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     cases = [((8, 8), 50.0)] if args.quick else [((16, 16), 50.0), ((16, 16), 80.0)]
@@ -204,11 +244,15 @@ def main(argv=None) -> int:
         print(f"\n=== {path.name}: {cube.shape}, {t_nm:g} nm, dose {args.dose:g} e⁻/pattern", flush=True)
         torch.manual_seed(0)  # the MC-dropout masks: the same numbers on every run
         reference = [0, max(1, shape[0] // 4), None, None]
-        res = analyse(cube, ["classical", "ml"], classical=dict(CLASSICAL),
-                      ml={"model": model, "mc_samples": args.mc_samples, "threshold": 0.1},
-                      strain_reference=reference,
-                      orientation={"k_max": 1.5, "direction_step_deg": 2.0, "in_plane_step_deg": 2.0},
-                      progress=False)
+        res = analyse(
+            cube,
+            ["classical", "ml"],
+            classical=dict(CLASSICAL),
+            ml={"model": model, "mc_samples": args.mc_samples, "threshold": 0.1},
+            strain_reference=reference,
+            orientation={"k_max": 1.5, "direction_step_deg": 2.0, "in_plane_step_deg": 2.0},
+            progress=False,
+        )
         if args.py4dstem_python:
             from stemforge.analysis.workflow import MethodResult, _rect, score_disks_and_strain
 
@@ -217,10 +261,13 @@ def main(argv=None) -> int:
             res["py4dstem"] = MethodResult("py4dstem", bv, timings=timings)
             score_disks_and_strain(res["py4dstem"], cube.ground_truth or {}, _rect(reference, cube.scan_shape))
             v4 = info["versions"]
-            print(f"py4DSTEM {v4['py4DSTEM']} (numpy {v4['numpy']}, scipy {v4['scipy']}, python {v4['python']}): "
-                  f"kernel {params['kernel_mode']} radii {', '.join(f'{r:.2f}' for r in info['kernel_radii_px'])} px "
-                  f"(probe radius {info['probe_radius_px']:.2f} px), {json.dumps(params['find_Bragg_disks'])}; "
-                  f"disks {timings['disks_s']:.2f} s wall, {timings['disks_cpu_s']:.2f} s CPU", flush=True)
+            print(
+                f"py4DSTEM {v4['py4DSTEM']} (numpy {v4['numpy']}, scipy {v4['scipy']}, python {v4['python']}): "
+                f"kernel {params['kernel_mode']} radii {', '.join(f'{r:.2f}' for r in info['kernel_radii_px'])} px "
+                f"(probe radius {info['probe_radius_px']:.2f} px), {json.dumps(params['find_Bragg_disks'])}; "
+                f"disks {timings['disks_s']:.2f} s wall, {timings['disks_cpu_s']:.2f} s CPU",
+                flush=True,
+            )
         print(report(res, cube), flush=True)
         for m, r in res.items():
             d, s = r.scores.get("disks", {}), r.scores.get("strain", {})
@@ -235,19 +282,25 @@ def main(argv=None) -> int:
     if py4d_version is None:
         print("\npy4DSTEM comparison: not run (py4DSTEM 0.14 needs numpy<2 in a separate environment; none is set up)")
     else:
-        print(f"\npy4DSTEM comparison (py4DSTEM {py4d_version.split()[0]}, same noisy scan, same scoring): "
-              f"F1 {v['py4dstem_f1']:.4f}, position RMSE {v['py4dstem_pos_rmse_px']:.4f} px, "
-              f"strain RMSE {v['py4dstem_strain_rmse']:.6f}, {v['py4dstem_patterns_per_s']:.2f} patterns/s")
-        extra = (f" py4dstem_f1={v['py4dstem_f1']:.4f} py4dstem_pos_rmse_px={v['py4dstem_pos_rmse_px']:.4f} "
-                 f"py4dstem_strain_rmse={v['py4dstem_strain_rmse']:.6f} "
-                 f"py4dstem_patterns_per_s={v['py4dstem_patterns_per_s']:.2f}")
+        print(
+            f"\npy4DSTEM comparison (py4DSTEM {py4d_version.split()[0]}, same noisy scan, same scoring): "
+            f"F1 {v['py4dstem_f1']:.4f}, position RMSE {v['py4dstem_pos_rmse_px']:.4f} px, "
+            f"strain RMSE {v['py4dstem_strain_rmse']:.6f}, {v['py4dstem_patterns_per_s']:.2f} patterns/s"
+        )
+        extra = (
+            f" py4dstem_f1={v['py4dstem_f1']:.4f} py4dstem_pos_rmse_px={v['py4dstem_pos_rmse_px']:.4f} "
+            f"py4dstem_strain_rmse={v['py4dstem_strain_rmse']:.6f} "
+            f"py4dstem_patterns_per_s={v['py4dstem_patterns_per_s']:.2f}"
+        )
     print(f"ml orientation error (ACOM on ML peaks): {v.get('ml_orientation_err_deg', float('nan')):.2f} deg")
-    print(f"RESULT ml_f1={v['ml_f1']:.4f} classical_f1={v['classical_f1']:.4f} "
-          f"ml_pos_rmse_px={v['ml_pos_rmse_px']:.4f} classical_pos_rmse_px={v['classical_pos_rmse_px']:.4f} "
-          f"ml_strain_rmse={v['ml_strain_rmse']:.6f} classical_strain_rmse={v['classical_strain_rmse']:.6f} "
-          f"orientation_err_deg={v['classical_orientation_err_deg']:.3f} "
-          f"ml_patterns_per_s={v['ml_patterns_per_s']:.2f} classical_patterns_per_s={v['classical_patterns_per_s']:.2f}"
-          + extra)
+    print(
+        f"RESULT ml_f1={v['ml_f1']:.4f} classical_f1={v['classical_f1']:.4f} "
+        f"ml_pos_rmse_px={v['ml_pos_rmse_px']:.4f} classical_pos_rmse_px={v['classical_pos_rmse_px']:.4f} "
+        f"ml_strain_rmse={v['ml_strain_rmse']:.6f} classical_strain_rmse={v['classical_strain_rmse']:.6f} "
+        f"orientation_err_deg={v['classical_orientation_err_deg']:.3f} "
+        f"ml_patterns_per_s={v['ml_patterns_per_s']:.2f} classical_patterns_per_s={v['classical_patterns_per_s']:.2f}"
+        + extra
+    )
     return 0
 
 

@@ -144,7 +144,9 @@ def sampler_table(size: int, repeats: int = 7, calls: int = 20) -> None:
         samplers["numba"] = lambda lam: augment.poisson_counts(lam, rng, backend="numba")
     samplers["Generator.poisson"] = lambda lam: rng.poisson(lam)
     print(f"Poisson samplers on one {size}x{size} synthetic pattern (ms per pattern, best of {repeats} x {calls}):")
-    print(f"  {'mean counts':<26s} {'1-10 counts':>11s} {'>=10 counts':>11s} " + " ".join(f"{k:>17s}" for k in samplers))
+    print(
+        f"  {'mean counts':<26s} {'1-10 counts':>11s} {'>=10 counts':>11s} " + " ".join(f"{k:>17s}" for k in samplers)
+    )
     for name, lam in cases:
         for f in samplers.values():
             f(lam)  # warm-up (tables, numba compilation or cache)
@@ -194,8 +196,12 @@ def compare(rev: str, args: argparse.Namespace) -> int:
     n_pat = args.patterns or 100  # short batches: the host's speed drifts within seconds
     rounds = args.rounds
     with tempfile.TemporaryDirectory(prefix="augment_base_") as base:
-        namespaced = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:stemforge"],
-                                    capture_output=True).returncode == 0
+        namespaced = (
+            subprocess.run(
+                ["git", "-C", str(ROOT), "cat-file", "-e", f"{rev}:stemforge"], capture_output=True
+            ).returncode
+            == 0
+        )
         paths = ["stemforge"] if namespaced else ["augment", "conf"]
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *paths], capture_output=True)
         if archive.returncode != 0:
@@ -247,10 +253,14 @@ def compare(rev: str, args: argparse.Namespace) -> int:
             print(f"  {stage:<24s} {'-':>16s} {new_ms:16.3f}")
     for name in names:
         print(f"median {name}: {statistics.median(rates[name]):.1f} patterns/s/core (CPU time)")
-    print(f"ratio this checkout / {rev}: median {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
-    print(f"RESULT patterns_per_s_per_core={statistics.median(rates[names[1]]):.1f} "
-          f"ratio_vs_{label.stdout.strip()}={statistics.median(ratios):.3f}")
+    print(
+        f"ratio this checkout / {rev}: median {statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+    )
+    print(
+        f"RESULT patterns_per_s_per_core={statistics.median(rates[names[1]]):.1f} "
+        f"ratio_vs_{label.stdout.strip()}={statistics.median(ratios):.3f}"
+    )
     return 0
 
 
@@ -275,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip stemforge.augment.configure_worker's glibc malloc tuning (threads are still limited to 1)",
     )
-    ap.add_argument("--compare", metavar="REV", default=None,
-                    help="also time git revision REV, alternating batches with this checkout; print the ratio")
+    ap.add_argument(
+        "--compare",
+        metavar="REV",
+        default=None,
+        help="also time git revision REV, alternating batches with this checkout; print the ratio",
+    )
     ap.add_argument("--rounds", type=int, default=30, help="--compare: batches per version (default 30 of 100)")
     ap.add_argument("--worker", metavar="ROOT", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

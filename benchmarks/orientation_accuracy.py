@@ -50,8 +50,19 @@ def run(structure: str, k_max: float, n: int, repeats: int, seed: int, sigma_dat
     build_s = time.perf_counter() - t0
     R = random_orientations(structure, n, seed=seed)
     px = int(2 * k_max / 0.03) + 8
-    bv = kinematic_bragg_vectors(structure, R[None], E, (px, px), 0.03, sigma_excitation=sigma_data, min_weight=0.1,
-                                 k_max=k_max, position_noise_px=0.5, intensity_noise=0.2, seed=seed + 1)
+    bv = kinematic_bragg_vectors(
+        structure,
+        R[None],
+        E,
+        (px, px),
+        0.03,
+        sigma_excitation=sigma_data,
+        min_weight=0.1,
+        k_max=k_max,
+        position_noise_px=0.5,
+        intensity_noise=0.2,
+        seed=seed + 1,
+    )
     best_cpu, best_wall = np.inf, np.inf
     with threadpool_limits(1, user_api="blas"):
         for _ in range(repeats):
@@ -62,15 +73,30 @@ def run(structure: str, k_max: float, n: int, repeats: int, seed: int, sigma_dat
         coarse = orientation_map(bv, lib, refine=False, resolve_twin=False, progress=False)
     err = om.misorientation_deg(R[None])[0]
     err = np.where(np.isnan(err), 90.0, err)  # an unmatched pattern counts as wrong
-    blind = np.minimum(err, np.nan_to_num(_misorientation(om.rotation[0], np.diag([-1.0, -1, 1]) @ R, lib.ops),
-                                          nan=90.0))
+    blind = np.minimum(
+        err, np.nan_to_num(_misorientation(om.rotation[0], np.diag([-1.0, -1, 1]) @ R, lib.ops), nan=90.0)
+    )
     cerr = np.nan_to_num(coarse.misorientation_deg(R[None])[0], nan=90.0)
-    return {"structure": structure, "k_max": k_max, "n": n, "directions": len(lib.directions),
-            "build_s": build_s, "mib": lib.nbytes / 2**20, "peaks": float(np.mean(bv.counts())),
-            "mean": err.mean(), "median": np.median(err), "p90": np.percentile(err, 90),
-            "lt1": np.mean(err < 1), "lt5": np.mean(err < 5), "blind_mean": blind.mean(),
-            "blind_median": np.median(blind), "coarse_mean": cerr.mean(), "coarse_median": np.median(cerr),
-            "per_cpu_s": n / best_cpu, "per_s": n / best_wall}
+    return {
+        "structure": structure,
+        "k_max": k_max,
+        "n": n,
+        "directions": len(lib.directions),
+        "build_s": build_s,
+        "mib": lib.nbytes / 2**20,
+        "peaks": float(np.mean(bv.counts())),
+        "mean": err.mean(),
+        "median": np.median(err),
+        "p90": np.percentile(err, 90),
+        "lt1": np.mean(err < 1),
+        "lt5": np.mean(err < 5),
+        "blind_mean": blind.mean(),
+        "blind_median": np.median(blind),
+        "coarse_mean": cerr.mean(),
+        "coarse_median": np.median(cerr),
+        "per_cpu_s": n / best_cpu,
+        "per_s": n / best_wall,
+    }
 
 
 def dynamical(structure: str, n: int, thicknesses_nm, seed: int) -> list[dict]:
@@ -112,11 +138,22 @@ def dynamical(structure: str, n: int, thicknesses_nm, seed: int) -> list[dict]:
             bv = BraggVectors.from_lists((1, n), det.shape, per[i], cal)
             om = orientation_map(bv, lib, progress=False)
             err = np.nan_to_num(om.misorientation_deg(R[None])[0], nan=90.0)
-            blind = np.minimum(err, np.nan_to_num(_misorientation(om.rotation[0], np.diag([-1.0, -1, 1]) @ R,
-                                                                  lib.ops), nan=90.0))
-            rows.append({"structure": structure, "t_nm": t, "k_max": k_max, "n": n, "mean": err.mean(),
-                         "median": np.median(err), "lt5": np.mean(err < 5), "blind_mean": blind.mean(),
-                         "peaks": float(np.mean([len(v) for v in per[i].values()]))})
+            blind = np.minimum(
+                err, np.nan_to_num(_misorientation(om.rotation[0], np.diag([-1.0, -1, 1]) @ R, lib.ops), nan=90.0)
+            )
+            rows.append(
+                {
+                    "structure": structure,
+                    "t_nm": t,
+                    "k_max": k_max,
+                    "n": n,
+                    "mean": err.mean(),
+                    "median": np.median(err),
+                    "lt5": np.mean(err < 5),
+                    "blind_mean": blind.mean(),
+                    "peaks": float(np.mean([len(v) for v in per[i].values()])),
+                }
+            )
     return rows
 
 
@@ -127,19 +164,32 @@ def main() -> None:
     ap.add_argument("--structures", nargs="+", default=["Si", "Cu", "Au"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--sigma-data", type=float, default=0.03,
-                    help="excitation-error width σ (Å⁻¹) of the synthetic peaks (larger: more spots, as thin crystals)")
-    ap.add_argument("--dynamical", type=int, default=0,
-                    help="also N random orientations of the first structure by abTEM multislice (10 and 30 nm)")
+    ap.add_argument(
+        "--sigma-data",
+        type=float,
+        default=0.03,
+        help="excitation-error width σ (Å⁻¹) of the synthetic peaks (larger: more spots, as thin crystals)",
+    )
+    ap.add_argument(
+        "--dynamical",
+        type=int,
+        default=0,
+        help="also N random orientations of the first structure by abTEM multislice (10 and 30 nm)",
+    )
     args = ap.parse_args()
     if args.dynamical:
         rows = dynamical(args.structures[0], args.dynamical, (10.0, 30.0), args.seed)
-        print("| structure | thickness (nm) | k_max (Å⁻¹) | patterns | peaks/pattern | mean err (°) | median | < 5° | "
-              "twin-blind mean |")
+        print(
+            "| structure | thickness (nm) | k_max (Å⁻¹) | patterns | peaks/pattern | mean err (°) | median | < 5° | "
+            "twin-blind mean |"
+        )
         print("|" + "---|" * 9)
         for r in rows:
-            print(f"| {r['structure']} | {r['t_nm']:g} | {r['k_max']} | {r['n']} | {r['peaks']:.1f} | "
-                  f"{r['mean']:.2f} | {r['median']:.2f} | {r['lt5']:.2f} | {r['blind_mean']:.2f} |", flush=True)
+            print(
+                f"| {r['structure']} | {r['t_nm']:g} | {r['k_max']} | {r['n']} | {r['peaks']:.1f} | "
+                f"{r['mean']:.2f} | {r['median']:.2f} | {r['lt5']:.2f} | {r['blind_mean']:.2f} |",
+                flush=True,
+            )
         return
     if args.quick:
         args.n, args.structures, args.repeats = 100, ["Si"], 2
@@ -147,16 +197,21 @@ def main() -> None:
 
     build_orientation_library("Si", E, 0.5, direction_step_deg=20.0, cache=False)  # imports out of the timings
     rows = [run(s, k, args.n, args.repeats, args.seed, args.sigma_data) for s in args.structures for k in K_MAXES]
-    print("| structure | k_max (Å⁻¹) | peaks/pattern | library (dirs, build s, MiB) | mean err (°) | median | p90 | "
-          "< 1° | < 5° | twin-blind mean / median | grid only mean / median | patterns/CPU-s | patterns/s wall | "
-          "field mean err, patterns/s/CPU |")
+    print(
+        "| structure | k_max (Å⁻¹) | peaks/pattern | library (dirs, build s, MiB) | mean err (°) | median | p90 | "
+        "< 1° | < 5° | twin-blind mean / median | grid only mean / median | patterns/CPU-s | patterns/s wall | "
+        "field mean err, patterns/s/CPU |"
+    )
     print("|" + "---|" * 14)
     for r in rows:
         f = FIELD[r["k_max"]]
-        print(f"| {r['structure']} | {r['k_max']} | {r['peaks']:.1f} | {r['directions']}, {r['build_s']:.1f}, "
-              f"{r['mib']:.0f} | {r['mean']:.2f} | {r['median']:.2f} | {r['p90']:.2f} | {r['lt1']:.2f} | "
-              f"{r['lt5']:.2f} | {r['blind_mean']:.2f} / {r['blind_median']:.2f} | {r['coarse_mean']:.2f} / "
-              f"{r['coarse_median']:.2f} | {r['per_cpu_s']:.0f} | {r['per_s']:.0f} | {f[0]}°, {f[1]} |", flush=True)
+        print(
+            f"| {r['structure']} | {r['k_max']} | {r['peaks']:.1f} | {r['directions']}, {r['build_s']:.1f}, "
+            f"{r['mib']:.0f} | {r['mean']:.2f} | {r['median']:.2f} | {r['p90']:.2f} | {r['lt1']:.2f} | "
+            f"{r['lt5']:.2f} | {r['blind_mean']:.2f} / {r['blind_median']:.2f} | {r['coarse_mean']:.2f} / "
+            f"{r['coarse_median']:.2f} | {r['per_cpu_s']:.0f} | {r['per_s']:.0f} | {f[0]}°, {f[1]} |",
+            flush=True,
+        )
     first = [r for r in rows if r["structure"] == args.structures[0]]
     errs = " ".join(f"orientation_err_deg_k{r['k_max']}={r['mean']:.3f}" for r in first)
     rate = min(r["per_cpu_s"] for r in first)

@@ -69,14 +69,26 @@ def main(argv=None) -> int:
             inten.append(np.asarray(p.data["intensity"], dtype=np.float64))
     import scipy
 
-    versions = {"py4DSTEM": py4DSTEM.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-                "python": sys.version.split()[0]}
-    np.savez(folder / "peaks.npz", counts=np.asarray(counts, dtype=np.int64),
-             qx=np.concatenate(qx) if qx else np.zeros(0), qy=np.concatenate(qy) if qy else np.zeros(0),
-             intensity=np.concatenate(inten) if inten else np.zeros(0), kernel_s=kernel_s, disks_s=disks_s,
-             disks_cpu_s=disks_cpu_s, probe_radius_px=radius, probe_origin_px=np.array([qx0, qy0]),
-             kernel_radii_px=np.array(kernel_kw.get("radii", (np.nan, np.nan)), dtype=np.float64),
-             versions=json.dumps(versions))
+    versions = {
+        "py4DSTEM": py4DSTEM.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "python": sys.version.split()[0],
+    }
+    np.savez(
+        folder / "peaks.npz",
+        counts=np.asarray(counts, dtype=np.int64),
+        qx=np.concatenate(qx) if qx else np.zeros(0),
+        qy=np.concatenate(qy) if qy else np.zeros(0),
+        intensity=np.concatenate(inten) if inten else np.zeros(0),
+        kernel_s=kernel_s,
+        disks_s=disks_s,
+        disks_cpu_s=disks_cpu_s,
+        probe_radius_px=radius,
+        probe_origin_px=np.array([qx0, qy0]),
+        kernel_radii_px=np.array(kernel_kw.get("radii", (np.nan, np.nan)), dtype=np.float64),
+        versions=json.dumps(versions),
+    )
     return 0
 
 

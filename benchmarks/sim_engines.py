@@ -73,10 +73,18 @@ def group_timing(args) -> dict:
 
     k = args.group_size
     det = ["detector.shape=[64,64]", "sampling.thicknesses_nm=[5.0,10.0]"] if args.quick else []
-    cfg = compose("structure=si", "orientation.zone_axes=[100]", "orientation.random_fraction=0",
-                  "orientation.mistilt_max_mrad=0", "sampling.frozen_phonons=0", "optics.energy=300e3",
-                  "optics.semiangle_mrad={min:1.5,max:2.5}", f"sampling.optics_per_specimen={k}",
-                  f"dataset.chunk_runs={k}", *det)
+    cfg = compose(
+        "structure=si",
+        "orientation.zone_axes=[100]",
+        "orientation.random_fraction=0",
+        "orientation.mistilt_max_mrad=0",
+        "sampling.frozen_phonons=0",
+        "optics.energy=300e3",
+        "optics.semiangle_mrad={min:1.5,max:2.5}",
+        f"sampling.optics_per_specimen={k}",
+        f"dataset.chunk_runs={k}",
+        *det,
+    )
     configure_abtem(fftw_threads=int(cfg.sampling.fftw_threads))
     catalog = build_catalog(cfg)
     detector = build_detector(cfg.detector)
@@ -88,9 +96,11 @@ def group_timing(args) -> dict:
     runs = [GroupRun(simulation_frame_optics(s.optics, s.in_plane_deg), probe_position_A(specimen, s)) for s in specs]
     static = not uses_frozen_phonons(0, catalog[0].sigmas)
     choice = choose_group_engine("auto", runs, specimen, sampling, len(thick), detector, 0, static)
-    print(f"group: Si[100] {k} runs x {len(thick)} thicknesses, cell {specimen.extent_A[0]:.1f} x "
-          f"{specimen.extent_A[1]:.1f} A (repetitions {specimen.info['repetitions'][:2]}), sampling {sampling:.4f} A, "
-          f"detector {list(detector.shape)}")
+    print(
+        f"group: Si[100] {k} runs x {len(thick)} thicknesses, cell {specimen.extent_A[0]:.1f} x "
+        f"{specimen.extent_A[1]:.1f} A (repetitions {specimen.info['repetitions'][:2]}), sampling {sampling:.4f} A, "
+        f"detector {list(detector.shape)}"
+    )
     print(f"auto: {choice.engine} ({choice.reason}; S-matrix ~{choice.bytes / 2**20:.0f} MiB)")
     out, cpu, wall = {}, {}, {}
     for engine in ["multislice", "smatrix"]:
@@ -101,15 +111,24 @@ def group_timing(args) -> dict:
             simulate_group(cfg, catalog, specs, detector, engine=engine)
             cpu[engine] = min(cpu.get(engine, np.inf), time.process_time() - c0)
             wall[engine] = min(wall.get(engine, np.inf), time.perf_counter() - w0)
-    dev = max(float(np.abs(a["patterns"] - b["patterns"]).max() / b["patterns"].max())
-              for a, b in zip(out["smatrix"], out["multislice"]))
+    dev = max(
+        float(np.abs(a["patterns"] - b["patterns"]).max() / b["patterns"].max())
+        for a, b in zip(out["smatrix"], out["multislice"])
+    )
     for engine in ["multislice", "smatrix"]:
-        print(f"  {engine:10s}: {cpu[engine]:7.2f} CPU-s {wall[engine]:7.2f} s wall "
-              f"({k * len(thick) / cpu[engine]:.2f} patterns/CPU-s)")
-    print(f"  S-matrix / multislice CPU time {cpu['smatrix'] / cpu['multislice']:.3f}; max relative deviation "
-          f"{dev:.2e}")
-    return {"engine": choice.engine, "smatrix_cpu_s": round(cpu["smatrix"], 3),
-            "multislice_cpu_s": round(cpu["multislice"], 3), "group_max_rel_dev": f"{dev:.2e}"}
+        print(
+            f"  {engine:10s}: {cpu[engine]:7.2f} CPU-s {wall[engine]:7.2f} s wall "
+            f"({k * len(thick) / cpu[engine]:.2f} patterns/CPU-s)"
+        )
+    print(
+        f"  S-matrix / multislice CPU time {cpu['smatrix'] / cpu['multislice']:.3f}; max relative deviation {dev:.2e}"
+    )
+    return {
+        "engine": choice.engine,
+        "smatrix_cpu_s": round(cpu["smatrix"], 3),
+        "multislice_cpu_s": round(cpu["multislice"], 3),
+        "group_max_rel_dev": f"{dev:.2e}",
+    }
 
 
 def cluster_timing(args) -> dict:
@@ -118,12 +137,21 @@ def cluster_timing(args) -> dict:
 
     from stemforge.sim.generate import generate_dataset
 
-    base = ["structure=si", "sampling=fast", "detector.shape=[64,64]", "sampling.thicknesses_nm=[5.0,10.0]",
-            "sampling.frozen_phonons=1", "orientation.mistilt_max_mrad=1.0", "dataset.chunk_runs=2",
-            f"sampling.fftw_threads={args.fftw_threads}", "dataset.progress=false"]
+    base = [
+        "structure=si",
+        "sampling=fast",
+        "detector.shape=[64,64]",
+        "sampling.thicknesses_nm=[5.0,10.0]",
+        "sampling.frozen_phonons=1",
+        "orientation.mistilt_max_mrad=1.0",
+        "dataset.chunk_runs=2",
+        f"sampling.fftw_threads={args.fftw_threads}",
+        "dataset.progress=false",
+    ]
     n = 24 if args.quick else 48
     tmp = Path(tempfile.mkdtemp(prefix="sim_engines_"))
     try:
+
         def run(path, extra=(), num=n, client=None):
             """Wall seconds and CPU seconds (this process plus the workers') of one dataset."""
             shutil.rmtree(path, ignore_errors=True)
@@ -136,8 +164,9 @@ def cluster_timing(args) -> dict:
             return wall, cpu
 
         w0 = time.perf_counter()
-        cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                           host="127.0.0.1", dashboard_address=None)
+        cluster = distributed.LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
         start = time.perf_counter() - w0
         client = distributed.Client(cluster, set_as_default=False)
         local, remote = (np.inf, np.inf), (np.inf, np.inf)
@@ -152,16 +181,28 @@ def cluster_timing(args) -> dict:
             client.close()
             cluster.close()
         a, b = zarr.open_group(str(tmp / "local.zarr"), mode="r"), zarr.open_group(str(tmp / "remote.zarr"), mode="r")
-        same = all(np.asarray(a[k][:]).tobytes() == np.asarray(b[k][:]).tobytes()
-                   for k in ["patterns", "probes", "labels/thickness_A", "labels/vg_map", "labels/rotation"])
-        print(f"dataset: {n} patterns ({n // 2} runs, {n // 4} chunks), Si, 64^2 detector, mistilt + 1 frozen phonon, "
-              f"fftw_threads={args.fftw_threads}")
+        same = all(
+            np.asarray(a[k][:]).tobytes() == np.asarray(b[k][:]).tobytes()
+            for k in ["patterns", "probes", "labels/thickness_A", "labels/vg_map", "labels/rotation"]
+        )
+        print(
+            f"dataset: {n} patterns ({n // 2} runs, {n // 4} chunks), Si, 64^2 detector, mistilt + 1 frozen phonon, "
+            f"fftw_threads={args.fftw_threads}"
+        )
         print(f"  local (this process, warm): {local[0]:.1f} s wall, {local[1]:.1f} CPU-s")
-        print(f"  LocalCluster {args.workers} workers x 1 thread: start {start:.1f} s, warm-up {warm:.1f} s, "
-              f"dataset {remote[0]:.1f} s wall, {remote[1]:.1f} CPU-s (client + workers); "
-              f"same bytes as local: {same}")
-        return {"local_s": round(local[0], 2), "cluster_s": round(remote[0], 2), "local_cpu_s": round(local[1], 2),
-                "cluster_cpu_s": round(remote[1], 2), "cluster_start_s": round(start, 2), "cluster_same_bytes": same}
+        print(
+            f"  LocalCluster {args.workers} workers x 1 thread: start {start:.1f} s, warm-up {warm:.1f} s, "
+            f"dataset {remote[0]:.1f} s wall, {remote[1]:.1f} CPU-s (client + workers); "
+            f"same bytes as local: {same}"
+        )
+        return {
+            "local_s": round(local[0], 2),
+            "cluster_s": round(remote[0], 2),
+            "local_cpu_s": round(local[1], 2),
+            "cluster_cpu_s": round(remote[1], 2),
+            "cluster_start_s": round(start, 2),
+            "cluster_same_bytes": same,
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="baseline on one pattern per thickness (< 5 min)")
@@ -81,9 +80,11 @@ def main() -> None:
     spec.atoms, spec.repeat_cell = off_boundaries(spec.atoms), off_boundaries(spec.repeat_cell)
     n_patterns = len(thick) * len(defoci) * len(positions)
     beams = beam_count(alpha, spec.extent_A, energy)
-    print(f"sweep: Si[110] {len(thick)} thicknesses {thick[0] / 10:.1f}-{thick[-1] / 10:.1f} nm x {len(defoci)} "
-          f"defoci x {len(positions)} positions = {n_patterns} patterns; cell {spec.extent_A[0]:.2f}x"
-          f"{spec.extent_A[1]:.2f} A, sampling {sampling:.4f} A, slice {dz:.3f} A, ~{beams} beams")
+    print(
+        f"sweep: Si[110] {len(thick)} thicknesses {thick[0] / 10:.1f}-{thick[-1] / 10:.1f} nm x {len(defoci)} "
+        f"defoci x {len(positions)} positions = {n_patterns} patterns; cell {spec.extent_A[0]:.2f}x"
+        f"{spec.extent_A[1]:.2f} A, sampling {sampling:.4f} A, slice {dz:.3f} A, ~{beams} beams"
+    )
     print(f"choose_engine({beams}, {n_patterns}, {len(thick)}) = {choose_engine(beams, n_patterns, len(thick))}")
 
     # ---------------- S-matrix engine ----------------
@@ -92,8 +93,9 @@ def main() -> None:
     h = math.ceil((max(det.shape) // 2 + 1) * det.pixel_size / dk) + 1
     c0, w0 = time.process_time(), time.perf_counter()
     timer = []
-    S = build_smatrix(spec, energy, alpha, thick, sampling_A=sampling, slice_thickness_A=2.0, crop_half_px=h,
-                      fft_timer=timer)
+    S = build_smatrix(
+        spec, energy, alpha, thick, sampling_A=sampling, slice_thickness_A=2.0, crop_half_px=h, fft_timer=timer
+    )
     build_w = time.perf_counter() - w0
     matrix = resampling_matrix(S.planes.shape[-2:], S.sampling, det)
     sm = np.empty((len(thick), len(defoci), len(positions), *det.shape), dtype=np.float32)
@@ -102,9 +104,11 @@ def main() -> None:
     sm_cpu, sm_wall = time.process_time() - c0, time.perf_counter() - w0
     fft_share = timer[0] / sm_wall
     sm_rate = n_patterns / sm_cpu
-    print(f"S-matrix: {S.num_beams} beams, grid {S.grid['gpts']} (repeat cell {S.grid['bloch_repetitions']}), "
-          f"build {build_w:.1f} s wall (FFT {timer[0]:.1f} s), all {n_patterns} patterns {sm_wall:.1f} s wall "
-          f"{sm_cpu:.1f} CPU-s -> {sm_rate:.2f} patterns/CPU-s")
+    print(
+        f"S-matrix: {S.num_beams} beams, grid {S.grid['gpts']} (repeat cell {S.grid['bloch_repetitions']}), "
+        f"build {build_w:.1f} s wall (FFT {timer[0]:.1f} s), all {n_patterns} patterns {sm_wall:.1f} s wall "
+        f"{sm_cpu:.1f} CPU-s -> {sm_rate:.2f} patterns/CPU-s"
+    )
 
     # ---------------- baseline: one abTEM multislice per pattern, default engine settings ----------------
     abtem.config.set({"fftw.threads": 1, "fftw.planning_effort": "FFTW_MEASURE", "diagnostics.progress_bar": False})
@@ -112,8 +116,10 @@ def main() -> None:
     if args.quick:
         subset = [(i, int(rng.integers(len(defoci))), int(rng.integers(len(positions)))) for i in range(len(thick))]
     else:
-        subset = [(i % len(thick), int(rng.integers(len(defoci))), int(rng.integers(len(positions))))
-                  for i in range(args.baseline)]
+        subset = [
+            (i % len(thick), int(rng.integers(len(defoci))), int(rng.integers(len(positions))))
+            for i in range(args.baseline)
+        ]
     gpts = tuple(S.gpts)
     base_matrix = None
 
@@ -128,8 +134,9 @@ def main() -> None:
             atoms = off_boundaries(zone_axis_specimen(si, (1, 1, 0), t - 0.01, extent).atoms)  # t: whole periods
             assert abs(atoms.cell[2, 2] - t) < 1e-6
             n = round(t / dz)  # explicit slices: abTEM's ceil(t / dz) can give n + 1 from float rounding
-            pot = abtem.Potential(atoms, gpts=gpts, slice_thickness=(t / n,) * n, projection="infinite",
-                                  parametrization="lobato")
+            pot = abtem.Potential(
+                atoms, gpts=gpts, slice_thickness=(t / n,) * n, projection="infinite", parametrization="lobato"
+            )
             probe.grid.match(pot)
             waves = probe.multislice(pot, scan=positions[k][None])
         dp = waves.diffraction_patterns(max_angle=None).compute()
@@ -144,18 +151,25 @@ def main() -> None:
             base_matrix = resampling_matrix(p.shape, (float(s[1]), float(s[0])), det)
         img = resample(p, base_matrix, det)
         devs.append(float(np.abs(sm[i, j, k] - img).max() / img.max()))
-        print(f"  t={thick[i] / 10:.1f} nm df={defoci[j]:.0f} A pos={k}: rel dev {devs[-1]:.2e}, detector sums "
-              f"{sm[i, j, k].sum():.5f} (S-matrix) {img.sum():.5f} (multislice)", flush=True)
+        print(
+            f"  t={thick[i] / 10:.1f} nm df={defoci[j]:.0f} A pos={k}: rel dev {devs[-1]:.2e}, detector sums "
+            f"{sm[i, j, k].sum():.5f} (S-matrix) {img.sum():.5f} (multislice)",
+            flush=True,
+        )
     base_cpu, base_wall = time.process_time() - c0, time.perf_counter() - w0
     base_rate = len(subset) / base_cpu
     ts = [thick[i] / 10 for i, _, _ in subset]
-    print(f"baseline: {len(subset)} patterns (thicknesses {min(ts):.1f}-{max(ts):.1f} nm) "
-          f"{base_wall:.1f} s wall {base_cpu:.1f} CPU-s "
-          f"-> {base_rate:.3f} patterns/CPU-s")
+    print(
+        f"baseline: {len(subset)} patterns (thicknesses {min(ts):.1f}-{max(ts):.1f} nm) "
+        f"{base_wall:.1f} s wall {base_cpu:.1f} CPU-s "
+        f"-> {base_rate:.3f} patterns/CPU-s"
+    )
     ratio = sm_rate / base_rate
     max_dev = max(devs)
-    print(f"S-matrix {sm_rate:.2f} patterns/CPU-s vs baseline {base_rate:.3f} patterns/CPU-s: ratio {ratio:.1f}x; "
-          f"max relative deviation (max|diff|/max, 256^2 detector) {max_dev:.2e}; FFT share {fft_share:.2f}")
+    print(
+        f"S-matrix {sm_rate:.2f} patterns/CPU-s vs baseline {base_rate:.3f} patterns/CPU-s: ratio {ratio:.1f}x; "
+        f"max relative deviation (max|diff|/max, 256^2 detector) {max_dev:.2e}; FFT share {fft_share:.2f}"
+    )
     print(f"RESULT ratio={ratio:.3f} max_rel_dev={max_dev:.3e} fft_share={fft_share:.3f}")
 
 

@@ -62,8 +62,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--augment", default="counting")
-    parser.add_argument("--fit", type=int, default=0, metavar="EPOCHS",
-                        help="also train this many epochs and report the validation peak F1 against chance")
+    parser.add_argument(
+        "--fit",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="also train this many epochs and report the validation peak F1 against chance",
+    )
     args = parser.parse_args(argv)
 
     from hydra import compose, initialize_config_dir
@@ -78,12 +83,30 @@ def main(argv=None) -> None:
     if dataset is None:
         dataset = str(tmp / "bench.zarr")
         print(f"simulating a benchmark dataset at {dataset} (48 patterns, 128×128) ...", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"), f"dataset.path={dataset}",
-                        "dataset.num_patterns=48", "sampling.k_oversample=1", "dataset.progress=false",
-                        f"hydra.run.dir={tmp}/hydra"], check=True, cwd=tmp)
-    overrides = [f"experiment={args.experiment}", f"data.path={dataset}", f"data.batch_size={args.batch_size}",
-                 f"data.num_workers={args.workers}", f"augment={args.augment}", f"paths.output_dir={tmp}/run",
-                 f"paths.root_dir={tmp}", "data.split.val_fraction=0.1", "data.split.test_fraction=0.0"]
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "simulate.py"),
+                f"dataset.path={dataset}",
+                "dataset.num_patterns=48",
+                "sampling.k_oversample=1",
+                "dataset.progress=false",
+                f"hydra.run.dir={tmp}/hydra",
+            ],
+            check=True,
+            cwd=tmp,
+        )
+    overrides = [
+        f"experiment={args.experiment}",
+        f"data.path={dataset}",
+        f"data.batch_size={args.batch_size}",
+        f"data.num_workers={args.workers}",
+        f"augment={args.augment}",
+        f"paths.output_dir={tmp}/run",
+        f"paths.root_dir={tmp}",
+        "data.split.val_fraction=0.1",
+        "data.split.test_fraction=0.0",
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
     HydraConfig().set_config(cfg)
@@ -96,9 +119,17 @@ def main(argv=None) -> None:
     dm.setup()
     model = build_model(cfg, dm.info)
     timer = _timing_callback()
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         callbacks=[timer])
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer],
+    )
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     wall = time.perf_counter() - t0
@@ -108,10 +139,14 @@ def main(argv=None) -> None:
     samples = sum(timer.samples[skip:])
     rate = samples / (wait + compute)
     frac = wait / (wait + compute)
-    print(f"experiment {args.experiment}, {dm.info['shape']} px, batch {args.batch_size}, workers {args.workers}, "
-          f"augment {args.augment}, torch threads {torch.get_num_threads()}")
-    print(f"{len(timer.compute)} steps in {wall:.1f} s; steady state over {len(timer.compute) - skip} steps: "
-          f"compute {compute:.2f} s, data wait {wait:.3f} s")
+    print(
+        f"experiment {args.experiment}, {dm.info['shape']} px, batch {args.batch_size}, workers {args.workers}, "
+        f"augment {args.augment}, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{len(timer.compute)} steps in {wall:.1f} s; steady state over {len(timer.compute) - skip} steps: "
+        f"compute {compute:.2f} s, data wait {wait:.3f} s"
+    )
     print(f"RESULT samples_per_s={rate:.3f} data_wait_fraction={frac:.4f}")
     if args.fit:
         fit_and_compare(overrides, args.fit, tmp)
@@ -128,8 +163,13 @@ def fit_and_compare(overrides, epochs: int, tmp: Path) -> None:
     from stemforge.networks.training import train
 
     fit_overrides = [o for o in overrides if not o.startswith(("data.split.", "paths.output_dir"))] + [
-        f"trainer.max_epochs={epochs}", "logger=csv", "test=false", "extras.print_config=false",
-        f"paths.output_dir={tmp}/fit", f"callbacks.early_stopping.patience={epochs}"]
+        f"trainer.max_epochs={epochs}",
+        "logger=csv",
+        "test=false",
+        "extras.print_config=false",
+        f"paths.output_dir={tmp}/fit",
+        f"callbacks.early_stopping.patience={epochs}",
+    ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True, overrides=fit_overrides)
     HydraConfig().set_config(cfg)
@@ -145,18 +185,26 @@ def fit_and_compare(overrides, epochs: int, tmp: Path) -> None:
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup()
     m = cfg.model
-    chance = PeakMatchMetric(tolerance=m.peak_tolerance_px, threshold=m.peak_threshold,
-                             min_distance=m.peak_min_distance, absolute_threshold=m.peak_absolute_threshold)
+    chance = PeakMatchMetric(
+        tolerance=m.peak_tolerance_px,
+        threshold=m.peak_threshold,
+        min_distance=m.peak_min_distance,
+        absolute_threshold=m.peak_absolute_threshold,
+    )
     gen = torch.Generator().manual_seed(0)
     for batch in dm.val_dataloader():
         chance.update(torch.rand(batch["vg_map"].shape, generator=gen), batch["peaks"])
     c = {k: float(v) for k, v in chance.compute().items()}
-    print(f"fit: {epochs} epochs in {wall / 60:.1f} min; best val/loss at epoch {int(best['epoch'])}: "
-          f"F1 {best['val/peak_f1']:.3f}, precision {best['val/peak_precision']:.3f}, recall "
-          f"{best['val/peak_recall']:.3f}, position error {best['val/peak_position_error_px']:.2f} px; "
-          f"max val F1 over epochs {val['val/peak_f1'].max():.3f}")
-    print(f"chance (uniform-noise maps, same metric and split): F1 {c['f1']:.3f}, precision {c['precision']:.3f}, "
-          f"recall {c['recall']:.3f}")
+    print(
+        f"fit: {epochs} epochs in {wall / 60:.1f} min; best val/loss at epoch {int(best['epoch'])}: "
+        f"F1 {best['val/peak_f1']:.3f}, precision {best['val/peak_precision']:.3f}, recall "
+        f"{best['val/peak_recall']:.3f}, position error {best['val/peak_position_error_px']:.2f} px; "
+        f"max val F1 over epochs {val['val/peak_f1'].max():.3f}"
+    )
+    print(
+        f"chance (uniform-noise maps, same metric and split): F1 {c['f1']:.3f}, precision {c['precision']:.3f}, "
+        f"recall {c['recall']:.3f}"
+    )
     print(f"RESULT val_peak_f1={best['val/peak_f1']:.4f} chance_f1={c['f1']:.4f}")
 
 

@@ -74,14 +74,26 @@ def plan(cfg) -> dict[str, tuple[list[str], bool]]:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     trained = ckpt.exists() and (run_dir / "metrics.json").exists()
     tested = tested_checkpoint(run_dir) if trained else ckpt
-    train = [*app("train"), *cfg.train.overrides, f"trainer.max_epochs={int(cfg.train.epochs)}",
-             f"paths.output_dir={run_dir}", f"hydra.run.dir={run_dir}"]
+    train = [
+        *app("train"),
+        *cfg.train.overrides,
+        f"trainer.max_epochs={int(cfg.train.epochs)}",
+        f"paths.output_dir={run_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
     if ckpt.exists() and not trained:
         train.append("ckpt_path=last")  # an interrupted run resumes
     p = cfg.publish
     ref = f"{p.name}:{p.alias or p.version}"
-    publish = [*app("publish"), f"ckpt={tested}", f"name={p.name}", f"version={p.version}", f"store={p.store}",
-               *([f"alias={p.alias}"] if p.alias else []), "wandb=false"]
+    publish = [
+        *app("publish"),
+        f"ckpt={tested}",
+        f"name={p.name}",
+        f"version={p.version}",
+        f"store={p.store}",
+        *([f"alias={p.alias}"] if p.alias else []),
+        "wandb=false",
+    ]
     return {
         "simulate": ([*app("simulate"), *cfg.simulate.overrides], False),
         "train": (train, trained),

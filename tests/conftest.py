@@ -13,4 +13,3 @@ def silicon():
     from pymatgen.core import Lattice, Structure
 
     return Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
-

@@ -5,8 +5,16 @@ import numpy as np
 import pytest
 
 from stemforge.analysis.braggvectors import BraggVectors
-from stemforge.analysis.calibration import (calibrate_ellipticity, calibrate_origin, correct_ellipticity, correct_origin,
-                                  ellipticity_from_bragg, fit_ellipticity, fit_origin_plane, origin_map)
+from stemforge.analysis.calibration import (
+    calibrate_ellipticity,
+    calibrate_origin,
+    correct_ellipticity,
+    correct_origin,
+    ellipticity_from_bragg,
+    fit_ellipticity,
+    fit_origin_plane,
+    origin_map,
+)
 from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube
 from stemforge.analysis.disks import find_bragg_disks
 from stemforge.analysis.lattice import choose_lattice_vectors, fit_lattice
@@ -88,8 +96,9 @@ def test_virtual_images_equal_hand_sums():
     np.testing.assert_array_equal(max_pattern(cube), cube.data.max((0, 1)))
     # an off-axis circular detector (dark field on one reflection) and an arbitrary mask
     off = np.hypot(rr - (H // 2), cc - (W // 2 + 11)) < 3
-    np.testing.assert_allclose(virtual_image(cube, 0, 3, center=(H // 2, W // 2 + 11)),
-                               cube.data[..., off].sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(
+        virtual_image(cube, 0, 3, center=(H // 2, W // 2 + 11)), cube.data[..., off].sum(-1), rtol=1e-5
+    )
     half = cc < W // 2
     np.testing.assert_allclose(virtual_image(cube, mask=half), cube.data[..., half].sum(-1), rtol=1e-5)
     with pytest.raises(AnalysisError, match="inner_px < outer_px"):
@@ -106,8 +115,12 @@ def test_virtual_bright_field_follows_a_descan():
             origins[i, j] = (H // 2 + 1.5 * i, W // 2 - 1.5 * j)
             data[i, j] = disk((H, W), origins[i, j])
     rr, cc = np.mgrid[:H, :W]
-    hand = np.array([[data[i, j][np.hypot(rr - origins[i, j, 0], cc - origins[i, j, 1]) < 4].sum() for j in range(3)]
-                     for i in range(2)])
+    hand = np.array(
+        [
+            [data[i, j][np.hypot(rr - origins[i, j, 0], cc - origins[i, j, 1]) < 4].sum() for j in range(3)]
+            for i in range(2)
+        ]
+    )
     follow = virtual_bf(data, 4, center=origins)
     np.testing.assert_allclose(follow, hand, rtol=1e-10)
     assert np.ptp(follow) < 0.01 * follow.mean()  # the same disk everywhere ...
@@ -159,21 +172,26 @@ def test_subpixel_accuracy_on_random_offsets(subpixel, limit):
     s = disk_scores(bv, truth, tolerance_px=1.0)
     assert s["f1"] == 1.0 and s["pos_rmse_px"] < limit, s
     if subpixel == "parabola":  # and clearly better than whole pixels
-        none = disk_scores(find_bragg_disks(cube, subpixel="none", min_relative_intensity=0.1, progress=False),
-                           truth, tolerance_px=1.0)
+        none = disk_scores(
+            find_bragg_disks(cube, subpixel="none", min_relative_intensity=0.1, progress=False), truth, tolerance_px=1.0
+        )
         assert none["pos_rmse_px"] > 3 * s["pos_rmse_px"]
 
 
 def test_hybrid_correlation_and_peak_filters():
     cube, _, truth = strained_scan(dose=2e6)
-    s = disk_scores(find_bragg_disks(cube, corr_power=0.7, min_relative_intensity=0.1, progress=False), truth,
-                    tolerance_px=1.5)
+    s = disk_scores(
+        find_bragg_disks(cube, corr_power=0.7, min_relative_intensity=0.1, progress=False), truth, tolerance_px=1.5
+    )
     assert s["f1"] == 1.0 and s["pos_rmse_px"] < 0.12, s
     bv = find_bragg_disks(cube, min_relative_intensity=0.1, max_peaks=5, progress=False)
     assert bv.counts().max() == 5
     # the 5 kept are the strongest: the direct beam is among them everywhere
-    assert all(np.hypot(bv.at(i, j)["row"] - H // 2, bv.at(i, j)["col"] - W // 2).min() < 0.5
-               for i in range(3) for j in range(4))
+    assert all(
+        np.hypot(bv.at(i, j)["row"] - H // 2, bv.at(i, j)["col"] - W // 2).min() < 0.5
+        for i in range(3)
+        for j in range(4)
+    )
     far = find_bragg_disks(cube, min_relative_intensity=0.1, edge_px=20, progress=False)
     assert np.all((far.peaks["row"] >= 19.5) & (far.peaks["row"] <= H - 20.5))
     sparse = find_bragg_disks(cube, min_relative_intensity=0.1, min_spacing_px=12, progress=False)
@@ -214,8 +232,9 @@ def test_dask_input_gives_the_numpy_result():
         lazy = DataCube(da.from_array(cube.data, chunks=chunks), cube.calibration, probe=cube.probe)
         a = find_bragg_disks(cube, progress=False)
         b = find_bragg_disks(lazy, progress=False, batch_size=5)
-        np.testing.assert_array_equal(a.peaks[["rx", "ry", "row", "col", "intensity"]],
-                                      b.peaks[["rx", "ry", "row", "col", "intensity"]])
+        np.testing.assert_array_equal(
+            a.peaks[["rx", "ry", "row", "col", "intensity"]], b.peaks[["rx", "ry", "row", "col", "intensity"]]
+        )
         np.testing.assert_allclose(virtual_bf(cube, 4), virtual_bf(lazy, 4))
         np.testing.assert_allclose(mean_pattern(cube), mean_pattern(lazy), rtol=1e-6)
         np.testing.assert_allclose(origin_map(cube), origin_map(lazy))
@@ -226,8 +245,9 @@ def test_dask_input_gives_the_numpy_result():
     bad = cube.data.copy()
     bad[2, 1, 5, 5] = np.inf
     with pytest.raises(AnalysisError, match=r"\(2, 1\) holds NaN or Inf"):
-        find_bragg_disks(DataCube(da.from_array(bad, chunks=(1, 2, H, W)), cube.calibration, probe=cube.probe),
-                         progress=False)
+        find_bragg_disks(
+            DataCube(da.from_array(bad, chunks=(1, 2, H, W)), cube.calibration, probe=cube.probe), progress=False
+        )
 
 
 # ---------------------------------------------------------------- calibration
@@ -266,12 +286,18 @@ def test_origin_by_correlation_with_bragg_disks_and_an_outlier():
     np.testing.assert_allclose(fit_origin_plane(measured), true, atol=0.1)  # ... and the robust plane ignores it
     np.testing.assert_allclose(origin_map(cube, method="correlation", mask_radius_px=8)[2, 3], true[2, 3], atol=0.1)
     # Bragg vectors moved onto one origin: every position then shows the same lattice
-    bv = find_bragg_disks(DataCube(data[:2], Calibration(), probe=cube.probe), min_relative_intensity=0.1,
-                          progress=False)
+    bv = find_bragg_disks(
+        DataCube(data[:2], Calibration(), probe=cube.probe), min_relative_intensity=0.1, progress=False
+    )
     fixed = correct_origin(bv, true[:2])
     assert fixed.calibration.origin_px == pytest.approx(tuple(true[:2].reshape(-1, 2).mean(0)))
-    beams = np.array([min(fixed.at(i, j), key=lambda p: -p["intensity"])[["row", "col"]].tolist()
-                      for i in range(2) for j in range(Ry)])
+    beams = np.array(
+        [
+            min(fixed.at(i, j), key=lambda p: -p["intensity"])[["row", "col"]].tolist()
+            for i in range(2)
+            for j in range(Ry)
+        ]
+    )
     assert np.abs(beams - fixed.calibration.origin_px).max() < 0.1
 
 

@@ -58,8 +58,13 @@ class FakeModel:
 
     def __init__(self, net, family="bragg", energy=(200e3, 300e3), alpha=(1.0, 3.0), shape=(H, W), pixel=P):
         self.name, self.version = "fake", "0.0.0"
-        self.input_spec = {"shape": list(shape), "pixel_size_inv_A": pixel, "energy_eV": list(energy),
-                           "semiangle_mrad": list(alpha), "normalisation": {"mode": "probe_max", "power": 1.0}}
+        self.input_spec = {
+            "shape": list(shape),
+            "pixel_size_inv_A": pixel,
+            "energy_eV": list(energy),
+            "semiangle_mrad": list(alpha),
+            "normalisation": {"mode": "probe_max", "power": 1.0},
+        }
         self.card = {"task_family": family, "input": self.input_spec, "labels": {"definition": "blurred pattern"}}
         self.preprocess = Preprocessor(self.input_spec)
         self.net = net.eval()
@@ -68,8 +73,7 @@ class FakeModel:
 
 def scan(points_per_position, pixel=P, shape=(H, W), energy=300e3, origin=None):
     rx, ry = len(points_per_position), len(points_per_position[0])
-    data = np.stack([np.stack([spot_pattern(points_per_position[i][j], shape) for j in range(ry)])
-                     for i in range(rx)])
+    data = np.stack([np.stack([spot_pattern(points_per_position[i][j], shape) for j in range(ry)]) for i in range(rx)])
     probe = spot_pattern([(shape[0] // 2, shape[1] // 2)], shape, sigma=2.0)
     cal = Calibration(q_pixel_size=pixel, energy_eV=energy, semiangle_mrad=2.0, origin_px=origin)
     return DataCube(data, cal, probe=probe)
@@ -84,8 +88,7 @@ def test_peaks_on_the_spots_with_a_partial_last_batch():
     rng = np.random.default_rng(0)
     truths = [[grid_points(rng.uniform(-0.4, 0.4, 2)) for _ in range(3)] for _ in range(3)]
     net = BlurNet()
-    bv = find_bragg_disks_ml(scan(truths), FakeModel(net), batch_size=4, mc_samples=0, threshold=0.2,
-                             progress=False)
+    bv = find_bragg_disks_ml(scan(truths), FakeModel(net), batch_size=4, mc_samples=0, threshold=0.2, progress=False)
     assert bv.method == "ml" and bv.scan_shape == (3, 3)
     assert [c[0] for c in net.calls] == [4, 4, 1]  # 9 patterns: two full batches and the partial last one
     assert (bv.counts() == 9).all()
@@ -100,8 +103,7 @@ def test_peaks_on_the_spots_with_a_partial_last_batch():
 
 def test_probe_is_broadcast_not_copied():
     net = BlurNet()
-    find_bragg_disks_ml(scan([[grid_points()] * 3] * 2), FakeModel(net), batch_size=4, mc_samples=0,
-                        progress=False)
+    find_bragg_disks_ml(scan([[grid_points()] * 3] * 2), FakeModel(net), batch_size=4, mc_samples=0, progress=False)
     ptrs = {c[1] for c in net.calls}
     assert len(ptrs) == 1  # the same probe storage for every batch
     assert all(c[2][0] == 0 for c in net.calls)  # batch stride 0: an expanded view, not B copies
@@ -161,8 +163,9 @@ def test_bad_inputs_are_refused():
     bad = cube.data.copy()
     bad[0, 1, 3, 3] = np.nan
     with pytest.raises(AnalysisError, match=r"\(0, 1\) holds NaN"):
-        find_bragg_disks_ml(DataCube(bad, cube.calibration, probe=cube.probe), FakeModel(BlurNet()),
-                            mc_samples=0, progress=False)
+        find_bragg_disks_ml(
+            DataCube(bad, cube.calibration, probe=cube.probe), FakeModel(BlurNet()), mc_samples=0, progress=False
+        )
     with pytest.raises(AnalysisError, match="4D"):
         find_bragg_disks_ml(cube.data[0], FakeModel(BlurNet()), progress=False)
     with pytest.raises(AnalysisError, match="not Bragg"):
@@ -172,8 +175,7 @@ def test_bad_inputs_are_refused():
     with pytest.raises(AnalysisError, match="probe shape"):
         find_bragg_disks_ml(cube, FakeModel(BlurNet()), probe=np.ones((8, 8)), progress=False)
     # without a probe the direct beam is cut out of the mean pattern (stemforge.analysis.probe.probe_from_data)
-    bv = find_bragg_disks_ml(DataCube(cube.data, cube.calibration), FakeModel(BlurNet()), mc_samples=0,
-                             progress=False)
+    bv = find_bragg_disks_ml(DataCube(cube.data, cube.calibration), FakeModel(BlurNet()), mc_samples=0, progress=False)
     assert len(bv) > 0
 
 
@@ -181,8 +183,9 @@ def test_unknown_model_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("STEMFORGE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "store").mkdir()
     with pytest.raises(AnalysisError, match="cannot load model 'no-such-model:stable'") as err:
-        find_bragg_disks_ml(scan([[grid_points()]]), "no-such-model:stable", store=str(tmp_path / "store"),
-                            progress=False)
+        find_bragg_disks_ml(
+            scan([[grid_points()]]), "no-such-model:stable", store=str(tmp_path / "store"), progress=False
+        )
     assert "\n" not in str(err.value)
 
 
@@ -191,7 +194,7 @@ def test_property_maps_from_a_thickness_model():
         def forward(self, pattern, probe):  # "thickness" = total intensity, a known answer per position
             return pattern.sum(dim=(1, 2, 3))
 
-    cube = scan([[grid_points()[:k + 1] for k in range(3)]])
+    cube = scan([[grid_points()[: k + 1] for k in range(3)]])
     out = predict_property_map(cube, FakeModel(Thick(), family="thickness"), batch_size=2, progress=False)
     t = out["thickness_nm"]
     assert t.shape == (1, 3) and np.all(np.diff(t[0]) > 0)

@@ -45,10 +45,13 @@ def _mib_frames(path):
     head = raw[:384].decode("ascii", "replace").split(",")
     hdr_len, w, h = int(head[2]), int(head[4]), int(head[5])
     size = hdr_len + w * h
-    frames = [np.frombuffer(raw[i * size + hdr_len:(i + 1) * size], np.uint8).reshape(h, w)
-              for i in range(len(raw) // size)]
-    stamps = [np.datetime64(raw[i * size:i * size + hdr_len].decode("ascii", "replace").split(",")[9].strip())
-              for i in range(len(raw) // size)]
+    frames = [
+        np.frombuffer(raw[i * size + hdr_len : (i + 1) * size], np.uint8).reshape(h, w) for i in range(len(raw) // size)
+    ]
+    stamps = [
+        np.datetime64(raw[i * size : i * size + hdr_len].decode("ascii", "replace").split(",")[9].strip())
+        for i in range(len(raw) // size)
+    ]
     return np.stack(frames), np.array(stamps), hdr_len, size
 
 
@@ -70,14 +73,18 @@ def test_blockfile_matches_its_header(real):
     assert (sdp, cl) == (6226, 2000)
     mrad_per_px = (10 / (sdp / 100)) / (cl / 10) * 1e3  # θ = x / L: pixel (mm) over camera length (mm)
     assert c.q_pixel_size == pytest.approx(mrad_per_px * 1e-3 / LAMBDA_200KEV_A, rel=1e-4)
-    assert c.q_pixel_size == pytest.approx(0.03202, abs=1e-5) and "nominal camera length 200 mm" in \
-        c.source["q_pixel_size_from"]
+    assert (
+        c.q_pixel_size == pytest.approx(0.03202, abs=1e-5)
+        and "nominal camera length 200 mm" in c.source["q_pixel_size_from"]
+    )
     frame3 = np.frombuffer(raw, np.uint8, dp * dp, offset2 + 3 * (6 + dp * dp) + 6).reshape(dp, dp)
     assert np.array_equal(np.asarray(d.data[1, 1]), frame3)  # raster order: row 1, col 1 is the 4th frame
 
 
-@pytest.mark.parametrize("name, det", [("001_4x2_6bit.hdr", (256, 256)), ("001_4x2_6bit.mib", (256, 256)),
-                                       ("002_4x2_6bit_roi128.mib", (128, 256))])
+@pytest.mark.parametrize(
+    "name, det",
+    [("001_4x2_6bit.hdr", (256, 256)), ("001_4x2_6bit.mib", (256, 256)), ("002_4x2_6bit_roi128.mib", (128, 256))],
+)
 def test_merlin_scan_is_two_rows_of_four(merlin, name, det):
     frames, stamps, _, _ = _mib_frames((merlin / name).with_suffix(".mib"))
     gaps = np.diff(stamps).astype("timedelta64[ns]").astype(np.int64)
@@ -151,24 +158,57 @@ def test_py4dstem_emdfile(real):
 
 def test_python_c_load_each_real_file(real, merlin):
     """`python -c "import stemforge.analysis; d = stemforge.analysis.load(PATH)"` on every real file (one interpreter for speed)."""
-    paths = [real / "test1.blo", real / "Si100_4D.emd", real / "py4DSTEM_size2x3x4x5.h5",
-             merlin / "001_4x2_6bit.hdr", merlin / "001_4x2_6bit.mib", merlin / "002_4x2_6bit_roi128.mib"]
-    code = ("import sys, stemforge.analysis\nfor PATH in sys.argv[1:]:\n    d = stemforge.analysis.load(PATH)\n"
-            "    print(d.scan_shape, d.detector_shape)")
-    out = subprocess.run([sys.executable, "-c", code, *map(str, paths)], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+    paths = [
+        real / "test1.blo",
+        real / "Si100_4D.emd",
+        real / "py4DSTEM_size2x3x4x5.h5",
+        merlin / "001_4x2_6bit.hdr",
+        merlin / "001_4x2_6bit.mib",
+        merlin / "002_4x2_6bit_roi128.mib",
+    ]
+    code = (
+        "import sys, stemforge.analysis\nfor PATH in sys.argv[1:]:\n    d = stemforge.analysis.load(PATH)\n"
+        "    print(d.scan_shape, d.detector_shape)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:6] == ["(3, 2) (144, 144)", "(11, 11) (8, 8)", "(2, 3) (4, 5)",
-                                          "(2, 4) (256, 256)", "(2, 4) (256, 256)", "(2, 4) (128, 256)"]
+    assert out.stdout.split("\n")[:6] == [
+        "(3, 2) (144, 144)",
+        "(11, 11) (8, 8)",
+        "(2, 3) (4, 5)",
+        "(2, 4) (256, 256)",
+        "(2, 4) (256, 256)",
+        "(2, 4) (128, 256)",
+    ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["test1.blo", "Si100_4D.emd", "py4DSTEM_size2x3x4x5.h5", "001_4x2_6bit.hdr",
-                                  "001_4x2_6bit.mib", "002_4x2_6bit_roi128.mib"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "test1.blo",
+        "Si100_4D.emd",
+        "py4DSTEM_size2x3x4x5.h5",
+        "001_4x2_6bit.hdr",
+        "001_4x2_6bit.mib",
+        "002_4x2_6bit_roi128.mib",
+    ],
+)
 def test_python_c_exact_command(real, merlin, name):
     path = real / name if (real / name).exists() else merlin / name
-    out = subprocess.run([sys.executable, "-c", f"import stemforge.analysis; d = stemforge.analysis.load({str(path)!r})"],
-                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", f"import stemforge.analysis; d = stemforge.analysis.load({str(path)!r})"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -230,11 +270,11 @@ def test_lazy_zarr_and_rsciio(tmp_path, real, merlin):
     raw = bytearray((tmp_path / "t.blo").read_bytes())
     (offset2,) = struct.unpack_from("<I", raw, 12)
     start = offset2 + 5 * (6 + 144 * 144) + 6
-    raw[start:start + 144 * 144] = bytes([9]) * (144 * 144)
+    raw[start : start + 144 * 144] = bytes([9]) * (144 * 144)
     (tmp_path / "t.blo").write_bytes(bytes(raw))
     _, _, hdr_len, size = _mib_frames(tmp_path / "001_4x2_6bit.mib")
     raw = bytearray((tmp_path / "001_4x2_6bit.mib").read_bytes())
-    raw[6 * size + hdr_len:7 * size] = bytes([7]) * (size - hdr_len)
+    raw[6 * size + hdr_len : 7 * size] = bytes([7]) * (size - hdr_len)
     (tmp_path / "001_4x2_6bit.mib").write_bytes(bytes(raw))
     assert np.all(np.asarray(blo.data[2, 1]) == 9) and np.all(np.asarray(mib.data[1, 2]) == 7)
 
@@ -243,12 +283,28 @@ def test_lazy_zarr_and_rsciio(tmp_path, real, merlin):
 def test_zarr_round_trip_with_ground_truth(tmp_path):
     rng = np.random.default_rng(1)
     arr = rng.random((3, 2, 8, 8)).astype(np.float32)
-    gt = {"exx": rng.normal(size=(3, 2)).astype(np.float32), "phase": np.arange(6, dtype=np.int32).reshape(3, 2),
-          "rotation": np.tile(np.eye(3), (3, 2, 1, 1)), "zone_axis": np.ones((3, 2, 3), np.int32)}
-    cal = Calibration(q_pixel_size=0.03, energy_eV=300e3, semiangle_mrad=2.0, scan_step_A=(5.0, 4.0),
-                      origin_px=(4.0, 4.5), ellipticity=(1.01, 1.0, 0.3), rotation_deg=12.0)
-    cube = DataCube(arr, cal, {"phases": ["Si", "Cu"], "ground_truth_units": {"exx": "1"}, "config": {"a": 1}},
-                    gt, probe=arr[0, 0] * 2)
+    gt = {
+        "exx": rng.normal(size=(3, 2)).astype(np.float32),
+        "phase": np.arange(6, dtype=np.int32).reshape(3, 2),
+        "rotation": np.tile(np.eye(3), (3, 2, 1, 1)),
+        "zone_axis": np.ones((3, 2, 3), np.int32),
+    }
+    cal = Calibration(
+        q_pixel_size=0.03,
+        energy_eV=300e3,
+        semiangle_mrad=2.0,
+        scan_step_A=(5.0, 4.0),
+        origin_px=(4.0, 4.5),
+        ellipticity=(1.01, 1.0, 0.3),
+        rotation_deg=12.0,
+    )
+    cube = DataCube(
+        arr,
+        cal,
+        {"phases": ["Si", "Cu"], "ground_truth_units": {"exx": "1"}, "config": {"a": 1}},
+        gt,
+        probe=arr[0, 0] * 2,
+    )
     path = analysis.save(cube, tmp_path / "c.zarr")
     back = analysis.load(path)
     assert back.is_lazy and np.array_equal(np.asarray(back.data), arr) and back.calibration == cal
@@ -370,19 +426,43 @@ def test_rsciio_hspy_calibration_conversion(tmp_path):
     arr = np.random.default_rng(4).random((2, 3, 6, 8)).astype(np.float32)
 
     def axes(sig_units, sig_scale):
-        return [{"name": "y", "size": 2, "scale": 2.0, "offset": 0.0, "units": "nm", "navigate": True},
-                {"name": "x", "size": 3, "scale": 25.0, "offset": 0.0, "units": "Å", "navigate": True},
-                {"name": "ky", "size": 6, "scale": sig_scale, "offset": -3 * sig_scale, "units": sig_units,
-                 "navigate": False},
-                {"name": "kx", "size": 8, "scale": sig_scale, "offset": -4 * sig_scale, "units": sig_units,
-                 "navigate": False}]
+        return [
+            {"name": "y", "size": 2, "scale": 2.0, "offset": 0.0, "units": "nm", "navigate": True},
+            {"name": "x", "size": 3, "scale": 25.0, "offset": 0.0, "units": "Å", "navigate": True},
+            {
+                "name": "ky",
+                "size": 6,
+                "scale": sig_scale,
+                "offset": -3 * sig_scale,
+                "units": sig_units,
+                "navigate": False,
+            },
+            {
+                "name": "kx",
+                "size": 8,
+                "scale": sig_scale,
+                "offset": -4 * sig_scale,
+                "units": sig_units,
+                "navigate": False,
+            },
+        ]
 
     for units, scale, expect in [("1/nm", 0.1, 0.01), ("mrad", 0.5, 0.5e-3 / LAMBDA_200KEV_A)]:
-        sig = {"data": arr, "axes": axes(units, scale), "original_metadata": {}, "tmp_parameters": {},
-               "metadata": {"Acquisition_instrument": {"TEM": {"beam_energy": 200.0, "convergence_angle": 1.5}},
-                            "General": {"title": "t"}, "Signal": {"signal_type": "electron_diffraction"}},
-               "attributes": {"_lazy": False}, "package_info": {"name": "hyperspy", "version": "2.0"},
-               "learning_results": {}, "models": {}}
+        sig = {
+            "data": arr,
+            "axes": axes(units, scale),
+            "original_metadata": {},
+            "tmp_parameters": {},
+            "metadata": {
+                "Acquisition_instrument": {"TEM": {"beam_energy": 200.0, "convergence_angle": 1.5}},
+                "General": {"title": "t"},
+                "Signal": {"signal_type": "electron_diffraction"},
+            },
+            "attributes": {"_lazy": False},
+            "package_info": {"name": "hyperspy", "version": "2.0"},
+            "learning_results": {},
+            "models": {},
+        }
         file_writer(str(tmp_path / "s.hspy"), sig)
         d = analysis.load(tmp_path / "s.hspy")
         c = d.calibration
@@ -393,14 +473,26 @@ def test_rsciio_hspy_calibration_conversion(tmp_path):
 
 
 def test_rsciio_stack_needs_scan_shape():
-    sig = {"data": np.zeros((6, 4, 4)), "axes": [{"size": 6, "units": ""}, {"size": 4, "scale": 0.1, "units": "1/Å"},
-                                                 {"size": 4, "scale": 0.1, "units": "1/Å"}], "metadata": {}}
+    sig = {
+        "data": np.zeros((6, 4, 4)),
+        "axes": [
+            {"size": 6, "units": ""},
+            {"size": 4, "scale": 0.1, "units": "1/Å"},
+            {"size": 4, "scale": 0.1, "units": "1/Å"},
+        ],
+        "metadata": {},
+    }
     with pytest.raises(AnalysisError, match="scan_shape"):
         cube_from_signals([sig], "f.dm4", "digitalmicrograph")
     d = cube_from_signals([sig], "f.dm4", "digitalmicrograph", scan_shape=(2, 3))
     assert d.shape == (2, 3, 4, 4) and d.calibration.q_pixel_size == pytest.approx(0.1)
-    mapped = {**sig, "data": np.zeros((2, 3, 4, 4)), "axes": None, "original_metadata": {"h": {"V": 300000}},
-              "mapping": {"h.V": ("Acquisition_instrument.TEM.beam_energy", lambda v: v / 1e3)}}
+    mapped = {
+        **sig,
+        "data": np.zeros((2, 3, 4, 4)),
+        "axes": None,
+        "original_metadata": {"h": {"V": 300000}},
+        "mapping": {"h.V": ("Acquisition_instrument.TEM.beam_energy", lambda v: v / 1e3)},
+    }
     assert cube_from_signals([mapped], "f.dm4", "digitalmicrograph").calibration.energy_eV == 300e3
 
 
@@ -434,8 +526,10 @@ def test_errors(tmp_path, real, merlin):
     fails(r"found a 3D array of shape \(2, 8, 8\); a 4D-STEM scan must be 4D", tmp_path / "three.npy")
     with h5py.File(tmp_path / "three.h5", "w") as f:
         f["stack"] = np.zeros((5, 8, 8))
-    fails(r"no 4D dataset in the HDF5 file \(found \{'stack': \(5, 8, 8\)\}\); a 4D-STEM scan must be 4D",
-          tmp_path / "three.h5")
+    fails(
+        r"no 4D dataset in the HDF5 file \(found \{'stack': \(5, 8, 8\)\}\); a 4D-STEM scan must be 4D",
+        tmp_path / "three.h5",
+    )
     fails("depth= applies to Prismatic output only", tmp_path / "three.h5", depth=0)
     with h5py.File(tmp_path / "three.emd", "w") as f:  # an .emd without 4D data goes on to rosettasciio (Velox...)
         f.attrs.update({"version_major": 0, "version_minor": 2})

@@ -7,10 +7,22 @@ import pytest
 
 from stemforge.analysis import AnalysisError, BraggVectors, Calibration
 from stemforge.analysis.disks import flat_disk_peaks
-from stemforge.analysis.orientation import (OrientationMap, _misorientation, ipf_colors, orientation_map, score_orientations,
-                                  template_correlation, zone_axis_labels)
-from stemforge.analysis.orientation_library import (_MEMORY_CACHE, build_orientation_library, fundamental_directions,
-                                          kinematic_bragg_vectors, reduce_directions)
+from stemforge.analysis.orientation import (
+    OrientationMap,
+    _misorientation,
+    ipf_colors,
+    orientation_map,
+    score_orientations,
+    template_correlation,
+    zone_axis_labels,
+)
+from stemforge.analysis.orientation_library import (
+    _MEMORY_CACHE,
+    build_orientation_library,
+    fundamental_directions,
+    kinematic_bragg_vectors,
+    reduce_directions,
+)
 from stemforge.sim.orientations import proper_point_group, random_orientations, zone_axis_rotation
 
 E = 200e3
@@ -32,8 +44,7 @@ def _detector_px(k_max, p=0.03):
 
 
 # --------------------------------------------------------------------------- library
-@pytest.mark.parametrize("name, k", [("Si", 24), ("GaAs", 12), ("GaN", 6), ("TiO2-rutile", 8),
-                                     ("ZrO2-monoclinic", 2)])
+@pytest.mark.parametrize("name, k", [("Si", 24), ("GaAs", 12), ("GaN", 6), ("TiO2-rutile", 8), ("ZrO2-monoclinic", 2)])
 def test_fundamental_directions_cover_one_zone(name, k):
     from stemforge.sim.structures import load_structure
 
@@ -72,10 +83,17 @@ def test_library_cache_and_report(tmp_path):
     assert other.info["source"] == "built" and other.wavelength_A < lib.wavelength_A
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(k_max=-1), "k_max"), (dict(energy_eV=0), "energy_eV"), (dict(direction_step_deg=0), "direction_step"),
-    (dict(sigma_q=0), "sigma_q"), (dict(q_min=5.0), "q_min"), (dict(structure="Unobtainium"), "orientation library"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k_max=-1), "k_max"),
+        (dict(energy_eV=0), "energy_eV"),
+        (dict(direction_step_deg=0), "direction_step"),
+        (dict(sigma_q=0), "sigma_q"),
+        (dict(q_min=5.0), "q_min"),
+        (dict(structure="Unobtainium"), "orientation library"),
+    ],
+)
 def test_library_bad_settings(kwargs, match):
     args = dict(structure="Si", energy_eV=E, k_max=1.0, direction_step_deg=10.0, cache=False)
     args.update(kwargs)
@@ -91,8 +109,9 @@ def test_grid_orientation_is_the_correlation_maximum(si_lib):
     ks = rng.integers(0, si_lib.n_angles, 6)
     R = np.stack([zr @ si_lib.frames[i] for i, zr in zip(picks, [_rz(k * si_lib.in_plane_step_deg) for k in ks])])
     # intensities with the library's own excitation weighting (exp(-s²/2σ²) with σ_s)
-    bv = kinematic_bragg_vectors("Si", R[None], E, _detector_px(1.5), sigma_excitation=si_lib.sigma_excitation,
-                                 min_weight=1e-3, k_max=1.5)
+    bv = kinematic_bragg_vectors(
+        "Si", R[None], E, _detector_px(1.5), sigma_excitation=si_lib.sigma_excitation, min_weight=1e-3, k_max=1.5
+    )
     om = orientation_map(bv, si_lib, refine=False, resolve_twin=False, progress=False)
     err = om.misorientation_deg(R[None])[0]
     assert np.all(err < 0.3), err
@@ -108,12 +127,23 @@ def test_random_orientations_recovered_from_noisy_kinematic_peaks(si_lib2):
     """k_max 2 Å⁻¹, 0.5 px position noise, 20 % intensity noise, data with another excitation width (0.03 Å⁻¹)
     than the library (0.02 Å⁻¹): mean error below 1°, 90 % within 1°."""
     R = random_orientations("Si", 40, seed=7)
-    bv = kinematic_bragg_vectors("Si", R[None], E, _detector_px(2.0), sigma_excitation=0.03, k_max=2.0,
-                                 position_noise_px=0.5, intensity_noise=0.2, seed=8)
+    bv = kinematic_bragg_vectors(
+        "Si",
+        R[None],
+        E,
+        _detector_px(2.0),
+        sigma_excitation=0.03,
+        k_max=2.0,
+        position_noise_px=0.5,
+        intensity_noise=0.2,
+        seed=8,
+    )
     om = orientation_map(bv, si_lib2, progress=False)
     err = om.misorientation_deg(R[None])[0]
-    print(f"k_max 2.0: mean {err.mean():.2f}°, median {np.median(err):.2f}°, p90 {np.percentile(err, 90):.2f}°, "
-          f"max {err.max():.2f}°, {om.info['patterns_per_s']:.0f} patterns/s")
+    print(
+        f"k_max 2.0: mean {err.mean():.2f}°, median {np.median(err):.2f}°, p90 {np.percentile(err, 90):.2f}°, "
+        f"max {err.max():.2f}°, {om.info['patterns_per_s']:.0f} patterns/s"
+    )
     assert om.valid.all()
     assert err.mean() < 1.0 and np.mean(err < 1.0) >= 0.9
     assert np.all((om.score > 0.3) & (om.score <= 1.0 + 1e-6))
@@ -125,8 +155,9 @@ def test_random_orientations_recovered_from_noisy_kinematic_peaks(si_lib2):
 def test_refinement_is_exact_for_consistent_data(si_lib2):
     """Data whose intensities follow the library's own weighting: refinement lands on the truth."""
     R = random_orientations("Si", 8, seed=2)
-    bv = kinematic_bragg_vectors("Si", R[None], E, _detector_px(2.0), sigma_excitation=si_lib2.sigma_excitation,
-                                 min_weight=1e-4, k_max=2.0)
+    bv = kinematic_bragg_vectors(
+        "Si", R[None], E, _detector_px(2.0), sigma_excitation=si_lib2.sigma_excitation, min_weight=1e-4, k_max=2.0
+    )
     om = orientation_map(bv, si_lib2, progress=False)
     err = om.misorientation_deg(R[None])[0]
     assert err.max() < 0.1, err
@@ -245,8 +276,9 @@ def _dynamical_bragg_vectors(cases, thickness_A, semiangle_mrad=2.0):
     per, truth = {}, []
     for k, (uvw, phi) in enumerate(cases):
         spec = zone_axis_specimen(si, uvw, thickness_A, det.min_extent_A(1.0))
-        pats, sampling, _, _ = simulate_cbed(spec, optics, np.array(spec.extent_A) / 2 + 0.3, [thickness_A],
-                                             sampling_A=0.14)
+        pats, sampling, _, _ = simulate_cbed(
+            spec, optics, np.array(spec.extent_A) / 2 + 0.3, [thickness_A], sampling_A=0.14
+        )
         image = resample(pats, resampling_matrix(pats.shape[1:], sampling, det, phi), det)[0]
         per[(0, k)] = flat_disk_peaks(image, semiangle_mrad * 1e-3 / optics.wavelength_A / det.pixel_size)
         truth.append(_rz(phi) @ spec.rotation)  # the sim labels' rotation
@@ -260,8 +292,10 @@ def test_dynamical_zone_axis_patterns(si_lib):
     om = orientation_map(bv, si_lib, progress=False)
     np.testing.assert_array_equal(om.zone_axis[0], [(1, 0, 0), (1, 1, 0)])
     _, _, true_phi, _ = zone_axis_labels(R, si_lib)
-    d = np.abs((om.in_plane_deg[0] - true_phi + om.in_plane_period_deg[0] / 2) % om.in_plane_period_deg[0]
-               - om.in_plane_period_deg[0] / 2)
+    d = np.abs(
+        (om.in_plane_deg[0] - true_phi + om.in_plane_period_deg[0] / 2) % om.in_plane_period_deg[0]
+        - om.in_plane_period_deg[0] / 2
+    )
     err = om.misorientation_deg(R[None])[0]
     print("dynamical 10 nm: misorientation", err.round(2), "in-plane error", d.round(2), "score", om.score.round(2))
     assert np.all(d < 1.0) and np.all(err < 1.5)  # measured: 0.34° and 0.81° (the tilt of a thin ZOLZ pattern)
@@ -283,14 +317,22 @@ def test_dynamical_zone_axes_thick():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k_max, max_mean_twin_blind, max_mean", [(1.0, 2.5, 15.0), (1.5, 1.0, 4.0),
-                                                                    (2.0, 0.5, 1.0)])
+@pytest.mark.parametrize("k_max, max_mean_twin_blind, max_mean", [(1.0, 2.5, 15.0), (1.5, 1.0, 4.0), (2.0, 0.5, 1.0)])
 def test_full_accuracy_random_orientations(k_max, max_mean_twin_blind, max_mean):
     """300 random Si orientations, noisy kinematic peaks (see benchmarks/orientation_accuracy.py)."""
     lib = build_orientation_library("Si", E, k_max, cache=False)
     R = random_orientations("Si", 300, seed=11)
-    bv = kinematic_bragg_vectors("Si", R[None], E, _detector_px(k_max), sigma_excitation=0.03, k_max=k_max,
-                                 position_noise_px=0.5, intensity_noise=0.2, seed=3)
+    bv = kinematic_bragg_vectors(
+        "Si",
+        R[None],
+        E,
+        _detector_px(k_max),
+        sigma_excitation=0.03,
+        k_max=k_max,
+        position_noise_px=0.5,
+        intensity_noise=0.2,
+        seed=3,
+    )
     om = orientation_map(bv, lib, progress=False)
     err = om.misorientation_deg(R[None])[0]
     blind = np.minimum(err, _misorientation(om.rotation[0], TWIN @ R, lib.ops))

@@ -22,8 +22,13 @@ def _library(structure, name=None):
 @pytest.fixture(scope="module")
 def libs():
     si_wide = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.653), ["Si"], [[0, 0, 0]])
-    return {"Si": _library("Si"), "Cu": _library("Cu"), "GaAs": _library("GaAs"),
-            "Si@GaAs-lattice": _library(si_wide, "Si@GaAs-lattice"), "_si_wide": si_wide}
+    return {
+        "Si": _library("Si"),
+        "Cu": _library("Cu"),
+        "GaAs": _library("GaAs"),
+        "Si@GaAs-lattice": _library(si_wide, "Si@GaAs-lattice"),
+        "_si_wide": si_wide,
+    }
 
 
 def _two_phase_scan(structures, n, seed):
@@ -31,8 +36,17 @@ def _two_phase_scan(structures, n, seed):
     parts, rotations = [], []
     for i, st in enumerate(structures):
         R = random_orientations(st, n, seed=seed + i)
-        bv = kinematic_bragg_vectors(st, R[None], E, DET, sigma_excitation=0.03, k_max=K_MAX,
-                                     position_noise_px=0.5, intensity_noise=0.2, seed=seed + 10 + i)
+        bv = kinematic_bragg_vectors(
+            st,
+            R[None],
+            E,
+            DET,
+            sigma_excitation=0.03,
+            k_max=K_MAX,
+            position_noise_px=0.5,
+            intensity_noise=0.2,
+            seed=seed + 10 + i,
+        )
         p = bv.peaks.copy()
         p["rx"] = i
         parts.append(p)

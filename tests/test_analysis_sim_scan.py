@@ -30,15 +30,38 @@ def scored(tmp_path_factory):
 
     tmp_path = tmp_path_factory.mktemp("sim_scan")
     path = tmp_path / "scan.zarr"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"), "scan=multilayer",
-                           f"scan.path={path}", "scan.scan_shape=[4,2]", "scan.band_strain_percent=[0,2]",
-                           "scan.thickness_nm=[20.0]", "sampling=fast", "scan.progress=false",
-                           f"hydra.run.dir={tmp_path}/hy"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "simulate.py"),
+            "scan=multilayer",
+            f"scan.path={path}",
+            "scan.scan_shape=[4,2]",
+            "scan.band_strain_percent=[0,2]",
+            "scan.thickness_nm=[20.0]",
+            "sampling=fast",
+            "scan.progress=false",
+            f"hydra.run.dir={tmp_path}/hy",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     cube = analysis.load(path, lazy=False)
-    res = analyse(cube, ["classical", "ml"], ml={"model": "bragg-fcunet:stable",
-                                                 "store": str(ROOT / "stemforge" / "registry" / "pretrained"), "mc_samples": 0},
-                  strain_reference=[0, 2, None, None], orientation={"k_max": 1.5}, progress=False)
+    res = analyse(
+        cube,
+        ["classical", "ml"],
+        ml={
+            "model": "bragg-fcunet:stable",
+            "store": str(ROOT / "stemforge" / "registry" / "pretrained"),
+            "mc_samples": 0,
+        },
+        strain_reference=[0, 2, None, None],
+        orientation={"k_max": 1.5},
+        progress=False,
+    )
     print(report(res, cube))
     gt = cube.ground_truth
     zero = strain_scores({k: np.zeros_like(gt[k]) for k in STRAIN_KEYS}, gt)["rmse"]

@@ -12,8 +12,12 @@ from test_analysis_classical import G1, G2, H, W, lattice_pattern, strained_scan
 from stemforge.analysis.braggvectors import BraggVectors  # noqa: E402
 from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube  # noqa: E402
 from stemforge.analysis.disks import find_bragg_disks  # noqa: E402
-from stemforge.analysis.lattice import (choose_lattice_vectors, fit_lattice, index_bragg_vectors,  # noqa: E402
-                              lattice_candidates)
+from stemforge.analysis.lattice import (
+    choose_lattice_vectors,
+    fit_lattice,
+    index_bragg_vectors,  # noqa: E402
+    lattice_candidates,
+)
 from stemforge.analysis.strain import plot_strain_maps, strain_map  # noqa: E402
 from stemforge.analysis.virtual import mean_pattern  # noqa: E402
 
@@ -127,7 +131,7 @@ def test_lattice_fit_and_strain_recover_the_ground_truth():
         assert np.all(lat["num_peaks"] >= 20) and np.nanmax(lat["error_px"]) < 0.1
         s = strain_map(lat, reference=REF)
         err = np.stack([s[k] - gt[k] for k in ("exx", "eyy", "exy")])
-        assert np.abs(err).max() < worst and np.sqrt(np.mean(err ** 2)) < 0.6 * worst, (subpixel, np.abs(err).max())
+        assert np.abs(err).max() < worst and np.sqrt(np.mean(err**2)) < 0.6 * worst, (subpixel, np.abs(err).max())
         np.testing.assert_allclose(s["theta_deg"], gt["theta_deg"], atol=0.05)
     # a bool mask reference and the equivalent explicit reference lattice give the same maps
     mask = np.zeros((3, 4), bool)
@@ -217,10 +221,15 @@ def test_lazy_scan_gives_the_same_strain_and_origin_maps_are_used():
     # a per-position origin map (descan) is absorbed: the same lattice with shifted patterns
     shift = np.zeros((3, 4, 2))
     shift[..., 0], shift[..., 1] = np.arange(3)[:, None] * 0.8, -np.arange(4)[None, :] * 0.6
-    data = np.stack([np.stack([lattice_pattern(origin=(H // 2 + shift[i, j, 0], W // 2 + shift[i, j, 1]))[0]
-                               for j in range(4)]) for i in range(3)])
-    bv = find_bragg_disks(DataCube(data.astype(np.float32), Calibration(), probe=cube.probe),
-                          min_relative_intensity=0.1, progress=False)
+    data = np.stack(
+        [
+            np.stack([lattice_pattern(origin=(H // 2 + shift[i, j, 0], W // 2 + shift[i, j, 1]))[0] for j in range(4)])
+            for i in range(3)
+        ]
+    )
+    bv = find_bragg_disks(
+        DataCube(data.astype(np.float32), Calibration(), probe=cube.probe), min_relative_intensity=0.1, progress=False
+    )
     origins = shift + (H // 2, W // 2)
     lat = fit_lattice(bv, G1, G2, origin_px=origins)
     assert np.abs(lat["q0"]).max() < 0.05  # the origin map removed the shift

@@ -14,8 +14,10 @@ def test_disk_scores_count_matches_misses_and_false_peaks():
     truth[0, 1, :2] = [[5, 5], [40, 40]]
     visible = np.isfinite(truth[..., 0])
     visible[0, 1, 1] = False  # an invisible reflection does not count
-    found = {(0, 0): [[10.3, 10.0, 1], [10.0, 20.0, 1], [50.0, 50.0, 1]],  # (row, col, intensity): 2 hits, 1 false
-             (0, 1): [[5.0, 5.4, 1]]}
+    found = {
+        (0, 0): [[10.3, 10.0, 1], [10.0, 20.0, 1], [50.0, 50.0, 1]],  # (row, col, intensity): 2 hits, 1 false
+        (0, 1): [[5.0, 5.4, 1]],
+    }
     bv = BraggVectors.from_lists((1, 2), (64, 64), found)
     s = disk_scores(bv, truth, visible, tolerance_px=1.0)
     assert (s["matched"], s["found"], s["true"]) == (3, 4, 4)

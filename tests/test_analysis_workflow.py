@@ -15,9 +15,15 @@ def test_both_methods_scored_against_the_ground_truth():
     cube, gt, truth = strained_scan(dose=2e6)
     cube.ground_truth = {**gt, "reflections_px": truth}
     model = FakeModel(BlurNet(), shape=(H, W), pixel=0.03)
-    res = analyse(cube, ["classical", "ml"], classical={"min_relative_intensity": 0.1},
-                  ml={"model": model, "mc_samples": 0, "threshold": 0.2}, strain_reference=[0, 1, None, None],
-                  orientation={"enabled": False}, progress=False)
+    res = analyse(
+        cube,
+        ["classical", "ml"],
+        classical={"min_relative_intensity": 0.1},
+        ml={"model": model, "mc_samples": 0, "threshold": 0.2},
+        strain_reference=[0, 1, None, None],
+        orientation={"enabled": False},
+        progress=False,
+    )
     for name in ("classical", "ml"):
         s = res[name].scores
         assert s["disks"]["f1"] > 0.95, (name, s["disks"])

@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "analyze.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "analyze.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_analyze_writes_maps_figures_and_report(tmp_path):
@@ -23,9 +28,16 @@ def test_analyze_writes_maps_figures_and_report(tmp_path):
     cube.ground_truth = {**gt, "reflections_px": truth}
     analysis.save(cube, tmp_path / "scan.zarr")
     out = tmp_path / "out"
-    proc = run(f"data.path={tmp_path / 'scan.zarr'}", "methods=[classical]", f"output.dir={out}",
-               "orientation.enabled=false", "strain.reference=[0,1,null,null]", "progress=false",
-               "classical.min_relative_intensity=0.1", cwd=tmp_path)
+    proc = run(
+        f"data.path={tmp_path / 'scan.zarr'}",
+        "methods=[classical]",
+        f"output.dir={out}",
+        "orientation.enabled=false",
+        "strain.reference=[0,1,null,null]",
+        "progress=false",
+        "classical.min_relative_intensity=0.1",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "strain RMSE (%)" in proc.stdout and (out / "report.txt").exists()
     for name in ("virtual.png", "disks.png", "strain_classical.png"):

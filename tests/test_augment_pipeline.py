@@ -250,13 +250,30 @@ def test_throughput_benchmark_compares_a_revision_side_by_side():
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
     script = ROOT / "benchmarks" / "augment_throughput.py"
-    cmd = [sys.executable, str(script), "--compare", "HEAD", "--rounds", "2", "--patterns", "4", "--samples", "2",
-           "--size", "32"]
+    cmd = [
+        sys.executable,
+        str(script),
+        "--compare",
+        "HEAD",
+        "--rounds",
+        "2",
+        "--patterns",
+        "4",
+        "--samples",
+        "2",
+        "--size",
+        "32",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert sum(line.startswith("round ") for line in lines) == 2
     assert lines[-1].startswith("RESULT patterns_per_s_per_core=") and "ratio_vs_" in lines[-1]
-    bad = subprocess.run([sys.executable, str(script), "--compare", "no-such-revision"], capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, str(script), "--compare", "no-such-revision"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "not a git revision" in bad.stderr

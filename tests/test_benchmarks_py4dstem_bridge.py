@@ -72,8 +72,13 @@ def test_parameters_follow_stemforge_classical_settings():
 def test_a_python_without_py4dstem_is_one_line_exit_2(python):
     if python == sys.executable and importlib.util.find_spec("py4DSTEM") is not None:
         pytest.skip("py4DSTEM is importable here")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "analysis_accuracy.py"), "--quick",
-                           "--py4dstem-python", python], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "analysis_accuracy.py"), "--quick", "--py4dstem-python", python],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "py4DSTEM" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""  # stopped before simulating or analysing anything

@@ -19,10 +19,19 @@ def test_block_is_replaced_and_hand_written_sections_kept(tmp_path, monkeypatch)
     results = tmp_path / "RESULTS.md"
     results.write_text("# Measured results\n\n## Hand-written section\nkeep me\n")
     monkeypatch.setattr(run_all, "RESULTS", results)
-    state = {"machine": {"cpu": "cpu", "cores": 2, "memory": "24 GiB", "gpu": "none", "versions": {"python": "3.11"}},
-             "runs": {"augment": {"rc": 0, "wall_s": 40.0, "values": {"patterns_per_s_per_core": 480.0},
-                                  "args": ["--quick"], "date": "d"},
-                      "sim_throughput": {"rc": 1, "wall_s": 3.0, "values": {}, "args": ["--quick"], "date": "d"}}}
+    state = {
+        "machine": {"cpu": "cpu", "cores": 2, "memory": "24 GiB", "gpu": "none", "versions": {"python": "3.11"}},
+        "runs": {
+            "augment": {
+                "rc": 0,
+                "wall_s": 40.0,
+                "values": {"patterns_per_s_per_core": 480.0},
+                "args": ["--quick"],
+                "date": "d",
+            },
+            "sim_throughput": {"rc": 1, "wall_s": 3.0, "values": {}, "args": ["--quick"], "date": "d"},
+        },
+    }
     run_all.write_results(run_all.render(state))
     first = results.read_text()
     assert "keep me" in first and "| augment |" in first and "**no**" in first  # 480 < 500 target

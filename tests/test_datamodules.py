@@ -19,17 +19,32 @@ def dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dm")
     out = tmp / "dm.zarr"
     proc = subprocess.run(
-        [sys.executable, str(root / "scripts" / "simulate.py"), "structure.names=[Si,Cu]", "sampling=fast",
-         "detector.shape=[32,32]", "detector.pixel_size=0.06", "dataset.num_patterns=24", "dataset.chunk_runs=2",
-         "orientation.random_fraction=0.5", f"dataset.path={out}", "dataset.progress=false"],
-        cwd=tmp, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(root / "scripts" / "simulate.py"),
+            "structure.names=[Si,Cu]",
+            "sampling=fast",
+            "detector.shape=[32,32]",
+            "detector.pixel_size=0.06",
+            "dataset.num_patterns=24",
+            "dataset.chunk_runs=2",
+            "orientation.random_fraction=0.5",
+            f"dataset.path={out}",
+            "dataset.progress=false",
+        ],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
 
 def test_batches_follow_the_contract(dataset):
-    dm = CBEDDataModule(str(dataset), batch_size=4, split={"method": "random", "val_fraction": 0.25,
-                                                           "test_fraction": 0.25})
+    dm = CBEDDataModule(
+        str(dataset), batch_size=4, split={"method": "random", "val_fraction": 0.25, "test_fraction": 0.25}
+    )
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["pattern"].shape == (4, 1, 32, 32) and batch["probe"].shape == (4, 1, 32, 32)
@@ -58,8 +73,9 @@ def test_dataset_is_lazy_and_picklable(dataset):
 
 
 def test_workers_see_every_sample_once(dataset):
-    dm = CBEDDataModule(str(dataset), batch_size=3, num_workers=2,
-                        split={"method": "random", "val_fraction": 0.0, "test_fraction": 0.0})
+    dm = CBEDDataModule(
+        str(dataset), batch_size=3, num_workers=2, split={"method": "random", "val_fraction": 0.0, "test_fraction": 0.0}
+    )
     dm.setup()
     seen = torch.cat([b["index"] for b in dm.train_dataloader()]).tolist()
     expected = dm._sets["train"].indices.tolist()
@@ -99,8 +115,7 @@ def test_holdout_splits(dataset):
     dm.setup()
     assert all(abs(dm._sets["test"][i]["thickness_nm"].item() - 5.0) < 1.0 for i in range(len(dm._sets["test"])))
     assert all(dm._sets["train"][i]["thickness_nm"].item() < 4.0 for i in range(len(dm._sets["train"])))
-    dm = CBEDDataModule(str(dataset), split={"method": "orientation", "holdout_val": ["[111]"],
-                                             "max_angle_deg": 15.0})
+    dm = CBEDDataModule(str(dataset), split={"method": "orientation", "holdout_val": ["[111]"], "max_angle_deg": 15.0})
     dm.setup()
     from stemforge.sim.orientations import proper_point_group
     from stemforge.sim.structures import load_structure
@@ -120,8 +135,9 @@ def test_augmentation_moves_peaks_and_is_seeded(dataset):
     from stemforge.augment import load_preset
 
     pipe = load_preset("crystal4d", seed=7)
-    dm = CBEDDataModule(str(dataset), batch_size=2, augment=pipe, split={"method": "random", "val_fraction": 0.0,
-                                                                         "test_fraction": 0.0})
+    dm = CBEDDataModule(
+        str(dataset), batch_size=2, augment=pipe, split={"method": "random", "val_fraction": 0.0, "test_fraction": 0.0}
+    )
     dm.setup()
     ds = dm._sets["train"]
     a = ds[0]

@@ -17,7 +17,7 @@ def _disk(size: int, radius: float, cx: float | None = None, cy: float | None = 
     cx = size // 2 if cx is None else cx
     cy = size // 2 if cy is None else cy
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    return (((xx - cx) ** 2 + (yy - cy) ** 2) <= radius ** 2).float()
+    return (((xx - cx) ** 2 + (yy - cy) ** 2) <= radius**2).float()
 
 
 def _inputs(b: int, size: int, seed: int = 0):
@@ -102,7 +102,7 @@ def _explicit_complex_conv(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor | N
     out = torch.zeros(z.shape[0], w.shape[0], h, wd, dtype=z.dtype)
     for dy in range(k):
         for dx in range(k):
-            out += torch.einsum("oc,bchw->bohw", w[:, :, dy, dx], zp[:, :, dy:dy + h, dx:dx + wd])
+            out += torch.einsum("oc,bchw->bohw", w[:, :, dy, dx], zp[:, :, dy : dy + h, dx : dx + wd])
     if b is not None:
         out += b[None, :, None, None]
     return out

@@ -16,12 +16,13 @@ GT = torch.tensor([[32.0, 32.0], [12.3, 40.6], [50.0, 20.5], [20.7, 15.2], [45.4
 
 def render(points, size: int = SIZE, sigma: float = 1.0, heights=None) -> torch.Tensor:
     """Gaussian blobs (unit height unless ``heights``) at (x, y) points, on a (size, size) map."""
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+    )
     out = torch.zeros(size, size, dtype=torch.float64)
     for i, (x, y) in enumerate(torch.as_tensor(points, dtype=torch.float64).tolist()):
         h = 1.0 if heights is None else heights[i]
-        out += h * torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma ** 2))
+        out += h * torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
     return out.float()
 
 

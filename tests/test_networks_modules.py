@@ -13,8 +13,10 @@ from stemforge.networks import FCUNet, OrientationNet, PhaseNet, ThicknessNet, U
 from stemforge.networks.modules import BraggMapModule, OrientationModule, PhaseModule, ThicknessModule  # noqa: E402
 from stemforge.networks.rotations import cubic_group, pad_symmetry, random_rotations  # noqa: E402
 
-pytestmark = [pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`"),
-              pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`"),
+    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
+]
 
 SIZE, N, NUM_PHASES = 32, 8, 3
 PROPERTY = dict(width=8, num_stages=2, blocks_per_stage=1, hidden=16)
@@ -32,13 +34,19 @@ def _samples(n: int = N, size: int = SIZE, seed: int = 0) -> list[dict]:
         pts = torch.tensor([[size // 2, size // 2], [size // 2 + 6, size // 2], [size // 2, size // 2 - 7]]).float()
         peaks[:3] = pts
         blob = sum(torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2.0) for x, y in pts.tolist())
-        out.append({
-            "pattern": torch.rand(1, size, size, generator=g), "probe": torch.rand(1, size, size, generator=g),
-            "vg_map": (blob * 3.0)[None].float(), "disk_map": blob[None].float(), "peaks": peaks,
-            "thickness_nm": torch.rand((), generator=g) * 50 + 5,
-            "phase": torch.randint(0, NUM_PHASES, (), generator=g),
-            "rotation": rots[i], "symmetry": sym,
-        })
+        out.append(
+            {
+                "pattern": torch.rand(1, size, size, generator=g),
+                "probe": torch.rand(1, size, size, generator=g),
+                "vg_map": (blob * 3.0)[None].float(),
+                "disk_map": blob[None].float(),
+                "peaks": peaks,
+                "thickness_nm": torch.rand((), generator=g) * 50 + 5,
+                "phase": torch.randint(0, NUM_PHASES, (), generator=g),
+                "rotation": rots[i],
+                "symmetry": sym,
+            }
+        )
     return out
 
 
@@ -47,8 +55,16 @@ def _loader(samples=None, batch_size: int = 4) -> DataLoader:
 
 
 def _trainer(**kw) -> "pl.Trainer":
-    return pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kw)
+    return pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
 
 
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)
@@ -57,13 +73,20 @@ STEP = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5
 
 def _modules():
     return {
-        "fcunet": lambda: BraggMapModule(FCUNet(image_size=SIZE, depth=3, base_filters=4, max_filters=8),
-                                         loss="ssim+l1", optimizer=ADAM, scheduler=STEP, mc_samples=3),
-        "unet": lambda: BraggMapModule(UNet(image_size=SIZE, base_filters=4, max_filters=8), loss="mse",
-                                       target_key="disk_map", optimizer=ADAM),
+        "fcunet": lambda: BraggMapModule(
+            FCUNet(image_size=SIZE, depth=3, base_filters=4, max_filters=8),
+            loss="ssim+l1",
+            optimizer=ADAM,
+            scheduler=STEP,
+            mc_samples=3,
+        ),
+        "unet": lambda: BraggMapModule(
+            UNet(image_size=SIZE, base_filters=4, max_filters=8), loss="mse", target_key="disk_map", optimizer=ADAM
+        ),
         "thickness": lambda: ThicknessModule(ThicknessNet(**PROPERTY), loss="huber", optimizer=ADAM),
-        "phase": lambda: PhaseModule(PhaseNet(NUM_PHASES, **PROPERTY), optimizer=ADAM, scheduler=STEP,
-                                     scheduler_interval="step"),
+        "phase": lambda: PhaseModule(
+            PhaseNet(NUM_PHASES, **PROPERTY), optimizer=ADAM, scheduler=STEP, scheduler_interval="step"
+        ),
         "orientation": lambda: OrientationModule(OrientationNet(**PROPERTY), optimizer=ADAM),
     }
 
@@ -104,9 +127,18 @@ def test_bragg_predict_returns_mc_mean_and_variance():
     assert set(pred) == {"prediction"} and pred["prediction"].shape == (2, 1, SIZE, SIZE)
 
 
-@pytest.mark.parametrize("name,key", [("fcunet", "pattern"), ("unet", "probe"), ("unet", "disk_map"),
-                                      ("thickness", "thickness_nm"), ("phase", "pattern"),
-                                      ("orientation", "rotation"), ("orientation", "symmetry")])
+@pytest.mark.parametrize(
+    "name,key",
+    [
+        ("fcunet", "pattern"),
+        ("unet", "probe"),
+        ("unet", "disk_map"),
+        ("thickness", "thickness_nm"),
+        ("phase", "pattern"),
+        ("orientation", "rotation"),
+        ("orientation", "symmetry"),
+    ],
+)
 def test_non_finite_batch_is_refused(name, key):
     module = _modules()[name]()
     batch = next(iter(_loader()))
@@ -151,8 +183,9 @@ def test_non_finite_loss_is_refused_and_trainer_stops():
 
 
 def test_channels_last_flag():
-    module = BraggMapModule(FCUNet(image_size=SIZE, depth=2, base_filters=4, max_filters=8), channels_last=True,
-                            optimizer=ADAM)
+    module = BraggMapModule(
+        FCUNet(image_size=SIZE, depth=2, base_filters=4, max_filters=8), channels_last=True, optimizer=ADAM
+    )
     assert module.net.channels_last
     batch = next(iter(_loader()))
     loss = module.training_step(batch, 0)
@@ -182,12 +215,21 @@ def test_hydra_instantiate_and_checkpoint_round_trip(tmp_path):
     hydra_utils = pytest.importorskip("hydra.utils")
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({
-        "_target_": "stemforge.networks.modules.BraggMapModule", "loss": "l1",
-        "net": {"_target_": "stemforge.networks.UNet", "image_size": SIZE, "depth": 2, "base_filters": 4, "max_filters": 8},
-        "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-        "scheduler": {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "patience": 2},
-    })
+    cfg = OmegaConf.create(
+        {
+            "_target_": "stemforge.networks.modules.BraggMapModule",
+            "loss": "l1",
+            "net": {
+                "_target_": "stemforge.networks.UNet",
+                "image_size": SIZE,
+                "depth": 2,
+                "base_filters": 4,
+                "max_filters": 8,
+            },
+            "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+            "scheduler": {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True, "patience": 2},
+        }
+    )
     module = hydra_utils.instantiate(cfg)
     trainer = _trainer(limit_val_batches=1)
     trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader())

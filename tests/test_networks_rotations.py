@@ -9,9 +9,17 @@ import torch
 from stemforge.networks import OrientationNet, PhaseNet, ThicknessNet
 from stemforge.networks.losses import OrientationLoss
 from stemforge.networks.metrics import MisorientationMetric
-from stemforge.networks.rotations import (axis_angle_to_matrix, cubic_group, geodesic_angle, is_rotation,
-                                matrix_to_rotation_6d, pad_symmetry, random_rotations, rotation_6d_to_matrix,
-                                symmetric_geodesic_angle)
+from stemforge.networks.rotations import (
+    axis_angle_to_matrix,
+    cubic_group,
+    geodesic_angle,
+    is_rotation,
+    matrix_to_rotation_6d,
+    pad_symmetry,
+    random_rotations,
+    rotation_6d_to_matrix,
+    symmetric_geodesic_angle,
+)
 
 Z = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
 
@@ -29,8 +37,9 @@ def test_6d_gives_proper_rotations():
     assert is_rotation(r, atol=1e-10).all()
     torch.testing.assert_close(rotation_6d_to_matrix(matrix_to_rotation_6d(r)), r)
     # any positive scaling of the two vectors gives the same rotation
-    torch.testing.assert_close(rotation_6d_to_matrix(torch.cat([3 * d6[:, :3], 0.2 * d6[:, 3:]], 1)), rot,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        rotation_6d_to_matrix(torch.cat([3 * d6[:, :3], 0.2 * d6[:, 3:]], 1)), rot, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_geodesic_angle_known_values():
@@ -61,12 +70,14 @@ def test_misorientation_symmetric():
     eye = torch.eye(3, dtype=torch.float64).expand(1, 24, 3, 3)  # no symmetry (identity padding only)
     for deg, expect_cubic, expect_none in [(90.0, 0.0, 90.0), (30.0, 30.0, 30.0), (-45.0, 45.0, 45.0)]:
         r_pred = r[:1] @ _rz(deg)
-        assert math.degrees(symmetric_geodesic_angle(r_pred, r[:1], cubic[None])) == pytest.approx(expect_cubic,
-                                                                                                     abs=1e-4)
+        assert math.degrees(symmetric_geodesic_angle(r_pred, r[:1], cubic[None])) == pytest.approx(
+            expect_cubic, abs=1e-4
+        )
         assert math.degrees(symmetric_geodesic_angle(r_pred, r[:1], eye)) == pytest.approx(expect_none, abs=1e-4)
     # the same for the identity orientation and a (K, 3, 3) symmetry tensor
-    assert math.degrees(symmetric_geodesic_angle(_rz(90)[None], torch.eye(3, dtype=torch.float64)[None],
-                                                 cubic)) == pytest.approx(0.0, abs=1e-4)
+    assert math.degrees(
+        symmetric_geodesic_angle(_rz(90)[None], torch.eye(3, dtype=torch.float64)[None], cubic)
+    ) == pytest.approx(0.0, abs=1e-4)
 
 
 def test_misorientation_matches_sim_orientations():

@@ -87,8 +87,25 @@ def test_parse_zone_axis(spec, uvw, label):
     assert parse_zone_axis(spec) == (uvw, label)
 
 
-@pytest.mark.parametrize("bad", ["000", "[0000]", (0, 0, 0), "[1-1]", "abc", "1.5,1,0", (0.5, 1, 0), True,
-                                 "[1111]", (1, 1, 1, 1), [[1, 1, 0]], "", (1, 2, 3, 4, 5), 7])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "000",
+        "[0000]",
+        (0, 0, 0),
+        "[1-1]",
+        "abc",
+        "1.5,1,0",
+        (0.5, 1, 0),
+        True,
+        "[1111]",
+        (1, 1, 1, 1),
+        [[1, 1, 0]],
+        "",
+        (1, 2, 3, 4, 5),
+        7,
+    ],
+)
 def test_parse_zone_axis_rejects_bad_input(bad):
     with pytest.raises(ValueError):
         parse_zone_axis(bad)
@@ -191,8 +208,19 @@ def test_zone_axis_rotation_bad_input(si):
 
 
 # --------------------------------------------------------------------------- point groups
-PROPER_ORDER = {"Si": 24, "Fe": 24, "SrTiO3": 24, "GaAs": 12, "MoS2-2H": 12, "GaN": 6, "Al2O3": 6,
-                "TiO2-rutile": 8, "P-black": 4, "Mg2SiO4-forsterite": 4, "ZrO2-monoclinic": 2}
+PROPER_ORDER = {
+    "Si": 24,
+    "Fe": 24,
+    "SrTiO3": 24,
+    "GaAs": 12,
+    "MoS2-2H": 12,
+    "GaN": 6,
+    "Al2O3": 6,
+    "TiO2-rutile": 8,
+    "P-black": 4,
+    "Mg2SiO4-forsterite": 4,
+    "ZrO2-monoclinic": 2,
+}
 
 
 def _is_crystal_symmetry(structure, op):

@@ -56,9 +56,18 @@ def test_plan_follows_the_training_run(pipeline, tmp_path):
 
 
 def test_unknown_stage_is_one_error_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "pipeline.py"), "stages=[simulate,bogus]",
-                           f"workdir={tmp_path / 'w'}", f"hydra.run.dir={tmp_path / 'h'}"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "pipeline.py"),
+            "stages=[simulate,bogus]",
+            f"workdir={tmp_path / 'w'}",
+            f"hydra.run.dir={tmp_path / 'h'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown stage" in lines[0] and "bogus" in lines[0]

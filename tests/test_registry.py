@@ -34,8 +34,15 @@ def env(**extra):
 def run(args, cache=None, extra_env=None, **kw):
     """Run a python command (list of args) with the test environment; returns the CompletedProcess."""
     extra = {"STEMFORGE_CACHE": cache} if cache is not None else {}
-    return subprocess.run([sys.executable, *args], cwd=kw.pop("cwd", ROOT), capture_output=True, text=True,
-                          timeout=kw.pop("timeout", 120), env=env(**extra, **(extra_env or {})), **kw)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=kw.pop("cwd", ROOT),
+        capture_output=True,
+        text=True,
+        timeout=kw.pop("timeout", 120),
+        env=env(**extra, **(extra_env or {})),
+        **kw,
+    )
 
 
 def cli(*args, cache=None):
@@ -62,17 +69,46 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("registry_train")
     data = tmp / "tiny.zarr"
     # 4 runs x 2 thin thicknesses: the fewest runs the 0.25/0.25 split accepts, and few multislice steps
-    proc = run([str(ROOT / "scripts" / "simulate.py"), "structure.names=[Si,Cu]", "sampling=fast",
-                "sampling.thicknesses_nm=[1.0,2.0]", "sampling.slice_thickness_A=4.0", "detector.shape=[32,32]",
-                "detector.pixel_size=0.06", "dataset.num_patterns=8", "dataset.chunk_runs=2", f"dataset.path={data}",
-                "dataset.progress=false"], cwd=tmp, timeout=600)
+    proc = run(
+        [
+            str(ROOT / "scripts" / "simulate.py"),
+            "structure.names=[Si,Cu]",
+            "sampling=fast",
+            "sampling.thicknesses_nm=[1.0,2.0]",
+            "sampling.slice_thickness_A=4.0",
+            "detector.shape=[32,32]",
+            "detector.pixel_size=0.06",
+            "dataset.num_patterns=8",
+            "dataset.chunk_runs=2",
+            f"dataset.path={data}",
+            "dataset.progress=false",
+        ],
+        cwd=tmp,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp / "run"
-    proc = run([str(ROOT / "scripts" / "train.py"), "experiment=bragg_unet", f"data.path={data}", "trainer.max_steps=2",
-                f"paths.output_dir={out}", "model.net.depth=3", "model.net.base_filters=4", "data.batch_size=4",
-                "data.num_workers=0", "data.split.val_fraction=0.25", "data.split.test_fraction=0.25",
-                "extras.print_config=false", "logger=csv", "callbacks.model_summary=null",
-                "callbacks.progress_bar=null"], cwd=tmp, timeout=600)
+    proc = run(
+        [
+            str(ROOT / "scripts" / "train.py"),
+            "experiment=bragg_unet",
+            f"data.path={data}",
+            "trainer.max_steps=2",
+            f"paths.output_dir={out}",
+            "model.net.depth=3",
+            "model.net.base_filters=4",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "data.split.val_fraction=0.25",
+            "data.split.test_fraction=0.25",
+            "extras.print_config=false",
+            "logger=csv",
+            "callbacks.model_summary=null",
+            "callbacks.progress_bar=null",
+        ],
+        cwd=tmp,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = out / "checkpoints" / "last.ckpt"
     assert ckpt.exists() and (out / "metrics.json").exists()
@@ -151,10 +187,24 @@ def test_publish_writes_safetensors_card_and_index(published, trained):
         assert (digest, size) == (files[fname]["sha256"], files[fname]["size"])
     card = json.loads((store / NAME / "1.0.0" / "card.json").read_text())
     assert card["files"]["model.safetensors"] == {k: files["model.safetensors"][k] for k in ("sha256", "size")}
-    for key in ("name", "version", "task", "architecture", "input", "labels", "training", "metrics", "software",
-                "created", "license"):
+    for key in (
+        "name",
+        "version",
+        "task",
+        "architecture",
+        "input",
+        "labels",
+        "training",
+        "metrics",
+        "software",
+        "created",
+        "license",
+    ):
         assert key in card
-    assert card["architecture"]["net"]["_target_"] == "stemforge.networks.unet.UNet" and card["architecture"]["net"]["depth"] == 3
+    assert (
+        card["architecture"]["net"]["_target_"] == "stemforge.networks.unet.UNet"
+        and card["architecture"]["net"]["depth"] == 3
+    )
     assert card["input"]["shape"] == [32, 32] and card["input"]["pixel_size_inv_A"] == 0.06
     assert card["input"]["normalisation"] == {"mode": "probe_max", "power": 1.0}
     assert card["input"]["energy_eV"][0] <= card["input"]["energy_eV"][1] and "probe_convention" in card["input"]
@@ -212,7 +262,8 @@ def test_http_pull_by_second_process_then_run(published, trained, tmp_path):
         "m = stemforge.registry.load('bragg-unet:stable', store=sys.argv[1])\n"
         "assert not m.net.training and m.version == '1.0.0' and m.input_spec['shape'] == [32, 32]\n"
         "y = m(np.load(sys.argv[2] + '/pattern.npy'), np.load(sys.argv[2] + '/probe.npy'))\n"
-        "np.save(sys.argv[2] + '/out.npy', y.numpy())\n")
+        "np.save(sys.argv[2] + '/out.npy', y.numpy())\n"
+    )
     xdg = tmp_path / "xdg-cache"  # STEMFORGE_CACHE wins over XDG_CACHE_HOME
     proc = run(["-c", script, url, str(tmp_path)], cache=cache, extra_env={"XDG_CACHE_HOME": xdg})
     assert proc.returncode == 0, proc.stderr
@@ -300,8 +351,13 @@ def test_same_version_from_another_store_replaces_the_cached_copy_quietly(publis
     the second replaces the cached copy of the first without a tampering warning."""
     ckpt, _ = trained
     other = tmp_path / "other"
-    proc = publish_script(f"ckpt={ckpt}", f"name={NAME}", "version=1.0.0", f"store={other.as_uri()}",
-                          "description=published again elsewhere")
+    proc = publish_script(
+        f"ckpt={ckpt}",
+        f"name={NAME}",
+        "version=1.0.0",
+        f"store={other.as_uri()}",
+        "description=published again elsewhere",
+    )
     assert proc.returncode == 0, proc.stderr
     cache = tmp_path / "cache"
     first = registry.pull(f"{NAME}:1.0.0", store=published["url"], cache=cache)
@@ -350,14 +406,17 @@ def test_aliases_move_and_latest_follows_highest(published, served, trained, tmp
     assert "paper" not in registry.list_models(store)[NAME]["aliases"]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["name=../evil", "version=1.0.0"], "invalid model name"),
-    (["name=a/b", "version=1.0.0"], "invalid model name"),
-    (["name=Bragg", "version=1.0.0"], "invalid model name"),
-    (["name=ok", "version=1.0"], "invalid version"),
-    (["name=ok", "version=../../1.0.0"], "invalid version"),
-    (["name=ok", "version=1.0.0", "alias=../x"], "invalid alias"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["name=../evil", "version=1.0.0"], "invalid model name"),
+        (["name=a/b", "version=1.0.0"], "invalid model name"),
+        (["name=Bragg", "version=1.0.0"], "invalid model name"),
+        (["name=ok", "version=1.0"], "invalid version"),
+        (["name=ok", "version=../../1.0.0"], "invalid version"),
+        (["name=ok", "version=1.0.0", "alias=../x"], "invalid alias"),
+    ],
+)
 def test_bad_names_refused_before_anything_is_written(trained, tmp_path, args, needle):
     store = tmp_path / "store"
     proc = publish_script(f"ckpt={trained[0]}", *args, f"store={store}")
@@ -377,8 +436,9 @@ def test_cli_failures_are_one_line(published, tmp_path):
     assert proc.returncode == 2
     one_error_line(proc, "invalid choice")
     one_error_line(publish_script("ckpt=x", "name=a"), "missing version=")
-    one_error_line(publish_script(f"ckpt={tmp_path}/none.ckpt", "name=a", "version=1.0.0", f"store={tmp_path}/s"),
-                   "does not exist")
+    one_error_line(
+        publish_script(f"ckpt={tmp_path}/none.ckpt", "name=a", "version=1.0.0", f"store={tmp_path}/s"), "does not exist"
+    )
     proc = cli("show", f"{NAME}:stable", "--store", url, cache=tmp_path / "c")
     assert proc.returncode == 0 and "stemforge.networks.unet.UNet" in proc.stdout and "test/peak_f1" in proc.stdout
     proc = cli("--store", url, "list", "--json")  # --store before the command works too
@@ -407,11 +467,20 @@ def test_concurrent_publishers_keep_the_index_whole(published, served, trained, 
         "print('ready', flush=True)\n"
         "while not os.path.exists(sys.argv[1]): time.sleep(0.002)\n"
         "publish(sys.argv[2], 'bragg-unet', sys.argv[3], store=sys.argv[4], wandb=False)\n"
-        "print('busy polls', busy[0], flush=True)\n")
+        "print('busy polls', busy[0], flush=True)\n"
+    )
     versions = ["1.2.0", "2.0.0"]
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(go), str(ckpt), v, str(store)], cwd=ROOT,
-                              env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for v in versions]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(go), str(ckpt), v, str(store)],
+            cwd=ROOT,
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in versions
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready"
     holder = registry.Store(store)

@@ -19,7 +19,7 @@ def test_seed_copies_a_shipped_store_once(tmp_path):
     assert store_mod.seed_store(dest, src)
     assert (dest / "index.json").read_text() == (src / "index.json").read_text()
     assert (dest / "m" / "1.0.0" / "card.json").exists()
-    (dest / "index.json").write_text("{\"mine\": 1}")
+    (dest / "index.json").write_text('{"mine": 1}')
     assert not store_mod.seed_store(dest, src)  # an existing store is never overwritten
     assert json.loads((dest / "index.json").read_text()) == {"mine": 1}
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".seed-")]  # no temporary left

@@ -11,14 +11,34 @@ import torch
 
 from stemforge import registry
 from stemforge.registry.card import build_card, dataset_fingerprint
-from stemforge.registry.errors import (IntegrityError, InvalidNameError, LockTimeoutError, ReadOnlyStoreError, RegistryError,
-                             UnsafeModelError, VersionExistsError)
+from stemforge.registry.errors import (
+    IntegrityError,
+    InvalidNameError,
+    LockTimeoutError,
+    ReadOnlyStoreError,
+    RegistryError,
+    UnsafeModelError,
+    VersionExistsError,
+)
 from stemforge.registry.loading import Preprocessor, build_net, check_net_config
 from stemforge.registry.naming import SemVer, latest_version, parse_ref, validate_relpath
 from stemforge.registry.store import Store, check_index
 
-BAD_NAMES = ["../evil", "..", "a/b", "a\\b", "Bragg", "bragg unet", "", "-lead", ".hidden", "a.b", "x" * 65,
-             "name\n", "%2e%2e"]
+BAD_NAMES = [
+    "../evil",
+    "..",
+    "a/b",
+    "a\\b",
+    "Bragg",
+    "bragg unet",
+    "",
+    "-lead",
+    ".hidden",
+    "a.b",
+    "x" * 65,
+    "name\n",
+    "%2e%2e",
+]
 BAD_VERSIONS = ["1.0", "v1.0.0", "01.0.0", "1.0.0+build.1", "1.0.0-", "1.0.0/../..", "latest", "1.0.0-rc..1", ""]
 
 
@@ -47,8 +67,19 @@ def test_good_names_refs_and_semver_order():
         parse_ref("bragg-unet:../../etc")
     with pytest.raises(InvalidNameError):
         parse_ref("bragg-unet:")
-    order = ["0.9.9", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta.2", "1.0.0-beta.11",
-             "1.0.0-rc.1", "1.0.0", "1.2.0", "1.10.0", "10.0.0"]
+    order = [
+        "0.9.9",
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+        "1.2.0",
+        "1.10.0",
+        "10.0.0",
+    ]
     assert sorted(reversed(order), key=SemVer) == order
     assert latest_version(["1.0.0", "1.10.0", "2.0.0-rc.1"]) == "1.10.0"  # releases win over pre-releases
     assert latest_version(["2.0.0-rc.1", "2.0.0-rc.2"]) == "2.0.0-rc.2"
@@ -60,8 +91,11 @@ def test_good_names_refs_and_semver_order():
 def _index(files=None, aliases=None, name="m"):
     rec = {"path": f"{name}/1.0.0/card.json", "sha256": "a" * 64, "size": 1}
     files = files or {"card.json": rec, "model.safetensors": {**rec, "path": f"{name}/1.0.0/model.safetensors"}}
-    return {"format": "stemforge-registry", "format_version": 1,
-            "models": {name: {"versions": {"1.0.0": {"files": files}}, "aliases": aliases or {}}}}
+    return {
+        "format": "stemforge-registry",
+        "format_version": 1,
+        "models": {name: {"versions": {"1.0.0": {"files": files}}, "aliases": aliases or {}}},
+    }
 
 
 def test_malicious_index_refused():
@@ -71,11 +105,17 @@ def test_malicious_index_refused():
         _index(name="../x"),
         _index(files={"card.json": {**rec, "path": "../../../etc/passwd"}, "model.safetensors": {**rec, "path": "a"}}),
         _index(files={"card.json": {**rec, "path": "/etc/passwd"}, "model.safetensors": {**rec, "path": "a"}}),
-        _index(files={"card.json": {"path": "a", "sha256": "z" * 64, "size": 1},
-                      "model.safetensors": {**rec, "path": "a"}}),
+        _index(
+            files={"card.json": {"path": "a", "sha256": "z" * 64, "size": 1}, "model.safetensors": {**rec, "path": "a"}}
+        ),
         _index(files={"card.json": {**rec, "path": "a"}}),
-        _index(files={"card.json": {**rec, "path": "a"}, "model.safetensors": {**rec, "path": "b"},
-                      "evil.pkl": {**rec, "path": "c"}}),
+        _index(
+            files={
+                "card.json": {**rec, "path": "a"},
+                "model.safetensors": {**rec, "path": "b"},
+                "evil.pkl": {**rec, "path": "c"},
+            }
+        ),
         _index(aliases={"stable": "9.9.9"}),
         _index(aliases={"../x": "1.0.0"}),
         {"models": []},
@@ -85,9 +125,20 @@ def test_malicious_index_refused():
             check_index(case, "x")
 
 
-@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "stemforge.networks.fcunet.torch.load",
-                                    "stemforge.networks.layers.np.load", "torch.nn.Linear", "stemforge.networks.training.train",
-                                    "stemforge.networks.peaks.find_peaks", "networks..UNet", "networksx.UNet"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "os.system",
+        "builtins.eval",
+        "stemforge.networks.fcunet.torch.load",
+        "stemforge.networks.layers.np.load",
+        "torch.nn.Linear",
+        "stemforge.networks.training.train",
+        "stemforge.networks.peaks.find_peaks",
+        "networks..UNet",
+        "networksx.UNet",
+    ],
+)
 def test_unsafe_targets_refused(target):
     with pytest.raises(UnsafeModelError, match="refusing"):
         build_net({"_target_": target})
@@ -97,8 +148,12 @@ def test_unsafe_config_keys_refused():
     ok = {"_target_": "stemforge.networks.unet.UNet", "depth": 2, "base_filters": 4}
     check_net_config(ok)
     assert isinstance(build_net(ok), torch.nn.Module)
-    for bad in [{**ok, "_partial_": True}, {**ok, "depth": "${oc.env:HOME}"},
-                {**ok, "extra": {"_target_": "os.getcwd"}}, {**ok, "xs": [{"_target_": "subprocess.run"}]}]:
+    for bad in [
+        {**ok, "_partial_": True},
+        {**ok, "depth": "${oc.env:HOME}"},
+        {**ok, "extra": {"_target_": "os.getcwd"}},
+        {**ok, "xs": [{"_target_": "subprocess.run"}]},
+    ]:
         with pytest.raises(UnsafeModelError):
             check_net_config(bad)
 
@@ -130,16 +185,28 @@ def _fake_checkpoint(module: str, net_cfg: dict, structures=("Si", "Cu")) -> dic
     cfg = {k: (auto[k] if v == "auto" else v) for k, v in net_cfg.items()}
     net = build_net(cfg)
     return {
-        "epoch": 1, "global_step": 10, "pytorch-lightning_version": "2.6.6",
+        "epoch": 1,
+        "global_step": 10,
+        "pytorch-lightning_version": "2.6.6",
         "state_dict": {**{f"net.{k}": v for k, v in net.state_dict().items()}, "val_metric.total": torch.tensor(3)},
         "hyper_parameters": {"loss": "l1", "optimizer_spec": "torch.optim.adam.Adam(lr=0.001)"},
         "stemforge": {
-            "task": module.lower(), "model_config": {"_target_": f"stemforge.networks.modules.{module}", "net": net_cfg},
-            "input": {"shape": [32, 32], "pixel_size_inv_A": 0.06, "normalisation": {"mode": "probe_max", "power": 1.0},
-                      "probe_convention": "vacuum probe", "energy_eV": [2e5, 3e5], "semiangle_mrad": [1.5, 3.0]},
-            "structures": list(structures), "split": {"method": "random", "sizes": [8, 4, 4]},
+            "task": module.lower(),
+            "model_config": {"_target_": f"stemforge.networks.modules.{module}", "net": net_cfg},
+            "input": {
+                "shape": [32, 32],
+                "pixel_size_inv_A": 0.06,
+                "normalisation": {"mode": "probe_max", "power": 1.0},
+                "probe_convention": "vacuum probe",
+                "energy_eV": [2e5, 3e5],
+                "semiangle_mrad": [1.5, 3.0],
+            },
+            "structures": list(structures),
+            "split": {"method": "random", "sizes": [8, 4, 4]},
             "dataset_config": {"sampling": {"thicknesses_nm": [2.0, 5.0], "blob_sigma_px": 1.0}},
-            "dataset_versions": {"stemforge": "0.1.0"}, "augment": None},
+            "dataset_versions": {"stemforge": "0.1.0"},
+            "augment": None,
+        },
     }
 
 
@@ -148,8 +215,11 @@ FAMILIES = [
     ("PhaseModule", {"_target_": "stemforge.networks.property.PhaseNet", "num_phases": "auto", **PROPERTY}, (2, 2)),
     ("ThicknessModule", {"_target_": "stemforge.networks.property.ThicknessNet", **PROPERTY}, (2,)),
     ("OrientationModule", {"_target_": "stemforge.networks.property.OrientationNet", **PROPERTY}, (2, 3, 3)),
-    ("BraggMapModule", {"_target_": "stemforge.networks.fcunet.FCUNet", "image_size": "auto", "depth": 2, "base_filters": 2},
-     (2, 1, 32, 32)),
+    (
+        "BraggMapModule",
+        {"_target_": "stemforge.networks.fcunet.FCUNet", "image_size": "auto", "depth": 2, "base_filters": 2},
+        (2, 1, 32, 32),
+    ),
 ]
 
 
@@ -163,8 +233,15 @@ def test_every_family_publishes_to_fsspec_store_and_loads(module, net_cfg, out_s
     name = f"{module.lower()[:-6]}-net"
     result = registry.publish(ckpt, name, "0.1.0", store=store, aliases=["stable"], wandb=False)
     card = result["card"]
-    assert card["task_family"] == {"PhaseModule": "phase", "ThicknessModule": "thickness",
-                                   "OrientationModule": "orientation", "BraggMapModule": "bragg"}[module]
+    assert (
+        card["task_family"]
+        == {
+            "PhaseModule": "phase",
+            "ThicknessModule": "thickness",
+            "OrientationModule": "orientation",
+            "BraggMapModule": "bragg",
+        }[module]
+    )
     assert card["training"]["dataset_fingerprint"].startswith("sha256:")
     assert card["architecture"]["num_parameters"] > 0 and "auto" not in json.dumps(card["architecture"]["net"])
     if module == "PhaseModule":
@@ -232,8 +309,11 @@ def test_lock_timeout_names_the_holder(tmp_path):
     with holder.lock("publish m 1.0.0"):
         with pytest.raises(LockTimeoutError, match=r"locked \(publish m 1.0.0 by pid \d+.*delete .*index.lock"):
             waiter.add_version("m", "1.0.0", _files(tmp_path))
-    (tmp_path / "store" / "index.lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": __import__(
-        "socket").gethostname(), "what": "publish", "since": "then"}))
+    (tmp_path / "store" / "index.lock").write_text(
+        json.dumps(
+            {"pid": 2**22 + 12345, "host": __import__("socket").gethostname(), "what": "publish", "since": "then"}
+        )
+    )
     with pytest.raises(LockTimeoutError, match="no longer running"):
         waiter.add_version("m", "1.0.0", _files(tmp_path))
 
@@ -283,7 +363,9 @@ def test_weights_must_fit_the_architecture(tmp_path):
 
 def test_local_store_with_spaces_by_path_and_file_url(tmp_path):
     ckpt = tmp_path / "last.ckpt"
-    torch.save(_fake_checkpoint("ThicknessModule", {"_target_": "stemforge.networks.property.ThicknessNet", **PROPERTY}), ckpt)
+    torch.save(
+        _fake_checkpoint("ThicknessModule", {"_target_": "stemforge.networks.property.ThicknessNet", **PROPERTY}), ckpt
+    )
     store = tmp_path / "my store"
     registry.publish(ckpt, "thick", "1.0.0", store=str(store), wandb=False)
     assert registry.list_models(store.as_uri())["thick"]["versions"] == ["1.0.0"]

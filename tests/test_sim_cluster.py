@@ -12,17 +12,27 @@ from stemforge.sim.config import compose_simulate as compose
 
 ROOT = Path(__file__).resolve().parents[1]
 # 2 chunks of 2 runs × 2 thicknesses on a 48-px detector; default physics otherwise (mistilt, frozen phonons)
-TINY = ["structure=si", "sampling=fast", "detector.shape=[48,48]", "sampling.real_space_A=0.2",
-        "sampling.thicknesses_nm=[1.0,2.0]", "sampling.frozen_phonons=1", "orientation.mistilt_max_mrad=0.5",
-        "dataset.num_patterns=8", "dataset.chunk_runs=2", "dataset.progress=false"]
+TINY = [
+    "structure=si",
+    "sampling=fast",
+    "detector.shape=[48,48]",
+    "sampling.real_space_A=0.2",
+    "sampling.thicknesses_nm=[1.0,2.0]",
+    "sampling.frozen_phonons=1",
+    "orientation.mistilt_max_mrad=0.5",
+    "dataset.num_patterns=8",
+    "dataset.chunk_runs=2",
+    "dataset.progress=false",
+]
 
 
 @pytest.fixture(scope="module")
 def scheduler():
     distributed = pytest.importorskip("distributed")
     # two worker processes: the two chunks run at once and may arrive in either order
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
     try:
         yield cluster.scheduler_address
     finally:
@@ -82,8 +92,14 @@ def test_cluster_smatrix_groups_equal_local(scheduler, tmp_path):
     """S-matrix groups (batched reductions, scipy FFTs) give the same bytes on a worker as locally."""
     from stemforge.sim.generate import generate_dataset
 
-    args = [*TINY, "sampling.frozen_phonons=0", "orientation.mistilt_max_mrad=0", "orientation.zone_axes=[100]",
-            "sampling.optics_per_specimen=2", "sampling.engine=smatrix"]
+    args = [
+        *TINY,
+        "sampling.frozen_phonons=0",
+        "orientation.mistilt_max_mrad=0",
+        "orientation.zone_axes=[100]",
+        "sampling.optics_per_specimen=2",
+        "sampling.engine=smatrix",
+    ]
     local, remote = tmp_path / "local.zarr", tmp_path / "remote.zarr"
     generate_dataset(compose(*args, f"dataset.path={local}"))
     generate_dataset(compose(*args, f"dataset.path={remote}", f"cluster.address={scheduler}"))
@@ -92,9 +108,20 @@ def test_cluster_smatrix_groups_equal_local(scheduler, tmp_path):
 
 def test_bad_address_is_one_error_and_nothing_written(tmp_path):
     out = tmp_path / "out.zarr"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"), *TINY, f"dataset.path={out}",
-                           "cluster.address=tcp://127.0.0.1:1", "cluster.connect_timeout_s=1"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "simulate.py"),
+            *TINY,
+            f"dataset.path={out}",
+            "cluster.address=tcp://127.0.0.1:1",
+            "cluster.connect_timeout_s=1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error: cluster.address") and "127.0.0.1:1" in lines[0], proc.stderr
@@ -107,8 +134,9 @@ def test_malformed_address_is_refused(tmp_path):
 
     out = tmp_path / "out.zarr"
     with pytest.raises(ConfigError, match="cluster.address"):
-        generate_dataset(compose(*TINY, f"dataset.path={out}", "cluster.address=nonsense://x",
-                                 "cluster.connect_timeout_s=1"))
+        generate_dataset(
+            compose(*TINY, f"dataset.path={out}", "cluster.address=nonsense://x", "cluster.connect_timeout_s=1")
+        )
     assert not out.exists()
 
 
@@ -118,11 +146,18 @@ def test_scheduler_without_workers_is_refused(tmp_path):
     from stemforge.sim.generate import generate_dataset
 
     out = tmp_path / "out.zarr"
-    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
-                                   dashboard_address=None) as cl:
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=None
+    ) as cl:
         with pytest.raises(ConfigError, match="no workers"):
-            generate_dataset(compose(*TINY, f"dataset.path={out}", f"cluster.address={cl.scheduler_address}",
-                                     "cluster.connect_timeout_s=1"))
+            generate_dataset(
+                compose(
+                    *TINY,
+                    f"dataset.path={out}",
+                    f"cluster.address={cl.scheduler_address}",
+                    "cluster.connect_timeout_s=1",
+                )
+            )
     assert not out.exists()
 
 
@@ -156,8 +191,9 @@ finally:
     proc = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: chunk 1 failed on the cluster: RuntimeError: injected"), \
+    assert len(lines) == 1 and lines[0].startswith("error: chunk 1 failed on the cluster: RuntimeError: injected"), (
         proc.stderr[-3000:]
+    )
     assert "1 of 2 chunks are complete" in lines[0] and "re-run" in lines[0]
     import zarr
 

@@ -11,9 +11,18 @@ from stemforge.sim.config import compose_simulate as compose
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny: 32-px detector (0.03 1/Å/px, 33 Å cells), 0.3 Å sampling, 1 and 3 nm
-TINY = ["structure=si", "sampling=fast", "detector.shape=[32,32]", "sampling.real_space_A=0.3",
-        "sampling.thicknesses_nm=[1.0,3.0]", "orientation.mistilt_max_mrad=0", "sampling.frozen_phonons=0",
-        "dataset.progress=false", "optics.semiangle_mrad={min:1.5,max:3.0}", "optics.defocus_A={min:-80,max:80}"]
+TINY = [
+    "structure=si",
+    "sampling=fast",
+    "detector.shape=[32,32]",
+    "sampling.real_space_A=0.3",
+    "sampling.thicknesses_nm=[1.0,3.0]",
+    "orientation.mistilt_max_mrad=0",
+    "sampling.frozen_phonons=0",
+    "dataset.progress=false",
+    "optics.semiangle_mrad={min:1.5,max:3.0}",
+    "optics.defocus_A={min:-80,max:80}",
+]
 
 
 _CATALOGS = {}
@@ -40,16 +49,27 @@ def group(cfg, g=0):
 def test_runs_of_a_group_share_the_specimen_and_draw_their_own_optics():
     from stemforge.sim.generate import plan_run
 
-    cfg = compose(*TINY, "structure.names=[Si,GaAs,Cu]", "orientation.random_fraction=0.5",
-                  "optics.energy=[200e3,300e3]", "sampling.optics_per_specimen=3", "dataset.chunk_runs=3")
+    cfg = compose(
+        *TINY,
+        "structure.names=[Si,GaAs,Cu]",
+        "orientation.random_fraction=0.5",
+        "optics.energy=[200e3,300e3]",
+        "sampling.optics_per_specimen=3",
+        "dataset.chunk_runs=3",
+    )
     catalog = catalog_of(cfg)
     specs = [plan_run(cfg, catalog, 7, r) for r in range(12)]
     for g in range(4):
-        members = specs[3 * g:3 * g + 3]
+        members = specs[3 * g : 3 * g + 3]
         first = members[0]
         for sp in members[1:]:
-            assert (sp.structure_id, sp.zone, sp.zone_axis, sp.in_plane_deg, sp.phonon_seed) == \
-                (first.structure_id, first.zone, first.zone_axis, first.in_plane_deg, first.phonon_seed)
+            assert (sp.structure_id, sp.zone, sp.zone_axis, sp.in_plane_deg, sp.phonon_seed) == (
+                first.structure_id,
+                first.zone,
+                first.zone_axis,
+                first.in_plane_deg,
+                first.phonon_seed,
+            )
             assert sp.optics.energy == first.optics.energy
             if first.random_rotation is not None:
                 assert np.array_equal(sp.random_rotation, first.random_rotation)
@@ -96,8 +116,13 @@ def test_smatrix_group_equals_multislice(zone):
     """One S-matrix for a group of 4 optics settings / positions: patterns within 1e-3, labels identical."""
     from stemforge.sim.generate import simulate_group
 
-    cfg = compose(*TINY, "sampling.optics_per_specimen=4", "dataset.chunk_runs=4", f"orientation.zone_axes=[{zone}]",
-                  "orientation.in_plane_deg={min:0,max:360}")
+    cfg = compose(
+        *TINY,
+        "sampling.optics_per_specimen=4",
+        "dataset.chunk_runs=4",
+        f"orientation.zone_axes=[{zone}]",
+        "orientation.in_plane_deg={min:0,max:360}",
+    )
     catalog, specs = group(cfg)
     det = build_detector(cfg.detector)
     sm = simulate_group(cfg, catalog, specs, det, engine="smatrix")
@@ -110,12 +135,20 @@ def test_smatrix_group_with_one_frozen_phonon_configuration_equals_multislice():
     """frozen_phonons = 1: the S-matrix is built on abTEM's displaced atoms of the run group's seed."""
     from stemforge.sim.generate import simulate_group
 
-    cfg = compose(*TINY, "sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
-                  "sampling.frozen_phonons=1", "sampling.thicknesses_nm=[1.0,2.0]")
+    cfg = compose(
+        *TINY,
+        "sampling.optics_per_specimen=2",
+        "dataset.chunk_runs=2",
+        "orientation.zone_axes=[100]",
+        "sampling.frozen_phonons=1",
+        "sampling.thicknesses_nm=[1.0,2.0]",
+    )
     catalog, specs = group(cfg)
     det = build_detector(cfg.detector)
-    _compare_groups(simulate_group(cfg, catalog, specs, det, engine="smatrix"),
-                    simulate_group(cfg, catalog, specs, det, engine="multislice"))
+    _compare_groups(
+        simulate_group(cfg, catalog, specs, det, engine="smatrix"),
+        simulate_group(cfg, catalog, specs, det, engine="multislice"),
+    )
 
 
 def test_batched_multislice_equals_one_multislice_per_run(silicon):
@@ -126,10 +159,12 @@ def test_batched_multislice_equals_one_multislice_per_run(silicon):
     from stemforge.sim.specimen import zone_axis_specimen
 
     spec = zone_axis_specimen(silicon, (1, 1, 0), thickness_A=20.0, min_extent_A=16.0)
-    runs = [GroupRun(Optics(300e3, 2.0, defocus_A=30.0), np.array([5.0, 6.0])),
-            GroupRun(Optics(300e3, 3.0, aberrations_A={"C30": 1e5}), np.array([7.0, 2.0])),
-            GroupRun(Optics(300e3, 2.5, tilt_mrad=(0.4, -0.2)), np.array([6.0, 6.0])),
-            GroupRun(Optics(300e3, 2.5, defocus_A=-20, source_size_A=0.3), np.array([6.0, 5.0]))]
+    runs = [
+        GroupRun(Optics(300e3, 2.0, defocus_A=30.0), np.array([5.0, 6.0])),
+        GroupRun(Optics(300e3, 3.0, aberrations_A={"C30": 1e5}), np.array([7.0, 2.0])),
+        GroupRun(Optics(300e3, 2.5, tilt_mrad=(0.4, -0.2)), np.array([6.0, 6.0])),
+        GroupRun(Optics(300e3, 2.5, defocus_A=-20, source_size_A=0.3), np.array([6.0, 5.0])),
+    ]
     kw = dict(sampling_A=0.2, phonons=Phonons(1, {"Si": 0.08}, 11), coherence_order=2)
     batched, sampling, t, grid = multislice_group(spec, runs, [10.0, 20.0], **kw)
     for run, pat in zip(runs, batched):
@@ -138,14 +173,32 @@ def test_batched_multislice_equals_one_multislice_per_run(silicon):
         assert sampling == ref_sampling and np.array_equal(t, ref_t) and grid["gpts"] == ref_grid["gpts"]
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    # static zone axis: one repeat column per beam (Bloch path), 8 optics settings, 10 nm -> S-matrix (~1.6x)
-    (["sampling.optics_per_specimen=8", "dataset.chunk_runs=8", "orientation.zone_axes=[100]",
-      "sampling.thicknesses_nm=[4.0,10.0]"], "smatrix"),
-    # one frozen-phonon configuration: every beam through the whole displaced supercell, 2 runs -> multislice (~2.5x)
-    (["sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
-      "sampling.frozen_phonons=1", "sampling.thicknesses_nm=[1.0,2.0]"], "multislice"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # static zone axis: one repeat column per beam (Bloch path), 8 optics settings, 10 nm -> S-matrix (~1.6x)
+        (
+            [
+                "sampling.optics_per_specimen=8",
+                "dataset.chunk_runs=8",
+                "orientation.zone_axes=[100]",
+                "sampling.thicknesses_nm=[4.0,10.0]",
+            ],
+            "smatrix",
+        ),
+        # one frozen-phonon configuration: every beam through the whole displaced supercell, 2 runs -> multislice (~2.5x)
+        (
+            [
+                "sampling.optics_per_specimen=2",
+                "dataset.chunk_runs=2",
+                "orientation.zone_axes=[100]",
+                "sampling.frozen_phonons=1",
+                "sampling.thicknesses_nm=[1.0,2.0]",
+            ],
+            "multislice",
+        ),
+    ],
+)
 def test_auto_picks_the_faster_engine(overrides, expected):
     """auto's cost model picks the engine that was measured faster on these groups (S-matrix 1.6x faster on the
     first, multislice 2.5x on the second; the timings themselves belong to ``benchmarks/sim_engines.py``, not to a
@@ -207,11 +260,14 @@ def test_choice_rules():
             choose_group_engine("smatrix", bad, spec, s, 2, det, fp, fp == 0)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("orientation.mistilt_max_mrad=0.5", "beam tilt"),
-    ("optics.source_size_A=[0.0,0.4]", "partial spatial coherence"),
-    ("sampling.frozen_phonons=3", "frozen phonons > 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("orientation.mistilt_max_mrad=0.5", "beam tilt"),
+        ("optics.source_size_A=[0.0,0.4]", "partial spatial coherence"),
+        ("sampling.frozen_phonons=3", "frozen phonons > 1"),
+    ],
+)
 def test_explicit_smatrix_is_refused_where_it_cannot_work(override, message):
     cfg = compose(*TINY, "sampling.engine=smatrix", override)
     with pytest.raises(ConfigError, match=message):
@@ -246,9 +302,20 @@ def test_cli_refuses_smatrix_with_mistilt_before_writing(tmp_path):
     import sys
 
     out = tmp_path / "out.zarr"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"), *TINY, "sampling.engine=smatrix",
-                           "orientation.mistilt_max_mrad=1.0", f"dataset.path={out}"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "simulate.py"),
+            *TINY,
+            "sampling.engine=smatrix",
+            "orientation.mistilt_max_mrad=1.0",
+            f"dataset.path={out}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "smatrix cannot simulate beam tilt" in lines[0], proc.stderr
     assert not out.exists()
@@ -260,8 +327,14 @@ def test_grouped_dataset_is_deterministic(tmp_path):
 
     from stemforge.sim.generate import generate_dataset
 
-    args = [*TINY, "sampling.optics_per_specimen=2", "dataset.chunk_runs=2", "orientation.zone_axes=[100]",
-            "dataset.num_patterns=8", "sampling.engine=smatrix"]
+    args = [
+        *TINY,
+        "sampling.optics_per_specimen=2",
+        "dataset.chunk_runs=2",
+        "orientation.zone_axes=[100]",
+        "dataset.num_patterns=8",
+        "sampling.engine=smatrix",
+    ]
     a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
     generate_dataset(compose(*args, f"dataset.path={a}"))
     generate_dataset(compose(*args, f"dataset.path={b}"))

@@ -19,8 +19,15 @@ def test_wavelength_300kev():
     assert wavelength_A(200e3) == pytest.approx(0.025079, rel=1e-4)
 
 
-@pytest.mark.parametrize("uvw, period", [((0, 0, 1), 5.431), ((1, 1, 0), 5.431 * math.sqrt(2)),
-                                         ((1, 1, 1), 5.431 * math.sqrt(3)), ((1, 1, 2), 5.431 * math.sqrt(6))])
+@pytest.mark.parametrize(
+    "uvw, period",
+    [
+        ((0, 0, 1), 5.431),
+        ((1, 1, 0), 5.431 * math.sqrt(2)),
+        ((1, 1, 1), 5.431 * math.sqrt(3)),
+        ((1, 1, 2), 5.431 * math.sqrt(6)),
+    ],
+)
 def test_zone_axis_cell_is_orthogonal_and_periodic(silicon, uvw, period):
     spec = zone_axis_specimen(silicon, uvw, thickness_A=20.0, min_extent_A=20.0)
     cell = np.asarray(spec.atoms.cell)
@@ -87,8 +94,7 @@ def thin_si110(silicon):
     optics = Optics(energy=300e3, semiangle_mrad=2.0)
     spec = zone_axis_specimen(silicon, (1, 1, 0), thickness_A=30.0, min_extent_A=34.0)
     pos = np.array(spec.extent_A) / 2
-    patterns, sampling, t, _ = simulate_cbed(spec, optics, pos, [0.0, 15.0, 30.0], sampling_A=0.12,
-                                             phonons=Phonons(0))
+    patterns, sampling, t, _ = simulate_cbed(spec, optics, pos, [0.0, 15.0, 30.0], sampling_A=0.12, phonons=Phonons(0))
     return spec, optics, pos, patterns, sampling, t
 
 
@@ -96,8 +102,16 @@ def test_bragg_disks_match_kinematic_g(silicon, thin_si110):
     spec, optics, _, patterns, sampling, _ = thin_si110
     angle = 23.0
     det_img = resample(patterns[-1], resampling_matrix(patterns.shape[1:], sampling, DET, angle), DET)
-    rot = np.array([[math.cos(math.radians(angle)), -math.sin(math.radians(angle)), 0],
-                    [math.sin(math.radians(angle)), math.cos(math.radians(angle)), 0], [0, 0, 1]]) @ spec.rotation
+    rot = (
+        np.array(
+            [
+                [math.cos(math.radians(angle)), -math.sin(math.radians(angle)), 0],
+                [math.sin(math.radians(angle)), math.cos(math.radians(angle)), 0],
+                [0, 0, 1],
+            ]
+        )
+        @ spec.rotation
+    )
     refl = kinematic_reflections(silicon, rot, optics.wavelength_A, DET)
     radius = optics.aperture_radius_inv_A / DET.pixel_size
     # strong zero-order-Laue-zone disks well inside the field

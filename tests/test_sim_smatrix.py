@@ -18,11 +18,14 @@ def si110_smatrix(silicon):
     return spec, S
 
 
-@pytest.mark.parametrize("optics, pos", [
-    (Optics(300e3, 2.0), None),
-    (Optics(300e3, 2.5, defocus_A=80.0, aberrations_A={"C30": 1e6, "C12": 20.0, "phi12": 0.7}), (3.3, 7.1)),
-    (Optics(300e3, 1.2, defocus_A=-150.0), (11.0, 0.4)),
-])
+@pytest.mark.parametrize(
+    "optics, pos",
+    [
+        (Optics(300e3, 2.0), None),
+        (Optics(300e3, 2.5, defocus_A=80.0, aberrations_A={"C30": 1e6, "C12": 20.0, "phi12": 0.7}), (3.3, 7.1)),
+        (Optics(300e3, 1.2, defocus_A=-150.0), (11.0, 0.4)),
+    ],
+)
 def test_smatrix_thickness_series_equals_multislice(si110_smatrix, optics, pos):
     spec, S = si110_smatrix
     pos = np.array(spec.extent_A) / 2 if pos is None else np.asarray(pos)
@@ -45,7 +48,7 @@ def test_smatrix_crop_is_the_centre_of_the_full_pattern(si110_smatrix, silicon):
     crop = C.patterns(optics, [(1.0, 2.0)])[0, 0]
     cy, cx = full.shape[0] // 2, full.shape[1] // 2
     assert crop.shape == (81, 81)
-    assert np.allclose(crop, full[cy - 40:cy + 41, cx - 40:cx + 41], atol=1e-6 * full.max())
+    assert np.allclose(crop, full[cy - 40 : cy + 41, cx - 40 : cx + 41], atol=1e-6 * full.max())
 
 
 def test_smatrix_refuses_what_it_cannot_do(si110_smatrix):
@@ -101,7 +104,7 @@ def test_bloch_repeat_cell_path_equals_multislice(silicon):
     pos = np.array([3.3, 7.1])
     ref, _, _, _ = simulate_cbed(spec, optics, pos, THICK, sampling_A=s, phonons=Phonons(0))
     cy, cx = ref.shape[1] // 2, ref.shape[2] // 2
-    ref = ref[:, cy - 60:cy + 61, cx - 60:cx + 61]
+    ref = ref[:, cy - 60 : cy + 61, cx - 60 : cx + 61]
     out = S.patterns(optics, pos[None])[:, 0]
     for i in range(len(THICK)):
         assert np.abs(out[i] - ref[i]).max() <= 1e-3 * ref[i].max()

@@ -12,13 +12,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "simulate.py"
-TINY = ["structure=si", "sampling=fast", "detector.shape=[64,64]", "orientation.mistilt_max_mrad=0.5",
-        "dataset.progress=false"]
+TINY = [
+    "structure=si",
+    "sampling=fast",
+    "detector.shape=[64,64]",
+    "orientation.mistilt_max_mrad=0.5",
+    "dataset.progress=false",
+]
 
 
 def run(args, cwd, check=True):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
     return proc
@@ -26,17 +30,23 @@ def run(args, cwd, check=True):
 
 def chunk_files(path: Path) -> dict:
     """Every stored chunk file's bytes, keyed by relative path (metadata excluded)."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
-            if p.is_file() and p.name != "zarr.json"}
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != "zarr.json"
+    }
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optics.energy=-1", "optics.energy"),
-    ("sampling.thicknesses_nm=[-5]", "thicknesses_nm"),
-    ("detector.pixel_size=0.2", "antialiasing limit"),
-    ("structure.names=[Unobtainium]", "Unobtainium"),
-    ("optics.semiangle_mrad={min:3,max:1}", "min"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optics.energy=-1", "optics.energy"),
+        ("sampling.thicknesses_nm=[-5]", "thicknesses_nm"),
+        ("detector.pixel_size=0.2", "antialiasing limit"),
+        ("structure.names=[Unobtainium]", "Unobtainium"),
+        ("optics.semiangle_mrad={min:3,max:1}", "min"),
+    ],
+)
 def test_bad_input_is_refused_before_compute(tmp_path, override, message):
     out = tmp_path / "out.zarr"
     proc = run([*TINY, override, f"dataset.path={out}"], cwd=tmp_path, check=False)
@@ -78,9 +88,27 @@ def test_dataset_layout(reference):
     assert g.attrs["versions"]["abtem"].startswith("1.0")
     labels = g["labels"]
     assert isinstance(labels, zarr.Group)
-    for name in ("structure_id", "formula", "space_group", "crystal_system", "rotation", "zone_axis", "zone",
-                 "mistilt_mrad", "thickness_A", "energy_eV", "semiangle_mrad", "defocus_A", "aberrations",
-                 "probe_position_A", "vg_map", "disk_map", "reflections_hkl", "reflections_px", "num_reflections"):
+    for name in (
+        "structure_id",
+        "formula",
+        "space_group",
+        "crystal_system",
+        "rotation",
+        "zone_axis",
+        "zone",
+        "mistilt_mrad",
+        "thickness_A",
+        "energy_eV",
+        "semiangle_mrad",
+        "defocus_A",
+        "aberrations",
+        "probe_position_A",
+        "vg_map",
+        "disk_map",
+        "reflections_hkl",
+        "reflections_px",
+        "num_reflections",
+    ):
         assert labels[name].shape[0] == 6, name
     p = g["patterns"][:]
     assert np.isfinite(p).all() and (p >= 0).all()
@@ -98,16 +126,20 @@ def test_dataset_layout(reference):
 
 def test_rerun_computes_nothing_new(reference):
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*") if p.is_file()}
-    proc = run([*TINY, f"dataset.path={reference}", "dataset.num_patterns=6", "dataset.chunk_runs=1"],
-               cwd=reference.parent)
+    proc = run(
+        [*TINY, f"dataset.path={reference}", "dataset.num_patterns=6", "dataset.chunk_runs=1"], cwd=reference.parent
+    )
     assert "0 of 3 chunks to simulate" in proc.stdout + proc.stderr
     after = {p: p.stat().st_mtime_ns for p in reference.rglob("*") if p.is_file()}
     assert before == after
 
 
 def test_changed_config_on_existing_path_is_refused(reference):
-    proc = run([*TINY, f"dataset.path={reference}", "dataset.num_patterns=6", "dataset.chunk_runs=1",
-                "dataset.seed=5"], cwd=reference.parent, check=False)
+    proc = run(
+        [*TINY, f"dataset.path={reference}", "dataset.num_patterns=6", "dataset.chunk_runs=1", "dataset.seed=5"],
+        cwd=reference.parent,
+        check=False,
+    )
     assert proc.returncode != 0 and "different configuration" in proc.stderr
 
 
@@ -121,10 +153,10 @@ def test_kill_9_then_resume(reference, tmp_path):
     from stemforge.sim.dataset import open_dataset
 
     out = tmp_path / "killed.zarr"
-    args = [sys.executable, str(SCRIPT), *TINY, f"dataset.path={out}", "dataset.num_patterns=6",
-            "dataset.chunk_runs=1"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = [sys.executable, str(SCRIPT), *TINY, f"dataset.path={out}", "dataset.num_patterns=6", "dataset.chunk_runs=1"]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     marker = out / "chunk_complete" / "c" / "0"
     deadline = time.time() + 240
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
@@ -152,8 +184,17 @@ def test_kill_9_then_resume(reference, tmp_path):
 
 
 def test_multirun_sweep(tmp_path):
-    run(["-m", *TINY, "sampling.thicknesses_nm=[2.0]", "dataset.num_patterns=1", "dataset.seed=1,2",
-         f"dataset.path={tmp_path}/sweep_" + "${dataset.seed}.zarr"], cwd=tmp_path)
+    run(
+        [
+            "-m",
+            *TINY,
+            "sampling.thicknesses_nm=[2.0]",
+            "dataset.num_patterns=1",
+            "dataset.seed=1,2",
+            f"dataset.path={tmp_path}/sweep_" + "${dataset.seed}.zarr",
+        ],
+        cwd=tmp_path,
+    )
     assert (tmp_path / "sweep_1.zarr").exists() and (tmp_path / "sweep_2.zarr").exists()
 
 

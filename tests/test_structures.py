@@ -80,8 +80,10 @@ Cu1 Cu 0 0 0
 
 def _cif_with_atoms(rows: str) -> str:
     head = NOISY_CIF.split("loop_")[0]
-    return head + "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n" \
+    return (
+        head + "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n"
         "_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n" + rows
+    )
 
 
 # --------------------------------------------------------------------------- library contents
@@ -125,8 +127,13 @@ def test_known_bond_lengths():
     # Independent checks of the Wyckoff parameters via nearest-neighbour distances (Angstrom).
     si = load_structure("Si")
     assert si.get_neighbors(si[0], 2.5)[0].nn_distance == pytest.approx(5.43102 * math.sqrt(3) / 4, abs=1e-4)
-    for name, cation, expected in [("MoS2-2H", "Mo", 2.41), ("GaN", "Ga", 1.95), ("TiO2-rutile", "Ti", 1.95),
-                                   ("Al2O3", "Al", 1.855), ("P-black", "P", 2.224)]:
+    for name, cation, expected in [
+        ("MoS2-2H", "Mo", 2.41),
+        ("GaN", "Ga", 1.95),
+        ("TiO2-rutile", "Ti", 1.95),
+        ("Al2O3", "Al", 1.855),
+        ("P-black", "P", 2.224),
+    ]:
         s = load_structure(name)
         i = next(k for k, site in enumerate(s) if site.specie.symbol == cation)
         shortest = min(n.nn_distance for n in s.get_neighbors(s[i], 3.0))
@@ -323,8 +330,10 @@ def test_debye_waller_sigmas_default_and_matching():
 
 # --------------------------------------------------------------------------- package import
 def test_package_import_is_light():
-    code = "import sys, stemforge.sim; assert 'abtem' not in sys.modules; print(stemforge.sim.list_structures()[0]); " \
-           "assert 'abtem' not in sys.modules"
+    code = (
+        "import sys, stemforge.sim; assert 'abtem' not in sys.modules; print(stemforge.sim.list_structures()[0]); "
+        "assert 'abtem' not in sys.modules"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == list_structures()[0]

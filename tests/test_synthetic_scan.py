@@ -14,15 +14,28 @@ from stemforge.sim.config import compose_simulate as compose
 ROOT = Path(__file__).resolve().parents[1]
 # rows: unstrained | εxx = 5 % (periodic stretched cell) | εxx = 3 % rotated by 10° (sheared in the crystal frame:
 # non-periodic box); columns: 1 nm | 2 nm
-TINY = ["scan=multilayer", "scan.scan_shape=[3,2]", "scan.band_strain_percent=[0,5,3]",
-        "scan.band_rotation_deg=[0,0,10]", "scan.thickness_nm=[1.0,2.0]", "sampling=fast", "detector.shape=[64,64]",
-        "detector.pixel_size=0.04", "scan.progress=false"]
+TINY = [
+    "scan=multilayer",
+    "scan.scan_shape=[3,2]",
+    "scan.band_strain_percent=[0,5,3]",
+    "scan.band_rotation_deg=[0,0,10]",
+    "scan.thickness_nm=[1.0,2.0]",
+    "sampling=fast",
+    "detector.shape=[64,64]",
+    "detector.pixel_size=0.04",
+    "scan.progress=false",
+]
 C = np.array([32.0, 32.0])  # k = 0 (x=col, y=row)
 
 
 def simulate(*args, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"), *args, f"hydra.run.dir={cwd}/hy"],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "simulate.py"), *args, f"hydra.run.dir={cwd}/hy"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +52,8 @@ def scan(tmp_path_factory):
 def centroid(img, x, y, rad=3):
     """Intensity centroid (x, y) of a (2·rad+1)² window around the pixel nearest (x, y)."""
     r0, c0 = int(round(y)), int(round(x))
-    w = img[r0 - rad:r0 + rad + 1, c0 - rad:c0 + rad + 1].astype(float)
-    yy, xx = np.mgrid[-rad:rad + 1, -rad:rad + 1]
+    w = img[r0 - rad : r0 + rad + 1, c0 - rad : c0 + rad + 1].astype(float)
+    yy, xx = np.mgrid[-rad : rad + 1, -rad : rad + 1]
     return np.array([(w * xx).sum() / w.sum() + c0, (w * yy).sum() / w.sum() + r0])
 
 
@@ -126,12 +139,17 @@ def test_bad_values_are_one_line_config_errors():
 
     for profile in ("multilayer", "smooth", "grains"):
         validate_scan(OmegaConf.structured(ScanConfig(profile=profile)))
-    for bad, needle in [(dict(band_strain_percent=[0, -20.0]), "below 20 %"), (dict(scan_shape=[4, 0]), "scan_shape"),
-                        (dict(profile="spiral"), "scan.profile"), (dict(thickness_nm=[0.0]), "thickness_nm"),
-                        (dict(step_A=0.0), "step_A"), (dict(structures=[]), "structures"),
-                        (dict(profile="smooth", strain_amplitude_percent=25.0), "below 20 %"),
-                        (dict(profile="smooth", strain_levels=1), "strain_levels"),
-                        (dict(energy_eV=300.0), "energy_eV")]:
+    for bad, needle in [
+        (dict(band_strain_percent=[0, -20.0]), "below 20 %"),
+        (dict(scan_shape=[4, 0]), "scan_shape"),
+        (dict(profile="spiral"), "scan.profile"),
+        (dict(thickness_nm=[0.0]), "thickness_nm"),
+        (dict(step_A=0.0), "step_A"),
+        (dict(structures=[]), "structures"),
+        (dict(profile="smooth", strain_amplitude_percent=25.0), "below 20 %"),
+        (dict(profile="smooth", strain_levels=1), "strain_levels"),
+        (dict(energy_eV=300.0), "energy_eV"),
+    ]:
         with pytest.raises(ConfigError, match=needle) as info:
             validate_scan(OmegaConf.structured(ScanConfig(**{"profile": "multilayer", **bad})))
         assert "\n" not in str(info.value)
@@ -141,9 +159,17 @@ def test_smooth_profile_is_a_rotated_quantised_bump():
     from stemforge.sim.config import ScanConfig
     from stemforge.sim.scan_profiles import crystal_frame_strain, position_parameters, strain_tensor
 
-    s = OmegaConf.structured(ScanConfig(profile="smooth", scan_shape=[16, 12], strain_amplitude_percent=1.0,
-                                        shear_ratio=0.5, poisson_ratio=0.25, strain_levels=5,
-                                        rotation_amplitude_deg=2.0))
+    s = OmegaConf.structured(
+        ScanConfig(
+            profile="smooth",
+            scan_shape=[16, 12],
+            strain_amplitude_percent=1.0,
+            shear_ratio=0.5,
+            poisson_ratio=0.25,
+            strain_levels=5,
+            rotation_amplitude_deg=2.0,
+        )
+    )
     p = position_parameters(s)
     eps = strain_tensor(p["exx"], p["eyy"], p["exy"])
     U = crystal_frame_strain(eps, p["theta_deg"])
@@ -168,15 +194,27 @@ def test_grains_through_the_script(tmp_path):
     from stemforge.sim.specimen import zone_axis_specimen
     from stemforge.sim.structures import load_structure
 
-    args = ["scan=grains", "scan.scan_shape=[2,3]", "scan.num_grains=2", "scan.thickness_nm=[1.0]",
-            "sampling=fast", "detector.shape=[48,48]", "detector.pixel_size=0.06"]
+    args = [
+        "scan=grains",
+        "scan.scan_shape=[2,3]",
+        "scan.num_grains=2",
+        "scan.thickness_nm=[1.0]",
+        "sampling=fast",
+        "detector.shape=[48,48]",
+        "detector.pixel_size=0.06",
+    ]
     proc = simulate(*args, f"scan.path={tmp_path / 'g.zarr'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "grains scan (2, 3, 48, 48) of Si/Cu [001]" in proc.stdout and "multislice sets" in proc.stdout
     cube = analysis.load(tmp_path / "g.zarr", lazy=False)
     gt = cube.ground_truth
-    p = position_parameters(OmegaConf.structured(ScanConfig(profile="grains", scan_shape=[2, 3], num_grains=2,
-                                                            structures=["Si", "Cu"], grain_rotation_deg=30.0)))
+    p = position_parameters(
+        OmegaConf.structured(
+            ScanConfig(
+                profile="grains", scan_shape=[2, 3], num_grains=2, structures=["Si", "Cu"], grain_rotation_deg=30.0
+            )
+        )
+    )
     assert cube.metadata["phases"] == ["Si", "Cu"]
     np.testing.assert_array_equal(gt["phase"], p["phase"])
     assert set(np.unique(gt["phase"])) == {0, 1}  # seed 0 puts both phases in this 2×3 scan
@@ -198,8 +236,13 @@ def test_grains_through_the_script(tmp_path):
     a, b = (np.argwhere(gt["phase"] == k)[0] for k in (0, 1))
     assert not np.allclose(cube.data[tuple(a)], cube.data[tuple(b)])
 
-    proc = simulate(*args, "scan.band_strain_percent=[0,25]", "scan.profile=multilayer",
-                    f"scan.path={tmp_path / 'bad.zarr'}", cwd=tmp_path)
+    proc = simulate(
+        *args,
+        "scan.band_strain_percent=[0,25]",
+        "scan.profile=multilayer",
+        f"scan.path={tmp_path / 'bad.zarr'}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "below 20 %" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "bad.zarr").exists() and not (tmp_path / "bad.zarr.partial").exists()

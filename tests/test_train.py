@@ -11,13 +11,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ["bragg_fcunet", "bragg_unet", "thickness", "phase", "orientation"]
-SMALL = ["data.batch_size=4", "data.num_workers=0", "data.split.val_fraction=0.25", "data.split.test_fraction=0.25",
-         "extras.print_config=false", "logger=csv", "callbacks.model_summary=null", "callbacks.progress_bar=null"]
-NET = {"bragg_fcunet": ["model.net.depth=3", "model.net.base_filters=4"],
-       "bragg_unet": ["model.net.depth=3", "model.net.base_filters=4"],
-       "thickness": ["model.net.width=4", "model.net.num_stages=2"],
-       "phase": ["model.net.width=4", "model.net.num_stages=2"],
-       "orientation": ["model.net.width=4", "model.net.num_stages=2"]}
+SMALL = [
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.split.val_fraction=0.25",
+    "data.split.test_fraction=0.25",
+    "extras.print_config=false",
+    "logger=csv",
+    "callbacks.model_summary=null",
+    "callbacks.progress_bar=null",
+]
+NET = {
+    "bragg_fcunet": ["model.net.depth=3", "model.net.base_filters=4"],
+    "bragg_unet": ["model.net.depth=3", "model.net.base_filters=4"],
+    "thickness": ["model.net.width=4", "model.net.num_stages=2"],
+    "phase": ["model.net.width=4", "model.net.num_stages=2"],
+    "orientation": ["model.net.width=4", "model.net.num_stages=2"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +35,23 @@ def tiny_dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train_data")
     out = tmp / "tiny.zarr"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "simulate.py"), "structure.names=[Si,Cu]", "sampling=fast",
-         "detector.shape=[32,32]", "detector.pixel_size=0.06", "dataset.num_patterns=16", "dataset.chunk_runs=2",
-         f"dataset.path={out}", "dataset.progress=false"], cwd=tmp, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "simulate.py"),
+            "structure.names=[Si,Cu]",
+            "sampling=fast",
+            "detector.shape=[32,32]",
+            "detector.pixel_size=0.06",
+            "dataset.num_patterns=16",
+            "dataset.chunk_runs=2",
+            f"dataset.path={out}",
+            "dataset.progress=false",
+        ],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -37,8 +61,11 @@ def compose_train(overrides, output_dir):
     from hydra.core.hydra_config import HydraConfig
 
     with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True,
-                      overrides=[*overrides, f"paths.output_dir={output_dir}", f"paths.root_dir={output_dir}"])
+        cfg = compose(
+            config_name="train",
+            return_hydra_config=True,
+            overrides=[*overrides, f"paths.output_dir={output_dir}", f"paths.root_dir={output_dir}"],
+        )
     HydraConfig().set_config(cfg)
     return cfg
 
@@ -47,8 +74,10 @@ def compose_train(overrides, output_dir):
 def test_every_experiment_fits_two_steps(experiment, tiny_dataset, tmp_path):
     from stemforge.networks.training import train
 
-    cfg = compose_train([f"experiment={experiment}", f"data.path={tiny_dataset}", "trainer.max_steps=2",
-                         *SMALL, *NET[experiment]], tmp_path)
+    cfg = compose_train(
+        [f"experiment={experiment}", f"data.path={tiny_dataset}", "trainer.max_steps=2", *SMALL, *NET[experiment]],
+        tmp_path,
+    )
     metrics = train(cfg)
     assert np.isfinite(metrics["train/loss"]) and "val/loss" in metrics
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
@@ -79,8 +108,13 @@ def test_compose_all_experiments_and_launchers(tmp_path):
 
 
 def run_train(args, cwd, check=True):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -88,8 +122,14 @@ def run_train(args, cwd, check=True):
 
 def test_train_script_checkpoint_and_resume(tiny_dataset, tmp_path):
     out = tmp_path / "run"
-    base = ["experiment=bragg_unet", f"data.path={tiny_dataset}", f"paths.output_dir={out}", *SMALL,
-            *NET["bragg_unet"], "test=false"]
+    base = [
+        "experiment=bragg_unet",
+        f"data.path={tiny_dataset}",
+        f"paths.output_dir={out}",
+        *SMALL,
+        *NET["bragg_unet"],
+        "test=false",
+    ]
     run_train([*base, "trainer.max_steps=2"], tmp_path)
     last = out / "checkpoints" / "last.ckpt"
     assert last.exists()
@@ -109,23 +149,49 @@ def test_nan_in_data_is_a_clear_error(tiny_dataset, tmp_path):
     p = g["patterns"][:]
     p[:, 10, 10] = np.nan
     g["patterns"][:] = p
-    proc = run_train(["experiment=bragg_unet", f"data.path={bad}", f"paths.output_dir={tmp_path}/out", *SMALL,
-                      *NET["bragg_unet"], "trainer.max_steps=2"], tmp_path, check=False)
+    proc = run_train(
+        [
+            "experiment=bragg_unet",
+            f"data.path={bad}",
+            f"paths.output_dir={tmp_path}/out",
+            *SMALL,
+            *NET["bragg_unet"],
+            "trainer.max_steps=2",
+        ],
+        tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0
     assert "FloatingPointError" in proc.stderr and "non-finite" in proc.stderr
     assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]) == 1
 
 
 def test_grid_and_optuna_sweeps(tiny_dataset, tmp_path):
-    common = [f"data.path={tiny_dataset}", *SMALL, "trainer.max_steps=2", "test=false",
-              f"paths.log_dir={tmp_path}/logs", f"paths.root_dir={tmp_path}"]
-    run_train(["-m", "experiment=bragg_unet", *NET["bragg_unet"], "model.optimizer.lr=0.001,0.0001", *common],
-              tmp_path)
+    common = [
+        f"data.path={tiny_dataset}",
+        *SMALL,
+        "trainer.max_steps=2",
+        "test=false",
+        f"paths.log_dir={tmp_path}/logs",
+        f"paths.root_dir={tmp_path}",
+    ]
+    run_train(["-m", "experiment=bragg_unet", *NET["bragg_unet"], "model.optimizer.lr=0.001,0.0001", *common], tmp_path)
     runs = list((tmp_path / "logs").rglob("last.ckpt"))
     assert len(runs) == 2
-    proc = run_train(["-m", "hparams_search=bragg_optuna", "experiment=bragg_unet", *NET["bragg_unet"],
-                      "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=1",
-                      "optimized_metric=val/loss", "hydra.sweeper.direction=minimize", *common], tmp_path)
+    proc = run_train(
+        [
+            "-m",
+            "hparams_search=bragg_optuna",
+            "experiment=bragg_unet",
+            *NET["bragg_unet"],
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+            "optimized_metric=val/loss",
+            "hydra.sweeper.direction=minimize",
+            *common,
+        ],
+        tmp_path,
+    )
     assert "Best parameters" in proc.stdout + proc.stderr or len(list((tmp_path / "logs").rglob("last.ckpt"))) == 4
 
 
@@ -133,6 +199,17 @@ def test_acceptance_command_stopping_before_validation(tiny_dataset, tmp_path):
     """`train.py experiment=... data.path=... trainer.max_steps=N paths.output_dir=OUT` exits 0 with a checkpoint
     even when it stops before the first validation (the optimized metric then is simply absent)."""
     out = tmp_path / "acc"
-    run_train(["experiment=bragg_fcunet", f"data.path={tiny_dataset}", "trainer.max_steps=1", f"paths.output_dir={out}",
-               "model.net.base_filters=4", "data.num_workers=0", "logger=csv", "extras.print_config=false"], tmp_path)
+    run_train(
+        [
+            "experiment=bragg_fcunet",
+            f"data.path={tiny_dataset}",
+            "trainer.max_steps=1",
+            f"paths.output_dir={out}",
+            "model.net.base_filters=4",
+            "data.num_workers=0",
+            "logger=csv",
+            "extras.print_config=false",
+        ],
+        tmp_path,
+    )
     assert list((out / "checkpoints").glob("*.ckpt"))

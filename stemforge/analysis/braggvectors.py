@@ -13,8 +13,16 @@ import numpy as np
 
 from .datacube import AnalysisError, Calibration
 
-PEAK_DTYPE = np.dtype([("rx", np.int32), ("ry", np.int32), ("row", np.float32), ("col", np.float32),
-                       ("intensity", np.float32), ("sigma_px", np.float32)])
+PEAK_DTYPE = np.dtype(
+    [
+        ("rx", np.int32),
+        ("ry", np.int32),
+        ("row", np.float32),
+        ("col", np.float32),
+        ("intensity", np.float32),
+        ("sigma_px", np.float32),
+    ]
+)
 
 
 @dataclass
@@ -56,8 +64,9 @@ class BraggVectors:
         self._offsets = np.searchsorted(flat, np.arange(self.scan_shape[0] * self.scan_shape[1] + 1))
 
     @classmethod
-    def from_lists(cls, scan_shape, detector_shape, per_position: dict, calibration=None, method="classical",
-                   info=None) -> "BraggVectors":
+    def from_lists(
+        cls, scan_shape, detector_shape, per_position: dict, calibration=None, method="classical", info=None
+    ) -> "BraggVectors":
         """Build from ``{(rx, ry): array (n, 3 or 4) of row, col, intensity[, sigma_px]}``."""
         parts = []
         for (rx, ry), arr in per_position.items():
@@ -79,7 +88,7 @@ class BraggVectors:
         if not (0 <= rx < self.scan_shape[0] and 0 <= ry < self.scan_shape[1]):
             raise AnalysisError(f"scan position ({rx}, {ry}) outside the scan {self.scan_shape}")
         i = rx * self.scan_shape[1] + ry
-        return self.peaks[self._offsets[i]:self._offsets[i + 1]]
+        return self.peaks[self._offsets[i] : self._offsets[i + 1]]
 
     def counts(self) -> np.ndarray:
         """Number of peaks at each scan position, shape ``(Rx, Ry)``."""
@@ -102,5 +111,7 @@ class BraggVectors:
         return np.stack([(p["col"] - o[..., 1]) * s, (p["row"] - o[..., 0]) * s], axis=-1)
 
     def __repr__(self) -> str:
-        return (f"BraggVectors(scan_shape={self.scan_shape}, {len(self)} peaks, method={self.method!r}, "
-                f"mean {len(self) / max(1, np.prod(self.scan_shape)):.1f} per pattern)")
+        return (
+            f"BraggVectors(scan_shape={self.scan_shape}, {len(self)} peaks, method={self.method!r}, "
+            f"mean {len(self) / max(1, np.prod(self.scan_shape)):.1f} per pattern)"
+        )

@@ -14,8 +14,14 @@ from .datacube import AnalysisError, Calibration, as_datacube
 from .streaming import check_finite, iter_scan_blocks
 
 
-def origin_map(data, method: str = "com", mask_radius_px: float | None = None, threshold: float = 0.5,
-               probe=None, progress: bool = False) -> np.ndarray:
+def origin_map(
+    data,
+    method: str = "com",
+    mask_radius_px: float | None = None,
+    threshold: float = 0.5,
+    probe=None,
+    progress: bool = False,
+) -> np.ndarray:
     """``(Rx, Ry, 2)`` ``(row, col)`` (px) of the direct beam in each pattern.
 
     Parameters
@@ -150,8 +156,14 @@ def correct_origin(bv: BraggVectors, origins: np.ndarray, to=None) -> BraggVecto
     o = origins[p["rx"], p["ry"]]
     p["row"] = p["row"] - o[:, 0] + to[0]
     p["col"] = p["col"] - o[:, 1] + to[1]
-    return BraggVectors(bv.scan_shape, bv.detector_shape, p,
-                        bv.calibration.with_(origin_px=(float(to[0]), float(to[1]))), bv.method, dict(bv.info))
+    return BraggVectors(
+        bv.scan_shape,
+        bv.detector_shape,
+        p,
+        bv.calibration.with_(origin_px=(float(to[0]), float(to[1]))),
+        bv.method,
+        dict(bv.info),
+    )
 
 
 def fit_ellipticity(points_xy: np.ndarray, ring=None) -> tuple[float, float, float]:
@@ -210,8 +222,14 @@ def ring_labels(radii: np.ndarray, tolerance: float = 0.05) -> np.ndarray:
     return out
 
 
-def ellipticity_from_bragg(bv: BraggVectors, origin_px=None, min_radius_px: float = 3.0, tolerance: float = 0.05,
-                           min_points: int = 6, min_directions: int = 3) -> tuple[float, float, float]:
+def ellipticity_from_bragg(
+    bv: BraggVectors,
+    origin_px=None,
+    min_radius_px: float = 3.0,
+    tolerance: float = 0.05,
+    min_points: int = 6,
+    min_directions: int = 3,
+) -> tuple[float, float, float]:
     """Detector ellipticity ``(a, b, theta_rad)`` from the Bragg-vector distribution of a scan.
 
     Peaks (beyond ``min_radius_px`` from the origin, the direct beam excluded) are grouped into rings of equal
@@ -236,8 +254,9 @@ def ellipticity_from_bragg(bv: BraggVectors, origin_px=None, min_radius_px: floa
         if m.sum() >= min_points and len(np.unique(ang)) >= min_directions:
             keep |= m
     if not keep.any():
-        raise AnalysisError(f"no ring with ≥ {min_points} peaks in ≥ {min_directions} directions; "
-                            "cannot fit the ellipticity")
+        raise AnalysisError(
+            f"no ring with ≥ {min_points} peaks in ≥ {min_directions} directions; cannot fit the ellipticity"
+        )
     return fit_ellipticity(q[keep], lab[keep])
 
 
@@ -246,8 +265,9 @@ def calibrate_ellipticity(bv: BraggVectors, **kwargs) -> Calibration:
     return bv.calibration.with_(ellipticity=ellipticity_from_bragg(bv, **kwargs))
 
 
-def correct_ellipticity(bv: BraggVectors, ellipse: tuple[float, float, float] | None = None,
-                        origin_px=None) -> BraggVectors:
+def correct_ellipticity(
+    bv: BraggVectors, ellipse: tuple[float, float, float] | None = None, origin_px=None
+) -> BraggVectors:
     """Bragg vectors with an elliptical distortion removed: the long axis ``a`` (at ``theta``) is scaled by
     ``b/a`` about the origin, so rings become circles of the short axis' radius.
 
@@ -273,9 +293,24 @@ def correct_ellipticity(bv: BraggVectors, ellipse: tuple[float, float, float] | 
     p["col"], p["row"] = xy[:, 0] + oo[:, 1], xy[:, 1] + oo[:, 0]
     # the result is circular: its calibration has no ellipticity left (so a second call refuses instead of
     # correcting twice); the ellipse removed is kept in info
-    return BraggVectors(bv.scan_shape, bv.detector_shape, p, bv.calibration.with_(ellipticity=None),
-                        bv.method, {**bv.info, "ellipticity_corrected": (a, b, theta)})
+    return BraggVectors(
+        bv.scan_shape,
+        bv.detector_shape,
+        p,
+        bv.calibration.with_(ellipticity=None),
+        bv.method,
+        {**bv.info, "ellipticity_corrected": (a, b, theta)},
+    )
 
 
-__all__ = ["origin_map", "fit_origin_plane", "calibrate_origin", "correct_origin", "fit_ellipticity", "ring_labels",
-           "ellipticity_from_bragg", "calibrate_ellipticity", "correct_ellipticity"]
+__all__ = [
+    "origin_map",
+    "fit_origin_plane",
+    "calibrate_origin",
+    "correct_origin",
+    "fit_ellipticity",
+    "ring_labels",
+    "ellipticity_from_bragg",
+    "calibrate_ellipticity",
+    "correct_ellipticity",
+]

@@ -106,7 +106,8 @@ class DataCube:
         shape = getattr(self.data, "shape", None)
         if shape is None or len(shape) != 4:
             raise AnalysisError(
-                f"a DataCube needs a 4D array (scan rows, scan cols, detector rows, detector cols), got shape {shape}")
+                f"a DataCube needs a 4D array (scan rows, scan cols, detector rows, detector cols), got shape {shape}"
+            )
         if min(shape) < 1:
             raise AnalysisError(f"a DataCube cannot be empty, got shape {tuple(shape)}")
 
@@ -153,8 +154,10 @@ def as_datacube(data, calibration: Calibration | None = None) -> DataCube:
         data = np.asarray(data)
         shape = data.shape
     if len(shape) == 2:
-        raise AnalysisError(f"expected a 4D-STEM scan (Rx, Ry, H, W), got a single 2D pattern {tuple(shape)}; "
-                            "wrap it as data[None, None]")
+        raise AnalysisError(
+            f"expected a 4D-STEM scan (Rx, Ry, H, W), got a single 2D pattern {tuple(shape)}; "
+            "wrap it as data[None, None]"
+        )
     cube = DataCube(data, calibration or Calibration())
     if isinstance(data, np.ndarray) and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise AnalysisError("the scan holds NaN or Inf values; mask or replace them first")

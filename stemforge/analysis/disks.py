@@ -77,11 +77,22 @@ def correlate(patterns: np.ndarray, template_ft: np.ndarray, corr_power: float =
     return (corr, prod) if return_spectrum else corr
 
 
-def find_bragg_disks_classical(data, template=None, *, corr_power: float = 1.0, sigma_px: float = 0.0,
-                               min_relative_intensity: float = 0.005, min_absolute_intensity: float = 0.0,
-                               min_spacing_px: float = 6, edge_px: int = 4, max_peaks: int = 70,
-                               subpixel: str = "parabola", upsample_factor: int = 16, batch_size: int = 256,
-                               progress: bool = True) -> BraggVectors:
+def find_bragg_disks_classical(
+    data,
+    template=None,
+    *,
+    corr_power: float = 1.0,
+    sigma_px: float = 0.0,
+    min_relative_intensity: float = 0.005,
+    min_absolute_intensity: float = 0.0,
+    min_spacing_px: float = 6,
+    edge_px: int = 4,
+    max_peaks: int = 70,
+    subpixel: str = "parabola",
+    upsample_factor: int = 16,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> BraggVectors:
     """Bragg disks by template correlation (see :func:`find_bragg_disks`).
 
     Parameters
@@ -142,9 +153,15 @@ def find_bragg_disks_classical(data, template=None, *, corr_power: float = 1.0, 
     tft = scipy.fft.rfft2(template)
     from tqdm.auto import tqdm
 
-    opts = dict(rel=float(min_relative_intensity), absolute=float(min_absolute_intensity),
-                spacing=float(min_spacing_px), edge=int(edge_px), max_peaks=int(max_peaks), subpixel=subpixel,
-                up=int(upsample_factor))
+    opts = dict(
+        rel=float(min_relative_intensity),
+        absolute=float(min_absolute_intensity),
+        spacing=float(min_spacing_px),
+        edge=int(edge_px),
+        max_peaks=int(max_peaks),
+        subpixel=subpixel,
+        up=int(upsample_factor),
+    )
     parts = []
     bar = tqdm(total=int(np.prod(cube.scan_shape)), desc="classical disks", unit="pattern", disable=not progress)
     for (r0, r1, c0, c1), block in iter_scan_blocks(cube.data, max(int(batch_size), 1)):
@@ -152,16 +169,22 @@ def find_bragg_disks_classical(data, template=None, *, corr_power: float = 1.0, 
         flat = block.reshape(-1, H, W)
         pos = [(i, j) for i in range(r0, r1) for j in range(c0, c1)]
         for s in range(0, len(flat), max(int(batch_size), 1)):
-            corr, spec = correlate(flat[s:s + batch_size], tft, corr_power, return_spectrum=True)
+            corr, spec = correlate(flat[s : s + batch_size], tft, corr_power, return_spectrum=True)
             if sigma_px > 0:
                 corr = ndimage.gaussian_filter(corr, (0, sigma_px, sigma_px))
                 spec = None  # the smoothed map is no longer the spectrum's transform
-            parts.extend(_peaks_batch(corr, spec, pos[s:s + batch_size], opts))
+            parts.extend(_peaks_batch(corr, spec, pos[s : s + batch_size], opts))
             bar.update(len(corr))
     bar.close()
     peaks = np.concatenate(parts) if parts else np.zeros(0, PEAK_DTYPE)
-    return BraggVectors(cube.scan_shape, cube.detector_shape, peaks, cube.calibration, "classical",
-                        {"corr_power": corr_power, "subpixel": subpixel, "sigma_px": sigma_px})
+    return BraggVectors(
+        cube.scan_shape,
+        cube.detector_shape,
+        peaks,
+        cube.calibration,
+        "classical",
+        {"corr_power": corr_power, "subpixel": subpixel, "sigma_px": sigma_px},
+    )
 
 
 def _peaks_batch(corr, spec, positions, o):
@@ -169,7 +192,7 @@ def _peaks_batch(corr, spec, positions, o):
     local = corr == ndimage.maximum_filter(corr, size=(1, 3, 3), mode="nearest")
     e = o["edge"]
     if e:
-        local[:, :e], local[:, H - e:], local[:, :, :e], local[:, :, W - e:] = False, False, False, False
+        local[:, :e], local[:, H - e :], local[:, :, :e], local[:, :, W - e :] = False, False, False, False
     top = corr.reshape(B, -1).max(1)
     thr = np.maximum(o["rel"] * top, o["absolute"])
     local &= corr > thr[:, None, None]
@@ -201,7 +224,7 @@ def _spaced(rr, cc, spacing, max_peaks):
             keep.append(i)
             if len(keep) >= max_peaks:
                 break
-            alive &= (rr - rr[i]) ** 2 + (cc - cc[i]) ** 2 >= spacing ** 2
+            alive &= (rr - rr[i]) ** 2 + (cc - cc[i]) ** 2 >= spacing**2
     return np.asarray(keep, dtype=int)
 
 
@@ -218,7 +241,7 @@ def _refine(c, spec, rr, cc, vals, o):
         return rr.astype(np.float64), cc.astype(np.float64)
     if o["subpixel"] == "com":
         rad = 2
-        dy, dx = np.mgrid[-rad:rad + 1, -rad:rad + 1]
+        dy, dx = np.mgrid[-rad : rad + 1, -rad : rad + 1]
         win = c[(rr[:, None, None] + dy) % H, (cc[:, None, None] + dx) % W]
         wgt = np.clip(win - 0.5 * vals[:, None, None], 0, None)
         tot = np.maximum(wgt.sum((1, 2)), 1e-30)
@@ -278,15 +301,17 @@ def flat_disk_peaks(pattern: np.ndarray, radius_px: float, rel: float = 1e-4) ->
         (n, 3) rows of (row px, col px, correlation); maxima on the border are skipped.
     """
     r = int(np.ceil(radius_px)) + 1
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    c = ndimage.correlate(np.asarray(pattern, dtype=float), (np.hypot(yy, xx) <= radius_px).astype(float),
-                          mode="constant")
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    c = ndimage.correlate(
+        np.asarray(pattern, dtype=float), (np.hypot(yy, xx) <= radius_px).astype(float), mode="constant"
+    )
     peak = (c == ndimage.maximum_filter(c, size=int(2 * radius_px) + 1)) & (c > rel * c.max())
     out = []
     for i, j in np.argwhere(peak):
         if 0 < i < c.shape[0] - 1 and 0 < j < c.shape[1] - 1:
-            sub = [_parabola(m, z, p) for m, z, p in ((c[i - 1, j], c[i, j], c[i + 1, j]),
-                                                      (c[i, j - 1], c[i, j], c[i, j + 1]))]
+            sub = [
+                _parabola(m, z, p)
+                for m, z, p in ((c[i - 1, j], c[i, j], c[i + 1, j]), (c[i, j - 1], c[i, j], c[i, j + 1]))
+            ]
             out.append((i + sub[0], j + sub[1], c[i, j]))
     return np.array(out).reshape(-1, 3)
-

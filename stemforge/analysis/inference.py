@@ -36,8 +36,10 @@ def load_model(model, store: str | None = None, device: str = "cpu"):
     """
     if not isinstance(model, str):
         if not all(hasattr(model, a) for a in ("card", "net", "preprocess")):
-            raise AnalysisError(f"model must be a registry reference like {DEFAULT_BRAGG_MODEL!r} or a loaded "
-                                f"registry model, got {type(model).__name__}")
+            raise AnalysisError(
+                f"model must be a registry reference like {DEFAULT_BRAGG_MODEL!r} or a loaded "
+                f"registry model, got {type(model).__name__}"
+            )
         return model
     from stemforge import registry
     from stemforge.registry.errors import RegistryError
@@ -65,8 +67,11 @@ class GridMap:
     @property
     def identity(self) -> bool:
         hm, wm = self.model_shape
-        return (self.model_shape == self.data_shape and math.isclose(self.model_pixel, self.data_pixel, rel_tol=1e-6)
-                and np.allclose(self.origin_px, (hm // 2, wm // 2), atol=1e-6))
+        return (
+            self.model_shape == self.data_shape
+            and math.isclose(self.model_pixel, self.data_pixel, rel_tol=1e-6)
+            and np.allclose(self.origin_px, (hm // 2, wm // 2), atol=1e-6)
+        )
 
     @property
     def scale(self) -> float:
@@ -76,8 +81,10 @@ class GridMap:
     def model_to_data(self, row, col):
         """Model-grid pixel positions → scan detector pixel positions."""
         hm, wm = self.model_shape
-        return (self.origin_px[0] + (np.asarray(row) - hm // 2) * self.scale,
-                self.origin_px[1] + (np.asarray(col) - wm // 2) * self.scale)
+        return (
+            self.origin_px[0] + (np.asarray(row) - hm // 2) * self.scale,
+            self.origin_px[1] + (np.asarray(col) - wm // 2) * self.scale,
+        )
 
     def matrix(self):
         """Sparse ``(Hm·Wm, H·W)`` operator: each model pixel is the mean of ``s²`` bilinear samples inside it
@@ -101,9 +108,10 @@ class GridMap:
                         ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w) & (wy * wx > 0)
                         rows.append((rr * wm + cc)[ok])
                         cols.append((yy * w + xx)[ok])
-                        vals.append((wy * wx)[ok] / (s * s) * self.scale ** 2)
-        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                             shape=(hm * wm, h * w))
+                        vals.append((wy * wx)[ok] / (s * s) * self.scale**2)
+        return sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(hm * wm, h * w)
+        )
 
 
 def check_calibration(cube: DataCube, model, allow_out_of_range: bool = False) -> GridMap:
@@ -116,11 +124,15 @@ def check_calibration(cube: DataCube, model, allow_out_of_range: bool = False) -
     spec = model.input_spec if hasattr(model, "input_spec") else model.card.get("input", {})
     cal = cube.calibration
     if not spec.get("shape") or not spec.get("pixel_size_inv_A"):
-        raise AnalysisError(f"model card of {getattr(model, 'name', 'model')} records no input shape / "
-                            "pixel_size_inv_A; cannot match the scan's calibration to it")
+        raise AnalysisError(
+            f"model card of {getattr(model, 'name', 'model')} records no input shape / "
+            "pixel_size_inv_A; cannot match the scan's calibration to it"
+        )
     if cal.q_pixel_size is None:
-        raise AnalysisError("the scan has no detector calibration (Å⁻¹/px); set it, e.g. "
-                            "cube.calibration = cube.calibration.with_(q_pixel_size=0.03)")
+        raise AnalysisError(
+            "the scan has no detector calibration (Å⁻¹/px); set it, e.g. "
+            "cube.calibration = cube.calibration.with_(q_pixel_size=0.03)"
+        )
     name = getattr(model, "name", "the model")
     for key, value, unit in (("energy_eV", cal.energy_eV, "eV"), ("semiangle_mrad", cal.semiangle_mrad, "mrad")):
         rng = spec.get(key)
@@ -128,11 +140,18 @@ def check_calibration(cube: DataCube, model, allow_out_of_range: bool = False) -
             continue
         lo, hi = float(rng[0]), float(rng[1])
         if not (lo * 0.98 <= float(value) <= hi * 1.02) and not allow_out_of_range:
-            raise AnalysisError(f"scan {key} = {float(value):g} {unit} lies outside the range {name} was trained on "
-                                f"({lo:g}–{hi:g} {unit}); pass allow_out_of_range=True to use it anyway")
+            raise AnalysisError(
+                f"scan {key} = {float(value):g} {unit} lies outside the range {name} was trained on "
+                f"({lo:g}–{hi:g} {unit}); pass allow_out_of_range=True to use it anyway"
+            )
     shape = tuple(int(v) for v in spec["shape"])
-    return GridMap(shape, float(spec["pixel_size_inv_A"]), cube.detector_shape, float(cal.q_pixel_size),
-                   tuple(float(v) for v in cube.origin_px))
+    return GridMap(
+        shape,
+        float(spec["pixel_size_inv_A"]),
+        cube.detector_shape,
+        float(cal.q_pixel_size),
+        tuple(float(v) for v in cube.origin_px),
+    )
 
 
 def _to_model_grid(stack: np.ndarray, grid: GridMap, matrix) -> np.ndarray:
@@ -229,11 +248,23 @@ def _refine_at(maps: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np
     return r + dy, c + dx
 
 
-def find_bragg_disks_ml(data, model=DEFAULT_BRAGG_MODEL, probe=None, *, store: str | None = None,
-                        batch_size: int = 16, mc_samples: int = 8, threshold: float = 0.1, min_distance: int = 3,
-                        absolute_threshold: float | None = None, max_peaks: int = 70, edge_px: int = 2,
-                        allow_out_of_range: bool = False, device: str = "cpu", progress: bool = True
-                        ) -> BraggVectors:
+def find_bragg_disks_ml(
+    data,
+    model=DEFAULT_BRAGG_MODEL,
+    probe=None,
+    *,
+    store: str | None = None,
+    batch_size: int = 16,
+    mc_samples: int = 8,
+    threshold: float = 0.1,
+    min_distance: int = 3,
+    absolute_threshold: float | None = None,
+    max_peaks: int = 70,
+    edge_px: int = 2,
+    allow_out_of_range: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> BraggVectors:
     """Bragg disks of every pattern predicted by a registry network.
 
     Parameters
@@ -286,16 +317,27 @@ def find_bragg_disks_ml(data, model=DEFAULT_BRAGG_MODEL, probe=None, *, store: s
     n_mc = int(mc_samples)
     parts = []
     hm, wm = grid.model_shape
-    for idx, stack in _batches(cube, int(batch_size), progress, f"ML disks ({reg.name if hasattr(reg, 'name') else 'model'})"):
+    for idx, stack in _batches(
+        cube, int(batch_size), progress, f"ML disks ({reg.name if hasattr(reg, 'name') else 'model'})"
+    ):
         _check_finite(stack, idx, cube.scan_shape)
         pm = torch.from_numpy(_to_model_grid(stack, grid, matrix))
         pattern_t, probe_b = reg.preprocess(pm, probe_img)
         probe_b = probe_t.expand(pattern_t.shape[0], -1, -1, -1)  # a view: no per-pattern copy
-        maps = _sample_maps(reg, pattern_t.to(reg.device if hasattr(reg, "device") else "cpu"),
-                            probe_b.to(reg.device if hasattr(reg, "device") else "cpu"), n_mc)
+        maps = _sample_maps(
+            reg,
+            pattern_t.to(reg.device if hasattr(reg, "device") else "cpu"),
+            probe_b.to(reg.device if hasattr(reg, "device") else "cpu"),
+            n_mc,
+        )
         mean = maps.mean(0)
-        found = find_peaks(torch.from_numpy(mean), threshold=threshold, min_distance=min_distance,
-                           absolute_threshold=absolute_threshold, max_peaks=max_peaks)
+        found = find_peaks(
+            torch.from_numpy(mean),
+            threshold=threshold,
+            min_distance=min_distance,
+            absolute_threshold=absolute_threshold,
+            max_peaks=max_peaks,
+        )
         for b, pk in enumerate(found):
             pk = pk.numpy()
             x, y = pk[:, 0], pk[:, 1]
@@ -312,17 +354,30 @@ def find_bragg_disks_ml(data, model=DEFAULT_BRAGG_MODEL, probe=None, *, store: s
                 p["sigma_px"] = np.nan
             parts.append(p)
     peaks = np.concatenate(parts) if parts else np.zeros(0, PEAK_DTYPE)
-    info = {"model": f"{getattr(reg, 'name', '?')}:{getattr(reg, 'version', '?')}", "mc_samples": n_mc,
-            "label": reg.card.get("labels", {}).get("definition"), "model_pixel_size_inv_A": grid.model_pixel,
-            "resampled": not grid.identity}
+    info = {
+        "model": f"{getattr(reg, 'name', '?')}:{getattr(reg, 'version', '?')}",
+        "mc_samples": n_mc,
+        "label": reg.card.get("labels", {}).get("definition"),
+        "model_pixel_size_inv_A": grid.model_pixel,
+        "resampled": not grid.identity,
+    }
     return BraggVectors(cube.scan_shape, cube.detector_shape, peaks, cube.calibration, "ml", info)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # property maps
 # ----------------------------------------------------------------------------------------------------------------
-def predict_property_map(data, model, probe=None, *, store: str | None = None, batch_size: int = 32,
-                         allow_out_of_range: bool = False, device: str = "cpu", progress: bool = True) -> dict:
+def predict_property_map(
+    data,
+    model,
+    probe=None,
+    *,
+    store: str | None = None,
+    batch_size: int = 32,
+    allow_out_of_range: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Thickness, phase or orientation maps from a registry property model.
 
     Returns a dict of ``(Rx, Ry, ...)`` arrays by the model's task family:
@@ -339,8 +394,10 @@ def predict_property_map(data, model, probe=None, *, store: str | None = None, b
     reg = load_model(model, store=store, device=device)
     family = reg.card.get("task_family")
     if family not in ("thickness", "phase", "orientation"):
-        raise AnalysisError(f"model {getattr(reg, 'name', model)} is a {family!r} model, not a property model "
-                            "(thickness, phase or orientation)")
+        raise AnalysisError(
+            f"model {getattr(reg, 'name', model)} is a {family!r} model, not a property model "
+            "(thickness, phase or orientation)"
+        )
     grid = check_calibration(cube, reg, allow_out_of_range)
     matrix = None if grid.identity else grid.matrix()
     probe_img = _to_model_grid(_probe_image(cube, probe)[None], grid, matrix)
@@ -363,5 +420,12 @@ def predict_property_map(data, model, probe=None, *, store: str | None = None, b
     return {"rotation": y}
 
 
-__all__ = ["DEFAULT_BRAGG_MODEL", "GridMap", "Calibration", "check_calibration", "find_bragg_disks_ml",
-           "load_model", "predict_property_map"]
+__all__ = [
+    "DEFAULT_BRAGG_MODEL",
+    "GridMap",
+    "Calibration",
+    "check_calibration",
+    "find_bragg_disks_ml",
+    "load_model",
+    "predict_property_map",
+]

@@ -32,12 +32,36 @@ from .io_formats import FileArray, check_4d, jsonable, load_hdf5, scan_chunks
 from .io_rsciio import load_rsciio
 
 FORMAT = "datacube/1"
-_EXT = {".npy": "npy", ".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".emd": "hdf5", ".mib": "merlin",
-        ".hdr": "merlin", ".blo": "blockfile", ".dm3": "dm", ".dm4": "dm", ".hspy": "hspy"}
-_OPTIONS = {"npy": (), "npz": ("key",), "zarr": ("dataset",), "hdf5": ("depth", "dataset"),
-            "merlin": ("scan_shape",), "blockfile": ("scan_shape",), "dm": ("scan_shape",), "hspy": ("scan_shape",)}
-_MAGIC = [(b"\x89HDF\r\n\x1a\n", "hdf5"), (b"\x93NUMPY", "npy"), (b"PK\x03\x04", "npz"), (b"MQ1,", "merlin"),
-          (b"IMGBLO", "blockfile")]
+_EXT = {
+    ".npy": "npy",
+    ".npz": "npz",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".emd": "hdf5",
+    ".mib": "merlin",
+    ".hdr": "merlin",
+    ".blo": "blockfile",
+    ".dm3": "dm",
+    ".dm4": "dm",
+    ".hspy": "hspy",
+}
+_OPTIONS = {
+    "npy": (),
+    "npz": ("key",),
+    "zarr": ("dataset",),
+    "hdf5": ("depth", "dataset"),
+    "merlin": ("scan_shape",),
+    "blockfile": ("scan_shape",),
+    "dm": ("scan_shape",),
+    "hspy": ("scan_shape",),
+}
+_MAGIC = [
+    (b"\x89HDF\r\n\x1a\n", "hdf5"),
+    (b"\x93NUMPY", "npy"),
+    (b"PK\x03\x04", "npz"),
+    (b"MQ1,", "merlin"),
+    (b"IMGBLO", "blockfile"),
+]
 _SAVED_KEYS = ("phases", "ground_truth_units", "config", "versions", "units", "unique_sets")
 
 
@@ -59,10 +83,12 @@ def detect_format(path) -> str:
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             return fmt
-    if any(head[o:o + 8] == _MAGIC[0][0] for o in (512, 1024, 2048)):  # HDF5 with a user block
+    if any(head[o : o + 8] == _MAGIC[0][0] for o in (512, 1024, 2048)):  # HDF5 with a user block
         return "hdf5"
-    raise AnalysisError(f"{p}: unknown format {ext or '(no extension)'!r}; expected .npy/.npz, a zarr folder, "
-                        ".h5/.hdf5/.emd, .mib/.hdr, .blo, .dm3/.dm4 or .hspy")
+    raise AnalysisError(
+        f"{p}: unknown format {ext or '(no extension)'!r}; expected .npy/.npz, a zarr folder, "
+        ".h5/.hdf5/.emd, .mib/.hdr, .blo, .dm3/.dm4 or .hspy"
+    )
 
 
 def load(path, lazy: bool = True, **options) -> DataCube:
@@ -83,8 +109,9 @@ def load(path, lazy: bool = True, **options) -> DataCube:
     fmt = detect_format(p)
     unknown = sorted(set(options) - set(_OPTIONS[fmt]))
     if unknown:
-        raise AnalysisError(f"{p}: option(s) {unknown} do not apply to {fmt} files (options: "
-                            f"{list(_OPTIONS[fmt]) or 'none'})")
+        raise AnalysisError(
+            f"{p}: option(s) {unknown} do not apply to {fmt} files (options: {list(_OPTIONS[fmt]) or 'none'})"
+        )
     if "scan_shape" in options and options["scan_shape"] is not None:
         ss = options["scan_shape"]
         try:
@@ -154,30 +181,38 @@ def _load_zarr(p: Path, lazy: bool, dataset: str | None = None) -> DataCube:
     meta = {"path": str(p), "format": "zarr"}
     if isinstance(node, zarr.Array):
         check_4d(node.shape, p)
-        return DataCube(da.from_zarr(node) if lazy else node[...], Calibration(source={"format": "zarr"}),
-                        {**meta, "dataset": dataset})
+        return DataCube(
+            da.from_zarr(node) if lazy else node[...],
+            Calibration(source={"format": "zarr"}),
+            {**meta, "dataset": dataset},
+        )
     attrs = dict(node.attrs)
     if "stemforge_format" not in attrs:
         arrays = [(n, a) for n, a in node.members(max_depth=None) if isinstance(a, zarr.Array) and a.ndim == 4]
         if len(arrays) != 1:
-            raise AnalysisError(f"{p}: a zarr group that is not a stemforge datacube must hold exactly one 4D array "
-                                f"(found {[n for n, _ in arrays]}; choose one with dataset=)")
+            raise AnalysisError(
+                f"{p}: a zarr group that is not a stemforge datacube must hold exactly one 4D array "
+                f"(found {[n for n, _ in arrays]}; choose one with dataset=)"
+            )
         name, arr = arrays[0]
-        return DataCube(da.from_zarr(arr) if lazy else arr[...], Calibration(source={"format": "zarr"}),
-                        {**meta, "dataset": name})
+        return DataCube(
+            da.from_zarr(arr) if lazy else arr[...], Calibration(source={"format": "zarr"}), {**meta, "dataset": name}
+        )
     if attrs["stemforge_format"] != FORMAT:
         raise AnalysisError(f"{p}: stemforge format {attrs['stemforge_format']!r} is not supported (expected {FORMAT})")
     if attrs.get("complete") is not True:
-        raise AnalysisError(f"{p}: incomplete scan (attrs complete is not true: its writer did not finish); "
-                            "rewrite it")
+        raise AnalysisError(f"{p}: incomplete scan (attrs complete is not true: its writer did not finish); rewrite it")
     if not isinstance(node.get("data"), zarr.Array):
         raise AnalysisError(f"{p}: stemforge datacube without a 'data' array")
     data = node["data"]
     check_4d(data.shape, p)
     gt = _ground_truth(node.get("ground_truth"), p)
     probe = np.asarray(node["probe"][...], dtype=np.float32) if isinstance(node.get("probe"), zarr.Array) else None
-    meta = {**meta, "format": FORMAT, **{k: v for k, v in attrs.items()
-                                        if k not in ("stemforge_format", "complete", "calibration")}}
+    meta = {
+        **meta,
+        "format": FORMAT,
+        **{k: v for k, v in attrs.items() if k not in ("stemforge_format", "complete", "calibration")},
+    }
     cal = Calibration.from_dict(attrs.get("calibration") or {})
     return DataCube(da.from_zarr(data) if lazy else np.asarray(data[...]), cal, meta, gt, probe)
 
@@ -191,8 +226,7 @@ def _ground_truth(group, p: Path) -> dict:
         return {}
     arrays = sorted((path, a) for path, a in group.members(max_depth=None) if isinstance(a, zarr.Array))
     names = [path.rsplit("/", 1)[-1] for path, _ in arrays]
-    return {(name if names.count(name) == 1 else path): np.asarray(a[...])
-            for name, (path, a) in zip(names, arrays)}
+    return {(name if names.count(name) == 1 else path): np.asarray(a[...]) for name, (path, a) in zip(names, arrays)}
 
 
 def save(cube, path, *, overwrite: bool = False, progress: bool | None = None) -> str:
@@ -232,8 +266,9 @@ def save(cube, path, *, overwrite: bool = False, progress: bool | None = None) -
     for name, arr in (cube.ground_truth or {}).items():
         arr = np.asarray(arr)
         if arr.shape[:2] != (Rx, Ry):
-            raise AnalysisError(f"ground_truth[{name!r}] has shape {arr.shape}; maps must lead with the scan shape "
-                                f"{(Rx, Ry)}")
+            raise AnalysisError(
+                f"ground_truth[{name!r}] has shape {arr.shape}; maps must lead with the scan shape {(Rx, Ry)}"
+            )
         gt[name] = arr
     if cube.probe is not None and np.shape(cube.probe) != (H, W):
         raise AnalysisError(f"probe has shape {np.shape(cube.probe)}; expected the detector shape {(H, W)}")
@@ -257,16 +292,16 @@ def save(cube, path, *, overwrite: bool = False, progress: bool | None = None) -
     else:
         step = chunks[0]
         for r0 in tqdm(range(0, Rx, step), desc="saving scan rows", unit="block", disable=not show):
-            out[r0:r0 + step] = np.asarray(cube.data[r0:r0 + step], dtype=np.float32)
+            out[r0 : r0 + step] = np.asarray(cube.data[r0 : r0 + step], dtype=np.float32)
     if cube.probe is not None:
         g.create_array("probe", data=np.asarray(cube.probe, dtype=np.float32))
     for name, arr in gt.items():
         g.create_array(f"ground_truth/{name}", data=arr)
     attrs = {k: jsonable(cube.metadata[k]) for k in _SAVED_KEYS if k in cube.metadata}
     attrs["calibration"] = jsonable(cube.calibration.as_dict())
-    attrs["saved_from"] = jsonable({k: cube.metadata.get(k) for k in ("path", "format", "dataset")
-                                    if cube.metadata.get(k) is not None})
+    attrs["saved_from"] = jsonable(
+        {k: cube.metadata.get(k) for k in ("path", "format", "dataset") if cube.metadata.get(k) is not None}
+    )
     g.attrs.update(attrs)
     g.attrs["complete"] = True
     return str(p)
-

@@ -18,8 +18,19 @@ import numpy as np
 from .datacube import AnalysisError, Calibration, DataCube
 
 # length units -> Å
-_LENGTH_A = {"pm": 0.01, "a": 1.0, "å": 1.0, "ang": 1.0, "angstrom": 1.0, "nm": 10.0, "µm": 1e4, "um": 1e4,
-             "mm": 1e7, "cm": 1e8, "m": 1e10}
+_LENGTH_A = {
+    "pm": 0.01,
+    "a": 1.0,
+    "å": 1.0,
+    "ang": 1.0,
+    "angstrom": 1.0,
+    "nm": 10.0,
+    "µm": 1e4,
+    "um": 1e4,
+    "mm": 1e7,
+    "cm": 1e8,
+    "m": 1e10,
+}
 _ANGLE_RAD = {"mrad": 1e-3, "rad": 1.0, "µrad": 1e-6, "urad": 1e-6}
 CHUNK_BYTES = 32 * 2**20
 
@@ -98,8 +109,10 @@ def num(v) -> float | None:
 
 def check_4d(shape, path) -> None:
     if len(shape) != 4:
-        raise AnalysisError(f"{path}: found a {len(shape)}D array of shape {tuple(shape)}; a 4D-STEM scan must be "
-                            "4D (scan rows, scan cols, detector rows, detector cols)")
+        raise AnalysisError(
+            f"{path}: found a {len(shape)}D array of shape {tuple(shape)}; a 4D-STEM scan must be "
+            "4D (scan rows, scan cols, detector rows, detector cols)"
+        )
     if min(shape) < 1:
         raise AnalysisError(f"{path}: the 4D array is empty, shape {tuple(shape)}")
 
@@ -142,8 +155,14 @@ class FileArray:
 
         st = os.stat(self.path)
         name = "stemforge-file-" + tokenize(os.path.realpath(self.path), self.key, st.st_mtime_ns, st.st_size)
-        return da.from_array(self, chunks=scan_chunks(self.shape, self.dtype.itemsize), name=name, lock=False,
-                             asarray=True, meta=np.empty((0,) * self.ndim, self.dtype))
+        return da.from_array(
+            self,
+            chunks=scan_chunks(self.shape, self.dtype.itemsize),
+            name=name,
+            lock=False,
+            asarray=True,
+            meta=np.empty((0,) * self.ndim, self.dtype),
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ HDF5
@@ -176,8 +195,10 @@ def load_hdf5(p: Path, lazy: bool, depth: int | None = None, dataset: str | None
                 return None
             else:
                 shapes = _dataset_shapes(f)
-                raise AnalysisError(f"{p}: no 4D dataset in the HDF5 file (found {shapes or 'no datasets'}); a "
-                                    "4D-STEM scan must be 4D (scan rows, scan cols, detector rows, detector cols)")
+                raise AnalysisError(
+                    f"{p}: no 4D dataset in the HDF5 file (found {shapes or 'no datasets'}); a "
+                    "4D-STEM scan must be 4D (scan rows, scan cols, detector rows, detector cols)"
+                )
             cal, extra = _calibration_near(f, f[key])
         ds = f[key]
         check_4d(ds.shape, p)
@@ -260,9 +281,13 @@ def _dims_calibration(grp, energy_eV: float | None = None) -> Calibration:
     origin = None  # a Q vector starting at 0 means "not calibrated"
     if None not in q and (zeros[2] != 0 or zeros[3] != 0):
         origin = (zeros[2], zeros[3])
-    return Calibration(q_pixel_size=one_pixel_size(q), scan_step_A=None if None in r else (r[0], r[1]),
-                       origin_px=origin, energy_eV=energy_eV,
-                       source={"format": "emd-dims", "steps": list(steps), "units": units})
+    return Calibration(
+        q_pixel_size=one_pixel_size(q),
+        scan_step_A=None if None in r else (r[0], r[1]),
+        origin_px=origin,
+        energy_eV=energy_eV,
+        source={"format": "emd-dims", "steps": list(steps), "units": units},
+    )
 
 
 def _emdfile_calibration(c: dict, where: str, dims: Calibration) -> Calibration:
@@ -279,10 +304,15 @@ def _emdfile_calibration(c: dict, where: str, dims: Calibration) -> Calibration:
     if num(c.get("qx0_mean")) is not None and num(c.get("qy0_mean")) is not None:
         origin = (num(c["qx0_mean"]), num(c["qy0_mean"]))
     alpha = num(c.get("probe_convergence_semiangle_mrad"))
-    return Calibration(q_pixel_size=q if q is not None else dims.q_pixel_size, energy_eV=energy, semiangle_mrad=alpha,
-                       scan_step_A=(r, r) if r is not None else dims.scan_step_A,
-                       origin_px=origin or dims.origin_px, rotation_deg=num(c.get("QR_rotation_degrees")) or 0.0,
-                       source={"format": "emdfile", "group": where, **jsonable(c)})
+    return Calibration(
+        q_pixel_size=q if q is not None else dims.q_pixel_size,
+        energy_eV=energy,
+        semiangle_mrad=alpha,
+        scan_step_A=(r, r) if r is not None else dims.scan_step_A,
+        origin_px=origin or dims.origin_px,
+        rotation_deg=num(c.get("QR_rotation_degrees")) or 0.0,
+        source={"format": "emdfile", "group": where, **jsonable(c)},
+    )
 
 
 def _prismatic(f, p, depth: int) -> tuple[str, Calibration, dict]:
@@ -295,8 +325,10 @@ def _prismatic(f, p, depth: int) -> tuple[str, Calibration, dict]:
     if not cubes:
         raise AnalysisError(f"{p}: Prismatic file without 4D output (no 4DSTEM_simulation/data/datacubes)")
     if not isinstance(depth, (int, np.integer)) or not -len(cubes) <= depth < len(cubes):
-        raise AnalysisError(f"{p}: depth {depth!r} not among the file's {len(cubes)} depths (0..{len(cubes) - 1}, "
-                            "or negative from the deepest)")
+        raise AnalysisError(
+            f"{p}: depth {depth!r} not among the file's {len(cubes)} depths (0..{len(cubes) - 1}, "
+            "or negative from the deepest)"
+        )
     i = int(depth) % len(cubes)
     grp = base[cubes[i]]
     pg = f.get("4DSTEM_simulation/metadata/metadata_0/original/simulation_parameters")
@@ -304,8 +336,10 @@ def _prismatic(f, p, depth: int) -> tuple[str, Calibration, dict]:
     energy = float(params["E"]) * 1e3 if params.get("E") else None  # keV
     steps, origin = zip(*(_axis(grp[d][:]) for d in ("dim1", "dim2", "dim3", "dim4")))
     units = [as_str(grp[d].attrs.get("units", "")) for d in ("dim1", "dim2", "dim3", "dim4")]
-    q = [s if s is None or "mrad" not in u else reciprocal_to_invA(s, "mrad", energy)
-         for s, u in zip(steps[2:], units[2:])]
+    q = [
+        s if s is None or "mrad" not in u else reciprocal_to_invA(s, "mrad", energy)
+        for s, u in zip(steps[2:], units[2:])
+    ]
     rx, ry = params.get("rx"), params.get("ry")  # probe steps (Å): the scan step of a single-position axis
     r = [s if s is not None else (float(v) if v else None) for s, v in zip(steps[:2], (rx, ry))]
     if "output_depth" in grp.attrs:
@@ -316,14 +350,31 @@ def _prismatic(f, p, depth: int) -> tuple[str, Calibration, dict]:
         depth_A = None
     qp = one_pixel_size(q)
     lam = Calibration(energy_eV=energy).wavelength_A
-    cal = Calibration(q_pixel_size=qp, energy_eV=energy,
-                      semiangle_mrad=float(params["sa"]) if params.get("sa") else None,
-                      scan_step_A=None if None in r else (r[0], r[1]),
-                      origin_px=None if None in origin[2:] else (origin[2], origin[3]),
-                      source={"format": "prismatic", "depth": cubes[i], "dim_steps": list(steps), "dim_units": units,
-                              "units_read_as": "Å, Å⁻¹ (Prismatic's units whatever the label)",
-                              "detector_mrad_per_px": qp * lam * 1e3 if qp and lam else None,
-                              "r_step_matches_rx": bool(rx and r[0] and abs(r[0] - float(rx)) <= 1e-4 * float(rx)),
-                              "simulation_parameters": params})
-    return grp["datacube"].name, cal, {"format": "prismatic", "depths": cubes, "depth_index": i, "depth_A": depth_A,
-                                       "intensity": "fraction of the incident beam per pixel"}
+    cal = Calibration(
+        q_pixel_size=qp,
+        energy_eV=energy,
+        semiangle_mrad=float(params["sa"]) if params.get("sa") else None,
+        scan_step_A=None if None in r else (r[0], r[1]),
+        origin_px=None if None in origin[2:] else (origin[2], origin[3]),
+        source={
+            "format": "prismatic",
+            "depth": cubes[i],
+            "dim_steps": list(steps),
+            "dim_units": units,
+            "units_read_as": "Å, Å⁻¹ (Prismatic's units whatever the label)",
+            "detector_mrad_per_px": qp * lam * 1e3 if qp and lam else None,
+            "r_step_matches_rx": bool(rx and r[0] and abs(r[0] - float(rx)) <= 1e-4 * float(rx)),
+            "simulation_parameters": params,
+        },
+    )
+    return (
+        grp["datacube"].name,
+        cal,
+        {
+            "format": "prismatic",
+            "depths": cubes,
+            "depth_index": i,
+            "depth_A": depth_A,
+            "intensity": "fraction of the incident beam per pixel",
+        },
+    )

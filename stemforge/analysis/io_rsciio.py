@@ -18,8 +18,13 @@ import numpy as np
 from .datacube import AnalysisError, Calibration, DataCube
 from .io_formats import check_4d, jsonable, length_to_A, num, one_pixel_size, reciprocal_to_invA
 
-RSCIIO_PLUGINS = {"merlin": "quantumdetector", "blockfile": "blockfile", "dm": "digitalmicrograph", "emd": "emd",
-                  "hspy": "hspy"}
+RSCIIO_PLUGINS = {
+    "merlin": "quantumdetector",
+    "blockfile": "blockfile",
+    "dm": "digitalmicrograph",
+    "emd": "emd",
+    "hspy": "hspy",
+}
 
 
 def load_rsciio(p: Path, lazy: bool, fmt: str, scan_shape=None) -> DataCube:
@@ -56,11 +61,15 @@ def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None, r
                 s = signals[pick[0]]
                 ax = _axes(s)
                 signals = list(signals)
-                signals[pick[0]] = {**s, "data": s["data"].reshape(rows, cols, *shapes[pick[0]][1:]),
-                                    "axes": [{"size": rows, "units": ""}, {"size": cols, "units": ""}, *ax[1:]]}
+                signals[pick[0]] = {
+                    **s,
+                    "data": s["data"].reshape(rows, cols, *shapes[pick[0]][1:]),
+                    "axes": [{"size": rows, "units": ""}, {"size": cols, "units": ""}, *ax[1:]],
+                }
         elif shapes[pick[0]][:2] != (rows, cols):
-            raise AnalysisError(f"{path}: scan_shape {(rows, cols)} does not match the file's scan "
-                                f"{shapes[pick[0]][:2]}")
+            raise AnalysisError(
+                f"{path}: scan_shape {(rows, cols)} does not match the file's scan {shapes[pick[0]][:2]}"
+            )
     if not pick:
         stack = reshape_hint and any(len(s) == 3 for s in shapes)
         hint = "; give scan_shape=(rows, cols) to reshape a stack of frames" if stack else ""
@@ -74,26 +83,45 @@ def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None, r
     axes = _axes(s)
     scales = [num(a.get("scale", 1.0)) for a in axes]  # None: a non-uniform axis
     step = [None if sc is None else length_to_A(sc, a.get("units")) for sc, a in zip(scales[:2], axes[:2])]
-    q = [None if sc is None else reciprocal_to_invA(sc, a.get("units"), energy_eV)
-         for sc, a in zip(scales[2:], axes[2:])]
+    q = [
+        None if sc is None else reciprocal_to_invA(sc, a.get("units"), energy_eV) for sc, a in zip(scales[2:], axes[2:])
+    ]
     offsets = [num(a.get("offset")) or 0.0 for a in axes[2:]]
     origin = None  # k = 0 at index -offset/scale; a zero offset means "not calibrated"
     if None not in q and any(offsets):
         origin = (-offsets[0] / scales[2], -offsets[1] / scales[3])
-    source = {"format": reader, "axes": jsonable([{k: a.get(k) for k in ("name", "size", "scale", "offset", "units",
-                                                                          "navigate")} for a in axes]),
-              "beam_energy_keV": energy, "convergence_angle_mrad": alpha,
-              "camera_length": jsonable(tem.get("camera_length")), "scan_rotation_deg": jsonable(tem.get("rotation"))}
+    source = {
+        "format": reader,
+        "axes": jsonable(
+            [{k: a.get(k) for k in ("name", "size", "scale", "offset", "units", "navigate")} for a in axes]
+        ),
+        "beam_energy_keV": energy,
+        "convergence_angle_mrad": alpha,
+        "camera_length": jsonable(tem.get("camera_length")),
+        "scan_rotation_deg": jsonable(tem.get("rotation")),
+    }
     if None in q and reader == "blockfile":
         q = _blockfile_q(s.get("original_metadata") or {}, scales[2:], axes[2:], energy_eV, source)
     if None in q and scales[3] is not None and axes[3].get("units"):
         source["detector_pixel"] = f"{scales[3]:.6g} {axes[3]['units']} (not converted to Å⁻¹)"
-    cal = Calibration(q_pixel_size=one_pixel_size(q), energy_eV=energy_eV, semiangle_mrad=alpha,
-                      scan_step_A=None if None in step else (step[0], step[1]), origin_px=origin, source=source)
+    cal = Calibration(
+        q_pixel_size=one_pixel_size(q),
+        energy_eV=energy_eV,
+        semiangle_mrad=alpha,
+        scan_step_A=None if None in step else (step[0], step[1]),
+        origin_px=origin,
+        source=source,
+    )
     general = md.get("General") or {}
-    meta = {"path": str(path), "format": reader, "reader": "rosettasciio", "title": general.get("title"),
-            "signal_type": (md.get("Signal") or {}).get("signal_type"), "metadata": md,
-            "original_metadata": s.get("original_metadata") or {}}
+    meta = {
+        "path": str(path),
+        "format": reader,
+        "reader": "rosettasciio",
+        "title": general.get("title"),
+        "signal_type": (md.get("Signal") or {}).get("signal_type"),
+        "metadata": md,
+        "original_metadata": s.get("original_metadata") or {},
+    }
     check_4d(np.shape(s["data"]), path)
     return DataCube(s["data"], cal, meta)
 
@@ -111,8 +139,10 @@ def _blockfile_q(om: dict, scales, axes, energy_eV, source: dict) -> list:
         return [None, None]
     px_mm = [v * 1e-7 for v in px_mm]  # Å -> mm
     q = [v / cl_mm / lam for v in px_mm]
-    source["q_pixel_size_from"] = (f"camera-plane pixel {px_mm[1]:.6g} mm / nominal camera length {cl_mm:g} mm "
-                                   f"= {px_mm[1] / cl_mm * 1e3:.6g} mrad/px at λ = {lam:.6g} Å")
+    source["q_pixel_size_from"] = (
+        f"camera-plane pixel {px_mm[1]:.6g} mm / nominal camera length {cl_mm:g} mm "
+        f"= {px_mm[1] / cl_mm * 1e3:.6g} mrad/px at λ = {lam:.6g} Å"
+    )
     return q
 
 

@@ -46,8 +46,15 @@ def _as_bragg(source, disk_kw) -> BraggVectors:
     return find_bragg_disks_classical(arr[None, None].astype(np.float32), **kw)
 
 
-def lattice_candidates(source, origin_px=None, region=None, cluster_px: float = 1.5, min_fraction: float = 0.25,
-                       min_length_px: float = 3.0, **disk_kw) -> dict:
+def lattice_candidates(
+    source,
+    origin_px=None,
+    region=None,
+    cluster_px: float = 1.5,
+    min_fraction: float = 0.25,
+    min_length_px: float = 3.0,
+    **disk_kw,
+) -> dict:
     """Reflections that recur over a region, sorted by length: the choices for g1 and g2 (by index).
 
     Parameters
@@ -91,8 +98,12 @@ def lattice_candidates(source, origin_px=None, region=None, cluster_px: float = 
     length = np.hypot(*centres.T)
     keep = (counts >= max(1, int(np.ceil(min_fraction * n_pos)))) & (length >= min_length_px)
     order = np.argsort(length[keep], kind="stable")
-    return {"vectors": centres[keep][order], "length_px": length[keep][order], "count": counts[keep][order],
-            "intensity": inten[keep][order]}
+    return {
+        "vectors": centres[keep][order],
+        "length_px": length[keep][order],
+        "count": counts[keep][order],
+        "intensity": inten[keep][order],
+    }
 
 
 def _sine(u, v) -> float:
@@ -159,7 +170,7 @@ def _lattice_vote(vec, w, sin_min: float, max_error_px: float, inside, n_pairs: 
             precision = min(1.0, sum(v for key, v in seen.items() if key in predicted) / len(predicted))
             # recall counts twice: a sublattice that is exact (precision 1) must hold most of the candidates
             # to beat a finer lattice that indexes them all (sparse patterns are otherwise often misread)
-            score = recall ** 2 * precision
+            score = recall**2 * precision
             # ties: the larger explained share, then the shorter pair (candidates are sorted by length)
             key = (round(score, 9), round(recall, 9), -i, -j)
             if best_key is None or key > best_key:
@@ -177,11 +188,22 @@ def _shortest_primitive_pair(vec, on, cell: float, sin_min: float):
     return None, None
 
 
-def choose_lattice_vectors(source, origin_px=None, region=None, index_g1: int | None = None,
-                           index_g2: int | None = None, min_length_px: float = 3.0, min_angle_deg: float = 20.0,
-                           cluster_px: float = 1.5, min_fraction: float = 0.25, refine: bool = True,
-                           max_error_px: float = 1.5, vote: bool = True, vote_candidates: int = 30,
-                           **disk_kw) -> tuple[np.ndarray, np.ndarray]:
+def choose_lattice_vectors(
+    source,
+    origin_px=None,
+    region=None,
+    index_g1: int | None = None,
+    index_g2: int | None = None,
+    min_length_px: float = 3.0,
+    min_angle_deg: float = 20.0,
+    cluster_px: float = 1.5,
+    min_fraction: float = 0.25,
+    refine: bool = True,
+    max_error_px: float = 1.5,
+    vote: bool = True,
+    vote_candidates: int = 30,
+    **disk_kw,
+) -> tuple[np.ndarray, np.ndarray]:
     """A reciprocal basis ``g1, g2`` (px, ``(x, y)``) from the reflections that recur over a region.
 
     Candidates are :func:`lattice_candidates` (``source``: Bragg vectors with ``region``, or a 2D pattern such as
@@ -260,8 +282,12 @@ def choose_lattice_vectors(source, origin_px=None, region=None, index_g1: int | 
         H, W = bv.detector_shape
 
         def inside(pts):
-            return ((o[1] + pts[:, 0] >= 0) & (o[1] + pts[:, 0] <= W - 1) & (o[0] + pts[:, 1] >= 0)
-                    & (o[0] + pts[:, 1] <= H - 1))
+            return (
+                (o[1] + pts[:, 0] >= 0)
+                & (o[1] + pts[:, 0] <= W - 1)
+                & (o[0] + pts[:, 1] >= 0)
+                & (o[0] + pts[:, 1] <= H - 1)
+            )
 
         seen_fraction = w / region_mask(bv.scan_shape, region).sum()  # of the region's positions, ≤ 1
         best = _lattice_vote(vec, seen_fraction, sin_min, max_error_px, inside, vote_candidates)
@@ -274,8 +300,10 @@ def choose_lattice_vectors(source, origin_px=None, region=None, index_g1: int | 
         if index_g2 is not None:
             g2 = vec[index_g2]
             if _sine(g1, g2) <= sin_min:
-                raise AnalysisError(f"candidates {index_g1} and {index_g2} are collinear "
-                                    f"(less than min_angle_deg={min_angle_deg}° apart)")
+                raise AnalysisError(
+                    f"candidates {index_g1} and {index_g2} are collinear "
+                    f"(less than min_angle_deg={min_angle_deg}° apart)"
+                )
         else:
             for g in vec:
                 if _sine(g1, g) > sin_min:
@@ -313,9 +341,19 @@ def index_bragg_vectors(bv: BraggVectors, g1, g2, origin_px=None, max_error_px: 
     return {"h": hk[:, 0].astype(int), "k": hk[:, 1].astype(int), "error_px": err, "indexed": err <= max_error_px}
 
 
-def fit_lattice(bv: BraggVectors, g1, g2, origin_px=None, max_error_px: float = 2.0, min_peaks: int = 3,
-                iterations: int = 2, weights: str | None = None, reject_sigma: float | None = None,
-                reject_floor_px: float = 0.3, progress: bool = False) -> dict:
+def fit_lattice(
+    bv: BraggVectors,
+    g1,
+    g2,
+    origin_px=None,
+    max_error_px: float = 2.0,
+    min_peaks: int = 3,
+    iterations: int = 2,
+    weights: str | None = None,
+    reject_sigma: float | None = None,
+    reject_floor_px: float = 0.3,
+    progress: bool = False,
+) -> dict:
     """Least-squares lattice ``q ≈ h g1' + k g2' + q0`` at every position.
 
     Peaks are indexed by rounding ``[g1 g2]⁻¹ (q − q0)`` to integers (re-indexed with the fitted basis
@@ -356,8 +394,13 @@ def fit_lattice(bv: BraggVectors, g1, g2, origin_px=None, max_error_px: float = 
     if weights not in (None, "intensity"):
         raise AnalysisError(f"weights must be None or 'intensity', got {weights!r}")
     Rx, Ry = bv.scan_shape
-    out = {"g1": np.full((Rx, Ry, 2), np.nan), "g2": np.full((Rx, Ry, 2), np.nan), "q0": np.full((Rx, Ry, 2), np.nan),
-           "error_px": np.full((Rx, Ry), np.nan), "num_peaks": np.zeros((Rx, Ry), int)}
+    out = {
+        "g1": np.full((Rx, Ry, 2), np.nan),
+        "g2": np.full((Rx, Ry, 2), np.nan),
+        "q0": np.full((Rx, Ry, 2), np.nan),
+        "error_px": np.full((Rx, Ry), np.nan),
+        "num_peaks": np.zeros((Rx, Ry), int),
+    }
     q_all = relative_xy(bv, origin_px=origin_px)
     offsets = bv._offsets
     for flat in tqdm(range(Rx * Ry), desc="lattice fit", unit="pattern", disable=not progress):

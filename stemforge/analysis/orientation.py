@@ -38,8 +38,16 @@ from .braggvectors import BraggVectors
 from .datacube import AnalysisError
 from .orientation_library import OrientationLibrary
 
-__all__ = ["OrientationMap", "orientation_map", "check_library_calibration", "score_orientations",
-           "template_correlation", "zone_axis_labels", "ipf_colors", "plot_orientation_map"]
+__all__ = [
+    "OrientationMap",
+    "orientation_map",
+    "check_library_calibration",
+    "score_orientations",
+    "template_correlation",
+    "zone_axis_labels",
+    "ipf_colors",
+    "plot_orientation_map",
+]
 
 #: relative energy difference (data vs library) refused without ``allow_energy_mismatch``
 ENERGY_RTOL = 5e-3
@@ -52,20 +60,29 @@ def check_library_calibration(bragg_vectors, library, allow_energy_mismatch: boo
     if not isinstance(bragg_vectors, BraggVectors):
         raise AnalysisError(f"orientation mapping needs BraggVectors, got {type(bragg_vectors).__name__}")
     if not isinstance(library, OrientationLibrary):
-        raise AnalysisError(f"expected an OrientationLibrary (stemforge.analysis.build_orientation_library), "
-                            f"got {type(library).__name__}")
+        raise AnalysisError(
+            f"expected an OrientationLibrary (stemforge.analysis.build_orientation_library), "
+            f"got {type(library).__name__}"
+        )
     cal = bragg_vectors.calibration
     if cal.q_pixel_size is None:
-        raise AnalysisError("the Bragg vectors carry no Å⁻¹/px calibration (calibration.q_pixel_size is None); "
-                            "calibrate the detector first")
+        raise AnalysisError(
+            "the Bragg vectors carry no Å⁻¹/px calibration (calibration.q_pixel_size is None); "
+            "calibrate the detector first"
+        )
     if not (math.isfinite(float(cal.q_pixel_size)) and cal.q_pixel_size > 0):
         raise AnalysisError(f"calibration.q_pixel_size must be a positive number (Å⁻¹/px), got {cal.q_pixel_size}")
     e = cal.energy_eV
-    if e is not None and abs(float(e) - library.energy_eV) > ENERGY_RTOL * library.energy_eV \
-            and not allow_energy_mismatch:
-        raise AnalysisError(f"library {library.name!r} was built at {library.energy_eV / 1e3:g} keV but the data "
-                            f"were recorded at {float(e) / 1e3:g} keV; rebuild it at the data's energy or pass "
-                            "allow_energy_mismatch=True")
+    if (
+        e is not None
+        and abs(float(e) - library.energy_eV) > ENERGY_RTOL * library.energy_eV
+        and not allow_energy_mismatch
+    ):
+        raise AnalysisError(
+            f"library {library.name!r} was built at {library.energy_eV / 1e3:g} keV but the data "
+            f"were recorded at {float(e) / 1e3:g} keV; rebuild it at the data's energy or pass "
+            "allow_energy_mismatch=True"
+        )
 
 
 # --------------------------------------------------------------------------- peaks
@@ -78,7 +95,7 @@ def _prepare_peaks(bv: BraggVectors, lib: OrientationLibrary, max_peaks: int):
     if len(inten) and not np.isfinite(inten).any():  # a method without intensities: equal weights
         inten = np.ones_like(inten)
     inten = np.where(np.isfinite(inten) & (inten > 0), inten, 0.0)
-    a = inten ** lib.intensity_power * r ** lib.radial_power
+    a = inten**lib.intensity_power * r**lib.radial_power
     pos = p["rx"].astype(np.int64) * bv.scan_shape[1] + p["ry"]
     keep = (r >= lib.q_min) & (r <= lib.k_max) & (a > 0)
     pos, q, r, a = pos[keep], q[keep], r[keep], a[keep]
@@ -127,9 +144,18 @@ def _rotvec_matrices(w: np.ndarray) -> np.ndarray:
     return Rotation.from_rotvec(w.reshape(-1, 3)).as_matrix().reshape(*w.shape[:-1], 3, 3)
 
 
-_STENCIL = np.array([[0, 0, 0]] + [s * e for e in np.eye(3) for s in (1, -1)]
-                    + [s1 * np.eye(3)[i] + s2 * np.eye(3)[j] for i in range(3) for j in range(i + 1, 3)
-                       for s1 in (1, -1) for s2 in (1, -1)], dtype=np.float64)  # (19, 3)
+_STENCIL = np.array(
+    [[0, 0, 0]]
+    + [s * e for e in np.eye(3) for s in (1, -1)]
+    + [
+        s1 * np.eye(3)[i] + s2 * np.eye(3)[j]
+        for i in range(3)
+        for j in range(i + 1, 3)
+        for s1 in (1, -1)
+        for s2 in (1, -1)
+    ],
+    dtype=np.float64,
+)  # (19, 3)
 
 
 def _quadratic_design(points: np.ndarray) -> np.ndarray:
@@ -191,8 +217,12 @@ def score_orientations(rotations, q, a, library: OrientationLibrary, g=None, fw=
     kn = np.sqrt(gl[..., 0] ** 2 + gl[..., 1] ** 2 + kz**2)
     s = (K**2 - kn**2) / (2 * kn)
     r = np.hypot(gl[..., 0], gl[..., 1])
-    w = fw[:, None, :] * np.exp(-0.5 * lib.intensity_power * (s / lib.sigma_excitation) ** 2) \
-        * r**lib.radial_power * ((r >= lib.q_min) & (r <= lib.k_max))  # (B, S, G)
+    w = (
+        fw[:, None, :]
+        * np.exp(-0.5 * lib.intensity_power * (s / lib.sigma_excitation) ** 2)
+        * r**lib.radial_power
+        * ((r >= lib.q_min) & (r <= lib.k_max))
+    )  # (B, S, G)
     idx = np.broadcast_to(GI[:, None, :], (B, R.shape[1], GI.shape[1]))
     gx = np.take_along_axis(gl[..., 0], idx, axis=2)
     gy = np.take_along_axis(gl[..., 1], idx, axis=2)
@@ -282,8 +312,14 @@ def _zone_candidates(lib: OrientationLibrary, max_index: int):
                 vecs.append(S @ cu)
                 parents.append(p)
                 sym.append(k)
-    return (np.array(vecs), np.array(parents), np.array(sym), np.array(uvw, dtype=np.int32), np.array(frames),
-            np.array(period))
+    return (
+        np.array(vecs),
+        np.array(parents),
+        np.array(sym),
+        np.array(uvw, dtype=np.int32),
+        np.array(frames),
+        np.array(period),
+    )
 
 
 def zone_axis_labels(rotations, library: OrientationLibrary, max_index: int = 3):
@@ -309,8 +345,12 @@ def zone_axis_labels(rotations, library: OrientationLibrary, max_index: int = 3)
     bad = ~np.isfinite(R).all(axis=(1, 2))
     za = uvw[p].copy()
     za[bad], offset[bad], phi[bad] = 0, np.nan, np.nan
-    return (za.reshape(*lead, 3), offset.reshape(lead), phi.reshape(lead), np.where(bad, np.nan,
-                                                                                     period[p]).reshape(lead))
+    return (
+        za.reshape(*lead, 3),
+        offset.reshape(lead),
+        phi.reshape(lead),
+        np.where(bad, np.nan, period[p]).reshape(lead),
+    )
 
 
 # --------------------------------------------------------------------------- coarse search
@@ -384,8 +424,10 @@ class OrientationMap:
         if ref.shape == (2,):
             ref = self.rotation[int(ref[0]), int(ref[1])]
         if ref.shape not in ((3, 3), (*self.scan_shape, 3, 3)):
-            raise AnalysisError(f"reference must be a 3×3 rotation, a {self.scan_shape} map of them or a scan "
-                                f"position (rx, ry), got shape {ref.shape}")
+            raise AnalysisError(
+                f"reference must be a 3×3 rotation, a {self.scan_shape} map of them or a scan "
+                f"position (rx, ry), got shape {ref.shape}"
+            )
         if not np.isfinite(ref).all() and ref.shape == (3, 3):
             raise AnalysisError("the reference orientation is undefined (no match at that position)")
         ok = self.valid & np.isfinite(self.rotation).all(axis=(-1, -2))
@@ -397,9 +439,24 @@ class OrientationMap:
 
     def as_dict(self) -> dict:
         """The maps as a dict of arrays (for ``stemforge.analysis.save``-style writers)."""
-        return {k: getattr(self, k) for k in ("rotation", "beam_direction", "zone_axis", "zone_axis_offset_deg",
-                                              "in_plane_deg", "in_plane_period_deg", "score", "coarse_score",
-                                              "second_score", "margin", "twin_score", "num_peaks", "valid")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "rotation",
+                "beam_direction",
+                "zone_axis",
+                "zone_axis_offset_deg",
+                "in_plane_deg",
+                "in_plane_period_deg",
+                "score",
+                "coarse_score",
+                "second_score",
+                "margin",
+                "twin_score",
+                "num_peaks",
+                "valid",
+            )
+        }
 
     def figure(self, library: OrientationLibrary | None = None):
         """See :func:`plot_orientation_map`."""
@@ -407,10 +464,21 @@ class OrientationMap:
 
 
 # --------------------------------------------------------------------------- the map
-def orientation_map(bragg_vectors: BraggVectors, library: OrientationLibrary, *, refine: bool = True,
-                    refine_iterations: int = 4, min_peaks: int = 3, max_peaks: int = 64, margin_deg: float = 5.0,
-                    resolve_twin: bool = True, batch_size: int | None = None, allow_energy_mismatch: bool = False,
-                    zone_max_index: int = 3, progress: bool = True) -> OrientationMap:
+def orientation_map(
+    bragg_vectors: BraggVectors,
+    library: OrientationLibrary,
+    *,
+    refine: bool = True,
+    refine_iterations: int = 4,
+    min_peaks: int = 3,
+    max_peaks: int = 64,
+    margin_deg: float = 5.0,
+    resolve_twin: bool = True,
+    batch_size: int | None = None,
+    allow_energy_mismatch: bool = False,
+    zone_max_index: int = 3,
+    progress: bool = True,
+) -> OrientationMap:
     """Best-matching orientation at every scan position.
 
     Parameters
@@ -449,9 +517,12 @@ def orientation_map(bragg_vectors: BraggVectors, library: OrientationLibrary, *,
     o = bragg_vectors.calibration.origin_px or (H // 2, W // 2)
     edge = float(bragg_vectors.calibration.q_pixel_size) * min(np.min(o), H - 1 - o[0], W - 1 - o[1])
     if edge < lib.k_max * 0.95:
-        warnings.warn(f"the detector reaches only {edge:.2f} Å⁻¹ from the origin, less than the library's k_max "
-                      f"{lib.k_max} Å⁻¹: reflections beyond the edge are missing from the data; a library with "
-                      "k_max at the edge matches better", stacklevel=2)
+        warnings.warn(
+            f"the detector reaches only {edge:.2f} Å⁻¹ from the origin, less than the library's k_max "
+            f"{lib.k_max} Å⁻¹: reflections beyond the edge are missing from the data; a library with "
+            "k_max at the edge matches better",
+            stacklevel=2,
+        )
     t0 = time.perf_counter()
     q, r, theta, a, offsets = _prepare_peaks(bragg_vectors, lib, int(max_peaks))
     Rx, Ry = bragg_vectors.scan_shape
@@ -470,7 +541,7 @@ def orientation_map(bragg_vectors: BraggVectors, library: OrientationLibrary, *,
 
     bar = tqdm(total=len(todo), desc=f"orientation {lib.name}", unit="pattern", disable=not progress)
     for b0 in range(0, len(todo), B):
-        idx = todo[b0:b0 + B]
+        idx = todo[b0 : b0 + B]
         nb = len(idx)
         (qb, rb, tb, ab), mask = _padded(offsets, idx, q, r, theta, a)
         corr = template_correlation(lib, rb, tb, ab)  # (nb, N, n_ang)
@@ -524,12 +595,30 @@ def orientation_map(bragg_vectors: BraggVectors, library: OrientationLibrary, *,
     za, off, phi, period = zone_axis_labels(out_R, lib, zone_max_index)
     shape = (Rx, Ry)
     return OrientationMap(
-        lib.name, shape, out_R.reshape(*shape, 3, 3), out_R[:, 2, :].reshape(*shape, 3), za.reshape(*shape, 3),
-        off.reshape(shape), phi.reshape(shape), period.reshape(shape), score.reshape(shape), coarse.reshape(shape),
-        second.reshape(shape), (coarse - second).reshape(shape), twin.reshape(shape), counts.reshape(shape),
+        lib.name,
+        shape,
+        out_R.reshape(*shape, 3, 3),
+        out_R[:, 2, :].reshape(*shape, 3),
+        za.reshape(*shape, 3),
+        off.reshape(shape),
+        phi.reshape(shape),
+        period.reshape(shape),
+        score.reshape(shape),
+        coarse.reshape(shape),
+        second.reshape(shape),
+        (coarse - second).reshape(shape),
+        twin.reshape(shape),
+        counts.reshape(shape),
         valid.reshape(shape),
-        lib.ops, {"elapsed_s": elapsed, "patterns_per_s": len(todo) / max(elapsed, 1e-9), "refined": refine,
-                  "library": repr(lib), "margin_deg": margin_deg})
+        lib.ops,
+        {
+            "elapsed_s": elapsed,
+            "patterns_per_s": len(todo) / max(elapsed, 1e-9),
+            "refined": refine,
+            "library": repr(lib),
+            "margin_deg": margin_deg,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- figures
@@ -574,8 +663,9 @@ def plot_orientation_map(omap: OrientationMap, library: OrientationLibrary | Non
     im = axs[1].imshow(frac, cmap="twilight", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(im, ax=axs[1], label="in-plane angle / symmetry period")
     axs[1].set_title("in-plane angle")
-    im = axs[2].imshow(np.where(omap.valid, omap.score, np.nan), cmap="viridis", vmin=0, vmax=1,
-                       interpolation="nearest")
+    im = axs[2].imshow(
+        np.where(omap.valid, omap.score, np.nan), cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+    )
     fig.colorbar(im, ax=axs[2], label="score")
     axs[2].set_title("match score")
     if library is not None:

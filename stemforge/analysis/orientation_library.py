@@ -38,8 +38,14 @@ import numpy as np
 
 from .datacube import AnalysisError
 
-__all__ = ["OrientationLibrary", "build_orientation_library", "fundamental_directions", "base_frames",
-           "library_cache_dir", "kinematic_bragg_vectors"]
+__all__ = [
+    "OrientationLibrary",
+    "build_orientation_library",
+    "fundamental_directions",
+    "base_frames",
+    "library_cache_dir",
+    "kinematic_bragg_vectors",
+]
 
 _FORMAT = 2  # bump when the template definition changes (invalidates disk caches)
 _GENERIC = np.array([0.137, 0.291, 0.947])  # generic direction: trivial stabiliser in every point group
@@ -170,17 +176,43 @@ class OrientationLibrary:
 
     @property
     def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in (self.directions, self.frames, self.radii, self.templates,
-                                          self.template_norm, self.g_crystal, self.hkl, self.f_weight)))
+        return int(
+            sum(
+                a.nbytes
+                for a in (
+                    self.directions,
+                    self.frames,
+                    self.radii,
+                    self.templates,
+                    self.template_norm,
+                    self.g_crystal,
+                    self.hkl,
+                    self.f_weight,
+                )
+            )
+        )
 
     def settings(self) -> dict:
-        return {k: getattr(self, k) for k in ("energy_eV", "k_max", "q_min", "sigma_q", "sigma_excitation",
-                                              "intensity_power", "radial_power", "direction_step_deg",
-                                              "in_plane_step_deg")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "energy_eV",
+                "k_max",
+                "q_min",
+                "sigma_q",
+                "sigma_excitation",
+                "intensity_power",
+                "radial_power",
+                "direction_step_deg",
+                "in_plane_step_deg",
+            )
+        }
 
     def __repr__(self) -> str:
-        return (f"OrientationLibrary({self.name!r}, {len(self.directions)} directions × {self.n_angles} in-plane "
-                f"angles, k_max={self.k_max} Å⁻¹, {self.energy_eV / 1e3:g} keV, {self.nbytes / 2**20:.1f} MiB)")
+        return (
+            f"OrientationLibrary({self.name!r}, {len(self.directions)} directions × {self.n_angles} in-plane "
+            f"angles, k_max={self.k_max} Å⁻¹, {self.energy_eV / 1e3:g} keV, {self.nbytes / 2**20:.1f} MiB)"
+        )
 
 
 def library_cache_dir(cache_dir=None) -> Path:
@@ -189,7 +221,8 @@ def library_cache_dir(cache_dir=None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser().absolute()
     base = os.environ.get("STEMFORGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "stemforge")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "stemforge"
+    )
     return Path(base, "orientation_libraries").expanduser().absolute()
 
 
@@ -207,12 +240,26 @@ def _check_positive(name: str, value: float, upper: float | None = None) -> floa
     return value
 
 
-def build_orientation_library(structure, energy_eV: float, k_max: float = 2.0, *, name: str | None = None,
-                              sigma_excitation: float = 0.02, sigma_q: float = 0.02, q_min: float = 0.1,
-                              direction_step_deg: float = 2.0, in_plane_step_deg: float = 2.0,
-                              intensity_power: float = 0.25, radial_power: float = 0.5,
-                              zone_max_index: int = 2, debye_waller: bool = True, parametrization: str = "lobato",
-                              cache: bool = True, cache_dir=None, progress: bool = False) -> OrientationLibrary:
+def build_orientation_library(
+    structure,
+    energy_eV: float,
+    k_max: float = 2.0,
+    *,
+    name: str | None = None,
+    sigma_excitation: float = 0.02,
+    sigma_q: float = 0.02,
+    q_min: float = 0.1,
+    direction_step_deg: float = 2.0,
+    in_plane_step_deg: float = 2.0,
+    intensity_power: float = 0.25,
+    radial_power: float = 0.5,
+    zone_max_index: int = 2,
+    debye_waller: bool = True,
+    parametrization: str = "lobato",
+    cache: bool = True,
+    cache_dir=None,
+    progress: bool = False,
+) -> OrientationLibrary:
     """Build (or load from the cache) the kinematic template library of a crystal.
 
     Parameters
@@ -265,12 +312,25 @@ def build_orientation_library(structure, energy_eV: float, k_max: float = 2.0, *
     n_angles = int(round(360.0 / in_plane_step_deg))
     in_plane_step_deg = 360.0 / n_angles
     label = name or (structure if isinstance(structure, str) else st.composition.reduced_formula)
-    settings = dict(energy_eV=energy_eV, k_max=k_max, q_min=float(q_min), sigma_q=sigma_q,
-                    sigma_excitation=sigma_excitation, intensity_power=float(intensity_power),
-                    radial_power=float(radial_power), direction_step_deg=float(direction_step_deg),
-                    in_plane_step_deg=in_plane_step_deg)
-    key_data = {"format": _FORMAT, "structure": _structure_key(st), "zone_max_index": int(zone_max_index),
-                "debye_waller": bool(debye_waller), "parametrization": parametrization, **settings}
+    settings = dict(
+        energy_eV=energy_eV,
+        k_max=k_max,
+        q_min=float(q_min),
+        sigma_q=sigma_q,
+        sigma_excitation=sigma_excitation,
+        intensity_power=float(intensity_power),
+        radial_power=float(radial_power),
+        direction_step_deg=float(direction_step_deg),
+        in_plane_step_deg=in_plane_step_deg,
+    )
+    key_data = {
+        "format": _FORMAT,
+        "structure": _structure_key(st),
+        "zone_max_index": int(zone_max_index),
+        "debye_waller": bool(debye_waller),
+        "parametrization": parametrization,
+        **settings,
+    }
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
     if cache:
         if key in _MEMORY_CACHE:
@@ -326,7 +386,7 @@ def build_orientation_library(structure, energy_eV: float, k_max: float = 2.0, *
     # many small matrix products: threaded BLAS only adds synchronisation (10x slower on a busy machine)
     with threadpool_limits(1, user_api="blas"):
         for start in tqdm(range(0, N, chunk), desc=f"library {label}", unit="chunk", disable=not progress):
-            fr = frames[start:start + chunk]
+            fr = frames[start : start + chunk]
             gl = np.einsum("nij,gj->ngi", fr, g)  # (n, G, 3) lab frame
             kz = K + gl[..., 2]
             kn = np.sqrt(gl[..., 0] ** 2 + gl[..., 1] ** 2 + kz**2)
@@ -351,12 +411,37 @@ def build_orientation_library(structure, energy_eV: float, k_max: float = 2.0, *
         raise AnalysisError(f"no reflection of {label} lies within q_min={q_min}..k_max={k_max} Å⁻¹")
     norms[empty] = np.inf  # a direction without reflections never matches
     build = time.perf_counter() - t0
-    lib = OrientationLibrary(label, st, energy_eV, lam, k_max, float(q_min), sigma_q, sigma_excitation,
-                             float(intensity_power), float(radial_power), float(direction_step_deg),
-                             in_plane_step_deg, directions, frames, radii, templates, norms, ops, g,
-                             hkl.astype(np.int32), f_weight)
-    lib.info = {"build_time_s": build, "memory_bytes": lib.nbytes, "num_directions": N,
-                "num_reflections": len(g), "source": "built", "key": key}
+    lib = OrientationLibrary(
+        label,
+        st,
+        energy_eV,
+        lam,
+        k_max,
+        float(q_min),
+        sigma_q,
+        sigma_excitation,
+        float(intensity_power),
+        float(radial_power),
+        float(direction_step_deg),
+        in_plane_step_deg,
+        directions,
+        frames,
+        radii,
+        templates,
+        norms,
+        ops,
+        g,
+        hkl.astype(np.int32),
+        f_weight,
+    )
+    lib.info = {
+        "build_time_s": build,
+        "memory_bytes": lib.nbytes,
+        "num_directions": N,
+        "num_reflections": len(g),
+        "source": "built",
+        "key": key,
+    }
     if cache:
         _remember(key, lib)
         try:
@@ -380,8 +465,12 @@ _ARRAYS = ("directions", "frames", "radii", "templates", "template_norm", "ops",
 def _save(lib: OrientationLibrary, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **{k: getattr(lib, k) for k in _ARRAYS}, wavelength_A=lib.wavelength_A,
-             build_time_s=lib.info["build_time_s"])
+    np.savez(
+        tmp,
+        **{k: getattr(lib, k) for k in _ARRAYS},
+        wavelength_A=lib.wavelength_A,
+        build_time_s=lib.info["build_time_s"],
+    )
     os.replace(tmp, path)
 
 
@@ -391,17 +480,35 @@ def _load(path: Path, st, label: str, settings: dict) -> OrientationLibrary:
         arrays = {k: z[k] for k in _ARRAYS}
         lam, built = float(z["wavelength_A"]), float(z["build_time_s"])
     lib = OrientationLibrary(label, st, wavelength_A=lam, **settings, **arrays)
-    lib.info = {"build_time_s": built, "load_time_s": time.perf_counter() - t0, "memory_bytes": lib.nbytes,
-                "num_directions": len(lib.directions), "num_reflections": len(lib.g_crystal), "source": str(path),
-                "key": path.stem}
+    lib.info = {
+        "build_time_s": built,
+        "load_time_s": time.perf_counter() - t0,
+        "memory_bytes": lib.nbytes,
+        "num_directions": len(lib.directions),
+        "num_reflections": len(lib.g_crystal),
+        "source": str(path),
+        "key": path.stem,
+    }
     return lib
 
 
 # --------------------------------------------------------------------------- synthetic peaks
-def kinematic_bragg_vectors(structure, rotations, energy_eV: float, detector_shape=(128, 128),
-                            q_pixel_size: float = 0.03, *, sigma_excitation: float = 0.03, min_weight: float = 0.1,
-                            k_max: float | None = None, position_noise_px: float = 0.0, intensity_noise: float = 0.0,
-                            direct_beam: bool = True, debye_waller: bool = True, seed=0):
+def kinematic_bragg_vectors(
+    structure,
+    rotations,
+    energy_eV: float,
+    detector_shape=(128, 128),
+    q_pixel_size: float = 0.03,
+    *,
+    sigma_excitation: float = 0.03,
+    min_weight: float = 0.1,
+    k_max: float | None = None,
+    position_noise_px: float = 0.0,
+    intensity_noise: float = 0.0,
+    direct_beam: bool = True,
+    debye_waller: bool = True,
+    seed=0,
+):
     """Bragg vectors of kinematic patterns at known orientations (a test and benchmark source).
 
     Each pattern holds the reflections of :func:`stemforge.sim.labels.kinematic_reflections` whose excitation weight
@@ -432,8 +539,9 @@ def kinematic_bragg_vectors(structure, rotations, energy_eV: float, detector_sha
     per_position = {}
     for rx in range(rot.shape[0]):
         for ry in range(rot.shape[1]):
-            refl = kinematic_reflections(st, rot[rx, ry], lam, det, sigmas=sigmas,
-                                         max_excitation_error=4 * sigma_excitation)
+            refl = kinematic_reflections(
+                st, rot[rx, ry], lam, det, sigmas=sigmas, max_excitation_error=4 * sigma_excitation
+            )
             wgt = np.exp(-0.5 * (refl["excitation_error"] / sigma_excitation) ** 2)
             direct = np.all(refl["hkl"] == 0, axis=1)
             keep = (wgt >= min_weight) & (~direct | bool(direct_beam))
@@ -445,6 +553,9 @@ def kinematic_bragg_vectors(structure, rotations, energy_eV: float, detector_sha
             if intensity_noise > 0:
                 inten = inten * rng.lognormal(0.0, intensity_noise, len(inten))
             per_position[(rx, ry)] = np.column_stack([px[:, 1], px[:, 0], inten])
-    cal = Calibration(q_pixel_size=float(q_pixel_size), energy_eV=float(energy_eV),
-                      origin_px=(float(det.shape[0] // 2), float(det.shape[1] // 2)))
+    cal = Calibration(
+        q_pixel_size=float(q_pixel_size),
+        energy_eV=float(energy_eV),
+        origin_px=(float(det.shape[0] // 2), float(det.shape[1] // 2)),
+    )
     return BraggVectors.from_lists(rot.shape[:2], det.shape, per_position, cal, method="kinematic")

@@ -77,8 +77,15 @@ class PhaseMap:
         return plot_phase_map(self)
 
 
-def phase_map(bragg_vectors: BraggVectors, libraries: dict, *, min_score: float = 0.0,
-              allow_energy_mismatch: bool = False, progress: bool = True, **orientation_kwargs) -> PhaseMap:
+def phase_map(
+    bragg_vectors: BraggVectors,
+    libraries: dict,
+    *,
+    min_score: float = 0.0,
+    allow_energy_mismatch: bool = False,
+    progress: bool = True,
+    **orientation_kwargs,
+) -> PhaseMap:
     """Best-matching phase at every scan position.
 
     Parameters
@@ -109,14 +116,17 @@ def phase_map(bragg_vectors: BraggVectors, libraries: dict, *, min_score: float 
     for name, lib in zip(names[1:], libs[1:]):
         diff = [k for k in _COMPARABLE if not np.isclose(getattr(lib, k), getattr(ref, k))]
         if diff:
-            raise AnalysisError(f"phase {name!r}: library settings {diff} differ from those of {names[0]!r}; "
-                                "build every phase's library with the same matching settings")
+            raise AnalysisError(
+                f"phase {name!r}: library settings {diff} differ from those of {names[0]!r}; "
+                "build every phase's library with the same matching settings"
+            )
     if not 0 <= float(min_score) < 1:
         raise AnalysisError(f"min_score must lie in [0, 1), got {min_score!r}")
     maps = {}
     for name, lib in zip(names, libs):
-        maps[name] = orientation_map(bragg_vectors, lib, allow_energy_mismatch=allow_energy_mismatch,
-                                     progress=progress, **orientation_kwargs)
+        maps[name] = orientation_map(
+            bragg_vectors, lib, allow_energy_mismatch=allow_energy_mismatch, progress=progress, **orientation_kwargs
+        )
     scores = np.stack([np.where(maps[n].valid, maps[n].score, 0.0) for n in names], axis=-1)
     order = np.argsort(-scores, axis=-1)
     best = np.take_along_axis(scores, order[..., :1], axis=-1)[..., 0]
@@ -125,9 +135,16 @@ def phase_map(bragg_vectors: BraggVectors, libraries: dict, *, min_score: float 
     phase = np.where(valid, order[..., 0], -1).astype(np.int32)
     elapsed = sum(m.info["elapsed_s"] for m in maps.values())
     n_pos = int(np.prod(bragg_vectors.scan_shape))
-    return PhaseMap(names, tuple(bragg_vectors.scan_shape), phase, scores, np.where(valid, best, 0.0),
-                    np.where(valid, best - runner, 0.0), maps,
-                    {"elapsed_s": elapsed, "patterns_per_s": n_pos / max(elapsed, 1e-9), "min_score": float(min_score)})
+    return PhaseMap(
+        names,
+        tuple(bragg_vectors.scan_shape),
+        phase,
+        scores,
+        np.where(valid, best, 0.0),
+        np.where(valid, best - runner, 0.0),
+        maps,
+        {"elapsed_s": elapsed, "patterns_per_s": n_pos / max(elapsed, 1e-9), "min_score": float(min_score)},
+    )
 
 
 def plot_phase_map(pmap: PhaseMap):
@@ -139,16 +156,31 @@ def plot_phase_map(pmap: PhaseMap):
 
     fig = Figure(figsize=(12, 4), layout="constrained")
     axs = fig.subplots(1, 3)
-    base = [(0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16), (0.58, 0.40, 0.74),
-            (0.55, 0.34, 0.29), (0.89, 0.47, 0.76), (0.5, 0.5, 0.5), (0.74, 0.74, 0.13), (0.09, 0.75, 0.81)]
+    base = [
+        (0.12, 0.47, 0.71),
+        (1.0, 0.5, 0.05),
+        (0.17, 0.63, 0.17),
+        (0.84, 0.15, 0.16),
+        (0.58, 0.40, 0.74),
+        (0.55, 0.34, 0.29),
+        (0.89, 0.47, 0.76),
+        (0.5, 0.5, 0.5),
+        (0.74, 0.74, 0.13),
+        (0.09, 0.75, 0.81),
+    ]
     colors = [(0, 0, 0)] + [base[i % len(base)] for i in range(len(pmap.names))]
-    axs[0].imshow(pmap.phase + 1, cmap=ListedColormap(colors), vmin=-0.5, vmax=len(colors) - 0.5,
-                  interpolation="nearest")
-    axs[0].legend(handles=[Patch(color=c, label=n) for c, n in zip(colors, ["none", *pmap.names])],
-                  loc="upper right", fontsize="small")
+    axs[0].imshow(
+        pmap.phase + 1, cmap=ListedColormap(colors), vmin=-0.5, vmax=len(colors) - 0.5, interpolation="nearest"
+    )
+    axs[0].legend(
+        handles=[Patch(color=c, label=n) for c, n in zip(colors, ["none", *pmap.names])],
+        loc="upper right",
+        fontsize="small",
+    )
     axs[0].set_title("phase")
-    im = axs[1].imshow(np.where(pmap.phase >= 0, pmap.best_score, np.nan), cmap="viridis", vmin=0, vmax=1,
-                       interpolation="nearest")
+    im = axs[1].imshow(
+        np.where(pmap.phase >= 0, pmap.best_score, np.nan), cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+    )
     fig.colorbar(im, ax=axs[1], label="score")
     axs[1].set_title("best score")
     im = axs[2].imshow(np.where(pmap.phase >= 0, pmap.margin, np.nan), cmap="magma", interpolation="nearest")

@@ -66,9 +66,18 @@ def probe_radius(probe: np.ndarray, threshold: float = 0.5) -> float:
     return float(np.sqrt((probe > threshold * probe.max()).sum() / np.pi))
 
 
-def probe_template(probe: np.ndarray, kind: str = "flat", *, ring_px: float = 1.0, gap_px: float = 1.0,
-                   sigma_px: float | None = None, inner_px: float | None = None, outer_px: float | None = None,
-                   width_px: float = 1.0, center: bool = True) -> np.ndarray:
+def probe_template(
+    probe: np.ndarray,
+    kind: str = "flat",
+    *,
+    ring_px: float = 1.0,
+    gap_px: float = 1.0,
+    sigma_px: float | None = None,
+    inner_px: float | None = None,
+    outer_px: float | None = None,
+    width_px: float = 1.0,
+    center: bool = True,
+) -> np.ndarray:
     """A correlation kernel ``(H, W)`` centred at pixel (0, 0) (numpy FFT convention), summing to zero.
 
     Parameters
@@ -107,7 +116,7 @@ def probe_template(probe: np.ndarray, kind: str = "flat", *, ring_px: float = 1.
         s = 2.0 * probe_radius(probe) if sigma_px is None else float(sigma_px)
         if not s > 0:
             raise AnalysisError(f"sigma_px must be > 0, got {sigma_px}")
-        g = np.exp(-r ** 2 / (2 * s ** 2))
+        g = np.exp(-(r**2) / (2 * s**2))
         k = p - g / g.sum()
     elif kind == "sigmoid":
         ri = r_edge if inner_px is None else float(inner_px)

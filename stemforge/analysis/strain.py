@@ -61,17 +61,27 @@ def strain_map(lattice: dict, reference=None, reference_lattice=None) -> dict:
     eps = V - np.eye(2)
     theta = np.degrees(np.arctan2(Rm[..., 1, 0], Rm[..., 0, 0]))
     nan = np.where(ok, 1.0, np.nan)
-    return {"exx": eps[..., 0, 0] * nan, "eyy": eps[..., 1, 1] * nan, "exy": eps[..., 0, 1] * nan,
-            "theta_deg": theta * nan, "reference_mask": mask}
+    return {
+        "exx": eps[..., 0, 0] * nan,
+        "eyy": eps[..., 1, 1] * nan,
+        "exy": eps[..., 0, 1] * nan,
+        "theta_deg": theta * nan,
+        "reference_mask": mask,
+    }
 
 
-def plot_strain_maps(strain: dict, ground_truth: dict | None = None, title: str | None = None,
-                     limit_percent: float | None = None):
+def plot_strain_maps(
+    strain: dict, ground_truth: dict | None = None, title: str | None = None, limit_percent: float | None = None
+):
     """A matplotlib Figure of εxx, εyy, εxy (%) and θ (°); a second row for the ground truth when given."""
     from matplotlib.figure import Figure
 
-    keys = [("exx", "εxx (%)", 100.0), ("eyy", "εyy (%)", 100.0), ("exy", "εxy (%)", 100.0),
-            ("theta_deg", "θ (°)", 1.0)]
+    keys = [
+        ("exx", "εxx (%)", 100.0),
+        ("eyy", "εyy (%)", 100.0),
+        ("exy", "εxy (%)", 100.0),
+        ("theta_deg", "θ (°)", 1.0),
+    ]
     rows = [("measured", strain)] + ([("ground truth", ground_truth)] if ground_truth else [])
     fig = Figure(figsize=(3.2 * len(keys), 2.9 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(keys), squeeze=False)

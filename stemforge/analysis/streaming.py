@@ -99,12 +99,14 @@ def region_mask(scan_shape, region=None) -> np.ndarray:
         if region.shape != scan_shape:
             raise AnalysisError(f"region mask {region.shape} does not match the scan {scan_shape}")
         mask = region.copy()
-    elif (isinstance(region, (list, tuple)) and len(region) == 4
-          and all(isinstance(v, (int, np.integer)) for v in region)):
+    elif (
+        isinstance(region, (list, tuple)) and len(region) == 4 and all(isinstance(v, (int, np.integer)) for v in region)
+    ):
         r0, r1, c0, c1 = (int(v) for v in region)
         if not (0 <= r0 < r1 <= scan_shape[0] and 0 <= c0 < c1 <= scan_shape[1]):
-            raise AnalysisError(f"region [{r0}, {r1}, {c0}, {c1}] lies outside the scan {scan_shape} "
-                                "(rows r0:r1, cols c0:c1)")
+            raise AnalysisError(
+                f"region [{r0}, {r1}, {c0}, {c1}] lies outside the scan {scan_shape} (rows r0:r1, cols c0:c1)"
+            )
         mask[r0:r1, c0:c1] = True
     else:
         try:

@@ -19,8 +19,13 @@ from .datacube import AnalysisError
 STRAIN_KEYS = ("exx", "eyy", "exy")
 
 
-def disk_scores(bv: BraggVectors, truth_px: np.ndarray, visible: np.ndarray | None = None,
-                tolerance_px: float = 2.0, exclude_center_px: float | None = None) -> dict:
+def disk_scores(
+    bv: BraggVectors,
+    truth_px: np.ndarray,
+    visible: np.ndarray | None = None,
+    tolerance_px: float = 2.0,
+    exclude_center_px: float | None = None,
+) -> dict:
     """Detection scores of ``bv`` against true peak positions.
 
     Parameters
@@ -65,13 +70,20 @@ def disk_scores(bv: BraggVectors, truth_px: np.ndarray, visible: np.ndarray | No
             tp += len(dist)
             found += len(pred)
             true += len(t)
-            sq.extend(dist ** 2)
+            sq.extend(dist**2)
     precision = tp / found if found else 0.0
     recall = tp / true if true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     rmse = float(np.sqrt(np.mean(sq))) if sq else float("nan")
-    return {"precision": precision, "recall": recall, "f1": f1, "pos_rmse_px": rmse, "matched": tp,
-            "found": found, "true": true}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "pos_rmse_px": rmse,
+        "matched": tp,
+        "found": found,
+        "true": true,
+    }
 
 
 def strain_scores(strain: dict, ground_truth: dict, mask: np.ndarray | None = None) -> dict:
@@ -94,12 +106,12 @@ def strain_scores(strain: dict, ground_truth: dict, mask: np.ndarray | None = No
     for k in STRAIN_KEYS:
         d = (np.asarray(strain[k]) - np.asarray(ground_truth[k]))[ok]
         errs.append(d)
-        out[f"rmse_{k}"] = float(np.sqrt(np.mean(d ** 2)))
+        out[f"rmse_{k}"] = float(np.sqrt(np.mean(d**2)))
     out["rmse"] = float(np.sqrt(np.mean(np.concatenate(errs) ** 2)))
     if "theta_deg" in strain and "theta_deg" in ground_truth:
         d = (np.asarray(strain["theta_deg"]) - np.asarray(ground_truth["theta_deg"]))[ok]
         d = (d + 180.0) % 360.0 - 180.0
-        out["rmse_theta_deg"] = float(np.sqrt(np.nanmean(d ** 2)))
+        out["rmse_theta_deg"] = float(np.sqrt(np.nanmean(d**2)))
     return out
 
 
@@ -112,5 +124,9 @@ def orientation_scores(omap, rotation_truth: np.ndarray) -> dict:
     if not ok.any():
         return {"mean_deg": float("nan"), "median_deg": float("nan"), "p90_deg": float("nan"), "valid_fraction": 0.0}
     e = err[ok]
-    return {"mean_deg": float(e.mean()), "median_deg": float(np.median(e)), "p90_deg": float(np.percentile(e, 90)),
-            "valid_fraction": float(ok.mean())}
+    return {
+        "mean_deg": float(e.mean()),
+        "median_deg": float(np.median(e)),
+        "p90_deg": float(np.percentile(e, 90)),
+        "valid_fraction": float(ok.mean()),
+    }

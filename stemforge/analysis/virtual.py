@@ -53,8 +53,9 @@ def annular_mask(shape, inner_px: float, outer_px: float, center=None) -> np.nda
     return (r >= inner_px) & (r < outer_px)
 
 
-def virtual_image(data, inner_px: float = 0.0, outer_px: float | None = None, center=None, mask=None,
-                  progress: bool = False) -> np.ndarray:
+def virtual_image(
+    data, inner_px: float = 0.0, outer_px: float | None = None, center=None, mask=None, progress: bool = False
+) -> np.ndarray:
     """Integrated intensity of each pattern over a virtual detector → ``(Rx, Ry)`` (data units × pixels).
 
     Parameters
@@ -85,7 +86,9 @@ def virtual_image(data, inner_px: float = 0.0, outer_px: float | None = None, ce
         c = np.asarray(c, dtype=np.float64)
         if c.shape == (Rx, Ry, 2):
             if not np.isfinite(c).all():
-                raise AnalysisError("the origin map holds NaN; fit it first (stemforge.analysis.calibration.fit_origin_plane)")
+                raise AnalysisError(
+                    "the origin map holds NaN; fit it first (stemforge.analysis.calibration.fit_origin_plane)"
+                )
             per_position = c
             mask = annular_mask((H, W), inner_px, outer_px, (H // 2, W // 2))  # checks the radii
         elif c.shape == (2,):

@@ -42,8 +42,9 @@ def add_dose_noise(cube: DataCube, dose_e_per_pattern: float, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     data = np.asarray(cube.data, dtype=np.float64)
     noisy = rng.poisson(np.clip(data, 0, None) * dose_e_per_pattern) / dose_e_per_pattern
-    return replace(cube, data=noisy.astype(np.float32),
-                   metadata={**cube.metadata, "dose_e_per_pattern": float(dose_e_per_pattern)})
+    return replace(
+        cube, data=noisy.astype(np.float32), metadata={**cube.metadata, "dose_e_per_pattern": float(dose_e_per_pattern)}
+    )
 
 
 def _rect(reference, scan_shape):
@@ -75,8 +76,7 @@ def score_disks_and_strain(res: MethodResult, gt: dict, reference, tolerance_px:
     from .validation import disk_scores, strain_scores
 
     if "reflections_px" in gt:
-        res.scores["disks"] = disk_scores(res.bragg, gt["reflections_px"], gt.get("reflections_visible"),
-                                          tolerance_px)
+        res.scores["disks"] = disk_scores(res.bragg, gt["reflections_px"], gt.get("reflections_visible"), tolerance_px)
     try:
         g1, g2 = choose_lattice_vectors(res.bragg, region=reference)
         res.lattice = fit_lattice(res.bragg, g1, g2)
@@ -87,9 +87,17 @@ def score_disks_and_strain(res: MethodResult, gt: dict, reference, tolerance_px:
         res.scores["strain_error"] = str(err)
 
 
-def analyse(cube: DataCube, methods=("classical", "ml"), *, classical: dict | None = None, ml: dict | None = None,
-            strain_reference=None, orientation: dict | None = None, truth_tolerance_px: float = 2.0,
-            progress: bool = True) -> dict[str, MethodResult]:
+def analyse(
+    cube: DataCube,
+    methods=("classical", "ml"),
+    *,
+    classical: dict | None = None,
+    ml: dict | None = None,
+    strain_reference=None,
+    orientation: dict | None = None,
+    truth_tolerance_px: float = 2.0,
+    progress: bool = True,
+) -> dict[str, MethodResult]:
     """Run every method on ``cube``; see the module docstring. Returns ``{method: MethodResult}``."""
     from .disks import find_bragg_disks
     from .validation import orientation_scores
@@ -137,11 +145,16 @@ def analyse(cube: DataCube, methods=("classical", "ml"), *, classical: dict | No
 
 def report(results: dict[str, MethodResult], cube: DataCube) -> str:
     """A short plain-text comparison of the methods (and of each with the ground truth when there is one)."""
-    lines = [f"scan {cube.scan_shape} x detector {cube.detector_shape}, calibration: "
-             f"{cube.calibration.q_pixel_size} Å⁻¹/px, {cube.calibration.energy_eV} eV, "
-             f"{cube.calibration.semiangle_mrad} mrad"
-             + (f", dose {cube.metadata['dose_e_per_pattern']:g} e⁻/pattern" if "dose_e_per_pattern" in cube.metadata
-                else "")]
+    lines = [
+        f"scan {cube.scan_shape} x detector {cube.detector_shape}, calibration: "
+        f"{cube.calibration.q_pixel_size} Å⁻¹/px, {cube.calibration.energy_eV} eV, "
+        f"{cube.calibration.semiangle_mrad} mrad"
+        + (
+            f", dose {cube.metadata['dose_e_per_pattern']:g} e⁻/pattern"
+            if "dose_e_per_pattern" in cube.metadata
+            else ""
+        )
+    ]
     header = f"{'':28s}" + "".join(f"{m:>14s}" for m in results)
     lines += ["", header]
 
@@ -176,6 +189,7 @@ def report(results: dict[str, MethodResult], cube: DataCube) -> str:
         if r.method == "ml" and r.bragg is not None:
             sig = r.bragg.peaks["sigma_px"]
             if np.isfinite(sig).any():
-                lines.append(f"ml: median MC-dropout peak uncertainty {np.nanmedian(sig):.3f} px "
-                             f"({r.bragg.info.get('model')})")
+                lines.append(
+                    f"ml: median MC-dropout peak uncertainty {np.nanmedian(sig):.3f} px ({r.bragg.info.get('model')})"
+                )
     return "\n".join(lines)

@@ -52,7 +52,14 @@ from stemforge.augment.data import read_samples, write_samples
 from stemforge.augment.detector import DetectorBlur, HotPixels
 from stemforge.augment.geometry import AffineDistortion, EllipticDistortion, PatternShift, affine_matrix
 from stemforge.augment.noise import SUPPORTED_BIT_DEPTHS, ShotNoise
-from stemforge.augment.pipeline import DEFAULT_LABEL_KEYS, augment_sample, build_pipeline, load_preset, preset_config, reseed
+from stemforge.augment.pipeline import (
+    DEFAULT_LABEL_KEYS,
+    augment_sample,
+    build_pipeline,
+    load_preset,
+    preset_config,
+    reseed,
+)
 from stemforge.augment.poisson import poisson_counts
 from stemforge.augment.runtime import configure_worker
 from stemforge.augment.synthetic import synthetic_sample

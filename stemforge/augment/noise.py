@@ -40,6 +40,7 @@ __all__ = [
 #: of counting and integrating cameras (32 is effectively unsaturated).
 SUPPORTED_BIT_DEPTHS: tuple[int, ...] = (1, 6, 8, 12, 16, 24, 32)
 
+
 class ShotNoise(SeededTransformMixin, A.ImageOnlyTransform):
     """Electron counting noise and detector readout on the pattern.
 

@@ -51,8 +51,11 @@ def _figures(cube, results, virtual: dict, out: Path) -> list[str]:
         a.imshow(np.log10(np.clip(img, img.max() * 1e-4, None)), cmap="gray")
         if "reflections_px" in gt:
             t = np.asarray(gt["reflections_px"][rx, ry])
-            vis = (np.asarray(gt["reflections_visible"][rx, ry], bool) if "reflections_visible" in gt
-                   else np.isfinite(t[..., 0]))
+            vis = (
+                np.asarray(gt["reflections_visible"][rx, ry], bool)
+                if "reflections_visible" in gt
+                else np.isfinite(t[..., 0])
+            )
             a.scatter(t[vis, 0], t[vis, 1], s=60, facecolors="none", edgecolors="lime", lw=1, label="truth")
         p = r.bragg.at(rx, ry)
         a.scatter(p["col"], p["row"], s=12, c="red", marker="x", lw=1, label=f"{name} ({len(p)})")
@@ -64,7 +67,8 @@ def _figures(cube, results, virtual: dict, out: Path) -> list[str]:
         if r.strain is not None:
             truth = {k: gt[k] for k in ("exx", "eyy", "exy", "theta_deg") if k in gt} or None
             plot_strain_maps(r.strain, truth, title=f"strain by the {name} method").savefig(
-                out / f"strain_{name}.png", dpi=110)
+                out / f"strain_{name}.png", dpi=110
+            )
             written.append(f"strain_{name}.png")
         if r.phase is not None:
             from stemforge.analysis.phase import plot_phase_map
@@ -82,15 +86,18 @@ def _write_maps(cube, results, virtual: dict, path: Path) -> None:
     import zarr
 
     g = zarr.open_group(str(path), mode="w")
-    g.attrs.update({"scan_shape": list(cube.scan_shape), "calibration": cube.calibration.as_dict(),
-                    "complete": False})
+    g.attrs.update({"scan_shape": list(cube.scan_shape), "calibration": cube.calibration.as_dict(), "complete": False})
     for name, image in virtual.items():
         g.create_array(name, data=np.asarray(image, dtype="float32"))
     for name, r in results.items():
         m = g.require_group(name)
         m.create_array("num_peaks", data=r.bragg.counts().astype("int32"))
-        m.create_array("peaks", data=np.stack([r.bragg.peaks[k].astype("float32")
-                                               for k in ("rx", "ry", "row", "col", "intensity", "sigma_px")], 1))
+        m.create_array(
+            "peaks",
+            data=np.stack(
+                [r.bragg.peaks[k].astype("float32") for k in ("rx", "ry", "row", "col", "intensity", "sigma_px")], 1
+            ),
+        )
         for k, v in (r.strain or {}).items():
             m.create_array(f"strain/{k}", data=np.asarray(v, dtype="float32" if v.dtype != bool else bool))
         if r.orientation is not None:
@@ -132,12 +139,16 @@ def main(cfg) -> None:
             cube.calibration = cube.calibration.with_(**overrides)
         if cfg.data.dose_e_per_pattern:
             cube = add_dose_noise(cube, float(cfg.data.dose_e_per_pattern), int(cfg.data.noise_seed))
-        results = analyse(cube, list(cfg.methods),
-                          classical=OmegaConf.to_container(cfg.classical, resolve=True),
-                          ml=OmegaConf.to_container(cfg.ml, resolve=True),
-                          strain_reference=OmegaConf.to_container(cfg.strain, resolve=True).get("reference"),
-                          orientation=OmegaConf.to_container(cfg.orientation, resolve=True),
-                          truth_tolerance_px=float(cfg.truth_tolerance_px), progress=bool(cfg.progress))
+        results = analyse(
+            cube,
+            list(cfg.methods),
+            classical=OmegaConf.to_container(cfg.classical, resolve=True),
+            ml=OmegaConf.to_container(cfg.ml, resolve=True),
+            strain_reference=OmegaConf.to_container(cfg.strain, resolve=True).get("reference"),
+            orientation=OmegaConf.to_container(cfg.orientation, resolve=True),
+            truth_tolerance_px=float(cfg.truth_tolerance_px),
+            progress=bool(cfg.progress),
+        )
     except (AnalysisError, TypeError) as err:
         print(f"error: {err}".replace("\n", " "), file=sys.stderr)
         sys.exit(2)

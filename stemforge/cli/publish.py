@@ -24,8 +24,7 @@ import sys
 from pathlib import Path
 
 
-KEYS = {"ckpt", "name", "version", "store", "alias", "license", "metrics", "description", "wandb",
-        "wandb_project"}
+KEYS = {"ckpt", "name", "version", "store", "alias", "license", "metrics", "description", "wandb", "wandb_project"}
 REQUIRED = ("ckpt", "name", "version")
 
 
@@ -47,8 +46,10 @@ def parse(argv: list[str]) -> dict:
             out[key] = value
     missing = [k for k in REQUIRED if not out.get(k)]
     if missing:
-        raise UsageError(f"missing {', '.join(f'{k}=' for k in missing)} "
-                         "(usage: publish.py ckpt=CKPT name=NAME version=X.Y.Z store=URL)")
+        raise UsageError(
+            f"missing {', '.join(f'{k}=' for k in missing)} "
+            "(usage: publish.py ckpt=CKPT name=NAME version=X.Y.Z store=URL)"
+        )
     return out
 
 
@@ -69,10 +70,18 @@ def main(argv: list[str] | None = None) -> int:
 
     with DeferredWarnings() as warnings:  # printed only on success: a failure is exactly one line
         try:
-            result = publish(opts["ckpt"], opts["name"], opts["version"], store=opts.get("store") or None,
-                             aliases=opts["alias"], license=opts.get("license", "MIT"), metrics=opts.get("metrics"),
-                             description=opts.get("description"), wandb=opts.get("wandb", "auto"),
-                             wandb_project=opts.get("wandb_project", "stemforge"))
+            result = publish(
+                opts["ckpt"],
+                opts["name"],
+                opts["version"],
+                store=opts.get("store") or None,
+                aliases=opts["alias"],
+                license=opts.get("license", "MIT"),
+                metrics=opts.get("metrics"),
+                description=opts.get("description"),
+                wandb=opts.get("wandb", "auto"),
+                wandb_project=opts.get("wandb_project", "stemforge"),
+            )
         except Exception as err:
             if os.environ.get("STEMFORGE_DEBUG", "") not in ("", "0"):
                 raise

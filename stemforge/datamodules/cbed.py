@@ -67,8 +67,16 @@ class CBEDDataset(Dataset):
 
     SCALARS = ("thickness_A", "structure_id", "num_reflections")
 
-    def __init__(self, path, indices, symmetry, augment=None, normalisation=None, max_peaks: int = 128,
-                 pixel_size: float | None = None):
+    def __init__(
+        self,
+        path,
+        indices,
+        symmetry,
+        augment=None,
+        normalisation=None,
+        max_peaks: int = 128,
+        pixel_size: float | None = None,
+    ):
         self.path = str(path)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.symmetry = np.asarray(symmetry, dtype=np.float32)
@@ -99,7 +107,7 @@ class CBEDDataset(Dataset):
         start = (i // c) * c
         hit = self._cache.get(name)
         if hit is None or hit[0] != start:
-            hit = (start, arr[start:min(start + c, arr.shape[0])])
+            hit = (start, arr[start : min(start + c, arr.shape[0])])
             self._cache[name] = hit
         return hit[1][i - start]
 

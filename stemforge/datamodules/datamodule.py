@@ -46,9 +46,19 @@ class CBEDDataModule(pl.LightningDataModule):
         Shuffling seed.
     """
 
-    def __init__(self, path: str, batch_size: int = 8, num_workers: int = 0, split: dict | None = None,
-                 augment=None, augment_val: bool = False, normalisation: dict | None = None, max_peaks: int = 128,
-                 seed: int = 0, pin_memory: bool = False):
+    def __init__(
+        self,
+        path: str,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        split: dict | None = None,
+        augment=None,
+        augment_val: bool = False,
+        normalisation: dict | None = None,
+        max_peaks: int = 128,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
         super().__init__()
         self.path = str(path)
         self.batch_size = int(batch_size)
@@ -85,8 +95,7 @@ class CBEDDataModule(pl.LightningDataModule):
         if self.split.get("method") == "orientation":
             needed |= {"rotation"}
         labels = {k: lab[k][:] for k in needed}
-        train, val, test = split_indices(labels, valid, structure_names=names, structures=structures,
-                                         **self.split)
+        train, val, test = split_indices(labels, valid, structure_names=names, structures=structures, **self.split)
         calib = attrs["calibration"]
         self.info = {
             "structures": names,
@@ -101,8 +110,12 @@ class CBEDDataModule(pl.LightningDataModule):
             "versions": attrs["versions"],
         }
         aug_eval = self.augment if self.augment_val else None
-        kw = dict(symmetry=symmetry, normalisation=self.normalisation, max_peaks=self.max_peaks,
-                  pixel_size=calib["pixel_size"])
+        kw = dict(
+            symmetry=symmetry,
+            normalisation=self.normalisation,
+            max_peaks=self.max_peaks,
+            pixel_size=calib["pixel_size"],
+        )
         self._sets = {
             "train": CBEDDataset(self.path, train, augment=self.augment, **kw),
             "val": CBEDDataset(self.path, val, augment=aug_eval, **kw),
@@ -117,10 +130,16 @@ class CBEDDataModule(pl.LightningDataModule):
         # training drops a last batch of one sample: BatchNorm cannot normalise a single sample
         ds = self._sets[name]
         sampler = ChunkShuffleSampler(ds.indices, self.info["chunk_patterns"], self.seed, shuffle=shuffle)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          worker_init_fn=_worker_init if self.num_workers > 0 else None,
-                          persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
-                          drop_last=shuffle and len(ds) % self.batch_size == 1)
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            drop_last=shuffle and len(ds) % self.batch_size == 1,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -20,9 +20,19 @@ def _beam_directions_crystal(rotation: np.ndarray) -> np.ndarray:
     return np.asarray(rotation)[:, 2, :]
 
 
-def split_indices(labels: dict, valid: np.ndarray, method: str = "random", val_fraction: float = 0.15,
-                  test_fraction: float = 0.15, holdout_val=None, holdout_test=None, max_angle_deg: float = 10.0,
-                  structure_names=None, structures=None, seed: int = 0):
+def split_indices(
+    labels: dict,
+    valid: np.ndarray,
+    method: str = "random",
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    holdout_val=None,
+    holdout_test=None,
+    max_angle_deg: float = 10.0,
+    structure_names=None,
+    structures=None,
+    seed: int = 0,
+):
     """Split the valid patterns of a dataset.
 
     Parameters
@@ -63,7 +73,7 @@ def split_indices(labels: dict, valid: np.ndarray, method: str = "random", val_f
         n_test = int(math.ceil(test_fraction * len(uniq))) if test_fraction > 0 else 0
         if n_val + n_test >= len(uniq):
             raise ValueError(f"{len(uniq)} simulation runs are too few for the requested validation/test fractions")
-        val_runs, test_runs = set(perm[:n_val]), set(perm[n_val:n_val + n_test])
+        val_runs, test_runs = set(perm[:n_val]), set(perm[n_val : n_val + n_test])
         in_val = np.isin(runs, list(val_runs))
         in_test = np.isin(runs, list(test_runs))
     elif method == "structure":

@@ -22,13 +22,36 @@ from .property import OrientationNet, PhaseNet, ResNetEncoder, ThicknessNet
 from .rotations import geodesic_angle, rotation_6d_to_matrix, symmetric_geodesic_angle
 from .unet import UNet
 
-_LAZY = {"BraggMapModule", "ThicknessModule", "PhaseModule", "OrientationModule",
-         "PeakMatchMetric", "MisorientationMetric"}
+_LAZY = {
+    "BraggMapModule",
+    "ThicknessModule",
+    "PhaseModule",
+    "OrientationModule",
+    "PeakMatchMetric",
+    "MisorientationMetric",
+}
 
-__all__ = ["FCUNet", "UNet", "ThicknessNet", "PhaseNet", "OrientationNet", "ResNetEncoder", "ComplexConv2d",
-           "MCDropout", "MapLoss", "OrientationLoss", "ssim", "fourier_cross_correlation", "to_detector_space",
-           "find_peaks", "match_peaks", "geodesic_angle", "rotation_6d_to_matrix", "symmetric_geodesic_angle",
-           *sorted(_LAZY)]
+__all__ = [
+    "FCUNet",
+    "UNet",
+    "ThicknessNet",
+    "PhaseNet",
+    "OrientationNet",
+    "ResNetEncoder",
+    "ComplexConv2d",
+    "MCDropout",
+    "MapLoss",
+    "OrientationLoss",
+    "ssim",
+    "fourier_cross_correlation",
+    "to_detector_space",
+    "find_peaks",
+    "match_peaks",
+    "geodesic_angle",
+    "rotation_6d_to_matrix",
+    "symmetric_geodesic_angle",
+    *sorted(_LAZY),
+]
 
 
 def __getattr__(name: str):

@@ -25,8 +25,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .layers import (ComplexConvBlock, MCDropoutMixin, RealConvBlock, check_image, complex_cat,
-                     level_filters, merge_complex, resolve_depth, split_complex)
+from .layers import (
+    ComplexConvBlock,
+    MCDropoutMixin,
+    RealConvBlock,
+    check_image,
+    complex_cat,
+    level_filters,
+    merge_complex,
+    resolve_depth,
+    split_complex,
+)
 
 __all__ = ["FCUNet", "fourier_cross_correlation", "to_detector_space"]
 
@@ -100,10 +109,19 @@ class FCUNet(MCDropoutMixin, nn.Module):
     training target (volts for ``vg_map``). The Fourier layer is computed in float32 even under autocast.
     """
 
-    def __init__(self, image_size: int | None = None, depth: int | None = None, base_filters: int = 16,
-                 max_filters: int = 256, convs_per_block: int = 2, dropout: float = 0.1, mc_dropout: bool = False,
-                 output: Literal["both", "real", "abs"] = "both", head_filters: int | None = None,
-                 upsample: Literal["nearest", "bilinear"] = "nearest") -> None:
+    def __init__(
+        self,
+        image_size: int | None = None,
+        depth: int | None = None,
+        base_filters: int = 16,
+        max_filters: int = 256,
+        convs_per_block: int = 2,
+        dropout: float = 0.1,
+        mc_dropout: bool = False,
+        output: Literal["both", "real", "abs"] = "both",
+        head_filters: int | None = None,
+        upsample: Literal["nearest", "bilinear"] = "nearest",
+    ) -> None:
         super().__init__()
         if output not in ("both", "real", "abs"):
             raise ValueError(f"output must be 'both', 'real' or 'abs', got {output!r}")
@@ -116,11 +134,17 @@ class FCUNet(MCDropoutMixin, nn.Module):
         filters = level_filters(base_filters, max_filters, self.depth)
         self.filters = filters
         self.encoder = nn.ModuleList(
-            [ComplexConvBlock(1 if lvl == 0 else filters[lvl - 1], filters[lvl], convs_per_block, dropout)
-             for lvl in range(self.depth + 1)])
+            [
+                ComplexConvBlock(1 if lvl == 0 else filters[lvl - 1], filters[lvl], convs_per_block, dropout)
+                for lvl in range(self.depth + 1)
+            ]
+        )
         self.decoder = nn.ModuleList(  # decoder[lvl] produces level lvl from level lvl+1 and the skip
-            [ComplexConvBlock(filters[lvl + 1] + filters[lvl], filters[lvl], convs_per_block, dropout)
-             for lvl in range(self.depth)])
+            [
+                ComplexConvBlock(filters[lvl + 1] + filters[lvl], filters[lvl], convs_per_block, dropout)
+                for lvl in range(self.depth)
+            ]
+        )
         head_in = filters[0] * (2 if output == "both" else 1)
         head_filters = int(head_filters or base_filters)
         self.head = RealConvBlock(head_in, head_filters, n_convs=1, dropout=dropout)

@@ -18,8 +18,17 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 __all__ = [
-    "MCDropout", "ComplexConv2d", "ComplexConvBlock", "RealConvBlock", "MCDropoutMixin",
-    "complex_cat", "split_complex", "merge_complex", "level_filters", "resolve_depth", "check_image",
+    "MCDropout",
+    "ComplexConv2d",
+    "ComplexConvBlock",
+    "RealConvBlock",
+    "MCDropoutMixin",
+    "complex_cat",
+    "split_complex",
+    "merge_complex",
+    "level_filters",
+    "resolve_depth",
+    "check_image",
     "split_inputs",
 ]
 
@@ -119,7 +128,7 @@ class ComplexConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         # He-like initialisation for complex weights: Var(|W|^2) = 2 / fan_in split over two parts.
-        fan_in = self.in_channels * self.kernel_size ** 2
+        fan_in = self.in_channels * self.kernel_size**2
         std = math.sqrt(1.0 / fan_in)
         nn.init.normal_(self.weight_re, 0.0, std)
         nn.init.normal_(self.weight_im, 0.0, std)
@@ -131,8 +140,9 @@ class ComplexConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] != 2 * self.in_channels:
-            raise ValueError(f"expected {2 * self.in_channels} real channels "
-                             f"({self.in_channels} complex), got {x.shape[1]}")
+            raise ValueError(
+                f"expected {2 * self.in_channels} real channels ({self.in_channels} complex), got {x.shape[1]}"
+            )
         bias = None if self.bias_re is None else torch.cat([self.bias_re, self.bias_im])
         return F.conv2d(x, self.real_weight(), bias, padding=self.kernel_size // 2)
 
@@ -150,9 +160,12 @@ class ComplexConvBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, n_convs: int = 2, dropout: float = 0.1) -> None:
         layers: list[nn.Module] = []
         for i in range(n_convs):
-            layers += [ComplexConv2d(in_channels if i == 0 else out_channels, out_channels, 3, bias=False),
-                       nn.BatchNorm2d(2 * out_channels), nn.ReLU(inplace=True),
-                       MCDropout(dropout, complex_pairs=True)]
+            layers += [
+                ComplexConv2d(in_channels if i == 0 else out_channels, out_channels, 3, bias=False),
+                nn.BatchNorm2d(2 * out_channels),
+                nn.ReLU(inplace=True),
+                MCDropout(dropout, complex_pairs=True),
+            ]
         super().__init__(*layers)
 
 
@@ -162,8 +175,12 @@ class RealConvBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, n_convs: int = 2, dropout: float = 0.1) -> None:
         layers: list[nn.Module] = []
         for i in range(n_convs):
-            layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), MCDropout(dropout)]
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+                MCDropout(dropout),
+            ]
         super().__init__(*layers)
 
 
@@ -174,7 +191,7 @@ def level_filters(base: int, max_filters: int, depth: int) -> list[int]:
     """Filters per level ``min(base * 2**level, max_filters)`` for levels 0..depth."""
     if base < 1 or max_filters < 1:
         raise ValueError(f"base_filters and max_filters must be >= 1, got {base}, {max_filters}")
-    return [min(base * 2 ** level, max_filters) for level in range(depth + 1)]
+    return [min(base * 2**level, max_filters) for level in range(depth + 1)]
 
 
 def resolve_depth(image_size: int | None, depth: int | None) -> int:
@@ -190,7 +207,7 @@ def resolve_depth(image_size: int | None, depth: int | None) -> int:
     depth = int(depth)
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    if image_size is not None and 2 ** depth > image_size:
+    if image_size is not None and 2**depth > image_size:
         raise ValueError(f"depth {depth} pools {image_size} px below 1 px (max {int(math.log2(image_size))})")
     return depth
 
@@ -200,8 +217,8 @@ def check_image(x: Tensor, depth: int, name: str = "pattern") -> None:
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"{name} must have shape (B, 1, H, W), got {tuple(x.shape)}")
     h, w = x.shape[-2:]
-    if h % 2 ** depth or w % 2 ** depth:
-        raise ValueError(f"{name} size {h}x{w} is not divisible by 2**depth = {2 ** depth}")
+    if h % 2**depth or w % 2**depth:
+        raise ValueError(f"{name} size {h}x{w} is not divisible by 2**depth = {2**depth}")
 
 
 def split_inputs(inputs: Any) -> tuple[Tensor, Tensor]:
@@ -210,8 +227,9 @@ def split_inputs(inputs: Any) -> tuple[Tensor, Tensor]:
         return inputs["pattern"], inputs["probe"]
     if isinstance(inputs, Tensor):
         if inputs.ndim != 4 or inputs.shape[1] != 2:
-            raise ValueError(f"a single input tensor must be (B, 2, H, W) = (pattern, probe), "
-                             f"got {tuple(inputs.shape)}")
+            raise ValueError(
+                f"a single input tensor must be (B, 2, H, W) = (pattern, probe), got {tuple(inputs.shape)}"
+            )
         return inputs[:, :1], inputs[:, 1:]
     if isinstance(inputs, Sequence) and len(inputs) == 2:
         return inputs[0], inputs[1]

@@ -19,8 +19,15 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> Tensor:
     return g / g.sum()
 
 
-def ssim(x: Tensor, y: Tensor, window: int = 11, sigma: float = 1.5, data_range: float | Tensor | None = None,
-         k1: float = 0.01, k2: float = 0.03) -> Tensor:
+def ssim(
+    x: Tensor,
+    y: Tensor,
+    window: int = 11,
+    sigma: float = 1.5,
+    data_range: float | Tensor | None = None,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> Tensor:
     """Structural similarity (Wang et al. 2004) per image with a Gaussian window ('valid' filtering).
 
     Parameters
@@ -76,8 +83,9 @@ class MapLoss(nn.Module):
         SSIM Gaussian window (px).
     """
 
-    def __init__(self, kind: Literal["mse", "l1", "ssim+l1"] = "mse", alpha: float = 0.84, window: int = 11,
-                 sigma: float = 1.5) -> None:
+    def __init__(
+        self, kind: Literal["mse", "l1", "ssim+l1"] = "mse", alpha: float = 0.84, window: int = 11, sigma: float = 1.5
+    ) -> None:
         super().__init__()
         if kind not in ("mse", "l1", "ssim+l1"):
             raise ValueError(f"loss must be 'mse', 'l1' or 'ssim+l1', got {kind!r}")

@@ -39,15 +39,27 @@ class PeakMatchMetric(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, tolerance: float = 2.0, threshold: float = 0.05, min_distance: int = 2,
-                 absolute_threshold: float | None = None, refine: Refine = "gaussian",
-                 max_peaks: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        tolerance: float = 2.0,
+        threshold: float = 0.05,
+        min_distance: int = 2,
+        absolute_threshold: float | None = None,
+        refine: Refine = "gaussian",
+        max_peaks: int | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if tolerance <= 0:
             raise ValueError(f"tolerance must be > 0 px, got {tolerance}")
         self.tolerance = float(tolerance)
-        self.peak_kwargs = dict(threshold=threshold, min_distance=min_distance,
-                                absolute_threshold=absolute_threshold, refine=refine, max_peaks=max_peaks)
+        self.peak_kwargs = dict(
+            threshold=threshold,
+            min_distance=min_distance,
+            absolute_threshold=absolute_threshold,
+            refine=refine,
+            max_peaks=max_peaks,
+        )
         for name in ("tp", "fp", "fn", "error_sum"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -77,8 +89,12 @@ class PeakMatchMetric(Metric):
         recall = tp / (tp + fn) if tp + fn > 0 else torch.zeros_like(tp)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else torch.zeros_like(tp)
         error = self.error_sum / tp if tp > 0 else torch.full_like(tp, math.nan)
-        return {"precision": precision.float(), "recall": recall.float(), "f1": f1.float(),
-                "position_error": error.float()}
+        return {
+            "precision": precision.float(),
+            "recall": recall.float(),
+            "f1": f1.float(),
+            "position_error": error.float(),
+        }
 
 
 class MisorientationMetric(Metric):
@@ -98,8 +114,9 @@ class MisorientationMetric(Metric):
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, r_pred: Tensor, r_true: Tensor, symmetry: Tensor | None = None) -> None:
-        ang = symmetric_geodesic_angle(r_pred.detach().double(), r_true.detach().double(),
-                                       None if symmetry is None else symmetry.detach().double())
+        ang = symmetric_geodesic_angle(
+            r_pred.detach().double(), r_true.detach().double(), None if symmetry is None else symmetry.detach().double()
+        )
         self.angle_sum += torch.rad2deg(ang).sum()
         self.count += ang.numel()
 

@@ -49,14 +49,16 @@ __all__ = ["BraggMapModule", "ThicknessModule", "PhaseModule", "OrientationModul
 _STAGES = ("train", "val", "test")
 
 
-def check_finite(batch: Mapping[str, Any], keys: tuple[str, ...], batch_idx: int,
-                 nan_ok: tuple[str, ...] = ("peaks",)) -> None:
+def check_finite(
+    batch: Mapping[str, Any], keys: tuple[str, ...], batch_idx: int, nan_ok: tuple[str, ...] = ("peaks",)
+) -> None:
     """Raise ``FloatingPointError`` if a floating tensor ``batch[key]`` holds NaN/Inf (keys in ``nan_ok``: Inf only).
 
     One device synchronisation for all keys together.
     """
-    named = [(k, batch[k]) for k in keys
-             if k in batch and isinstance(batch[k], Tensor) and batch[k].is_floating_point()]
+    named = [
+        (k, batch[k]) for k in keys if k in batch and isinstance(batch[k], Tensor) and batch[k].is_floating_point()
+    ]
     if not named:
         return
     flags = torch.stack([(~torch.isinf(t)).all() if k in nan_ok else torch.isfinite(t).all() for k, t in named])
@@ -70,7 +72,8 @@ def check_finite(batch: Mapping[str, Any], keys: tuple[str, ...], batch_idx: int
             n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             raise FloatingPointError(
                 f"batch {batch_idx}: non-finite values in '{k}' (first bad sample index {first} of {t.shape[0]}, "
-                f"{n_nan} NaN, {n_inf} Inf); refusing to use this batch")
+                f"{n_nan} NaN, {n_inf} Inf); refusing to use this batch"
+            )
 
 
 def _describe(factory: Callable | None) -> str | None:
@@ -90,9 +93,16 @@ class _TaskModule(pl.LightningModule):
     input_keys: tuple[str, ...] = ("pattern", "probe")
     target_keys: tuple[str, ...] = ()
 
-    def __init__(self, net: nn.Module, optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 scheduler_interval: Literal["epoch", "step"] = "epoch", monitor: str = "val/loss",
-                 channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        monitor: str = "val/loss",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
@@ -147,8 +157,9 @@ class _TaskModule(pl.LightningModule):
     @staticmethod
     def _check_loss(loss: Tensor, batch_idx: int) -> None:
         if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"batch {batch_idx}: training loss is {loss.item()} (non-finite); "
-                                     "refusing to back-propagate it")
+            raise FloatingPointError(
+                f"batch {batch_idx}: training loss is {loss.item()} (non-finite); refusing to back-propagate it"
+            )
 
     # -- steps -------------------------------------------------------------------------------------------------------
     def _loss_and_update(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:  # pragma: no cover - abstract
@@ -188,8 +199,10 @@ class _TaskModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return opt
         sched = self.scheduler_factory(opt)
-        return {"optimizer": opt,
-                "lr_scheduler": {"scheduler": sched, "interval": self.scheduler_interval, "monitor": self.monitor}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": sched, "interval": self.scheduler_interval, "monitor": self.monitor},
+        }
 
 
 class BraggMapModule(_TaskModule):
@@ -215,19 +228,37 @@ class BraggMapModule(_TaskModule):
     ``val/peak_position_error_px`` (and ``test/…``).
     """
 
-    def __init__(self, net: nn.Module, loss: Literal["mse", "l1", "ssim+l1"] = "mse", target_key: str = "vg_map",
-                 ssim_alpha: float = 0.84, peak_tolerance_px: float = 2.0, peak_threshold: float = 0.05,
-                 peak_min_distance: int = 2, peak_absolute_threshold: float | None = None,
-                 peak_refine: str = "gaussian", mc_samples: int = 0, optimizer: Callable | None = None,
-                 scheduler: Callable | None = None, scheduler_interval: str = "epoch", monitor: str = "val/loss",
-                 channels_last: bool = False, compile: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: Literal["mse", "l1", "ssim+l1"] = "mse",
+        target_key: str = "vg_map",
+        ssim_alpha: float = 0.84,
+        peak_tolerance_px: float = 2.0,
+        peak_threshold: float = 0.05,
+        peak_min_distance: int = 2,
+        peak_absolute_threshold: float | None = None,
+        peak_refine: str = "gaussian",
+        mc_samples: int = 0,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor, channels_last, compile)
         self.target_keys = (target_key,)
         self.target_key = target_key
         self.loss_fn = MapLoss(loss, alpha=ssim_alpha)
         self.mc_samples = int(mc_samples)
-        peak = dict(tolerance=peak_tolerance_px, threshold=peak_threshold, min_distance=peak_min_distance,
-                    absolute_threshold=peak_absolute_threshold, refine=peak_refine)
+        peak = dict(
+            tolerance=peak_tolerance_px,
+            threshold=peak_threshold,
+            min_distance=peak_min_distance,
+            absolute_threshold=peak_absolute_threshold,
+            refine=peak_refine,
+        )
         self.val_peaks = PeakMatchMetric(**peak)
         self.test_peaks = PeakMatchMetric(**peak)
 
@@ -248,8 +279,12 @@ class BraggMapModule(_TaskModule):
         if metric.update_count == 0:
             return
         values = metric.compute()
-        names = {"precision": "peak_precision", "recall": "peak_recall", "f1": "peak_f1",
-                 "position_error": "peak_position_error_px"}
+        names = {
+            "precision": "peak_precision",
+            "recall": "peak_recall",
+            "f1": "peak_f1",
+            "position_error": "peak_position_error_px",
+        }
         self.log_dict({f"{stage}/{names[k]}": v for k, v in values.items()}, sync_dist=False)
         metric.reset()
 
@@ -284,10 +319,18 @@ class ThicknessModule(_TaskModule):
 
     target_keys = ("thickness_nm",)
 
-    def __init__(self, net: nn.Module, loss: Literal["l1", "mse", "huber"] = "l1", huber_delta_nm: float = 5.0,
-                 optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 scheduler_interval: str = "epoch", monitor: str = "val/loss", channels_last: bool = False,
-                 compile: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: Literal["l1", "mse", "huber"] = "l1",
+        huber_delta_nm: float = 5.0,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor, channels_last, compile)
         if loss not in ("l1", "mse", "huber"):
             raise ValueError(f"loss must be 'l1', 'mse' or 'huber', got {loss!r}")
@@ -326,10 +369,18 @@ class PhaseModule(_TaskModule):
 
     target_keys = ("phase",)
 
-    def __init__(self, net: nn.Module, num_phases: int | None = None, label_smoothing: float = 0.0,
-                 optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 scheduler_interval: str = "epoch", monitor: str = "val/loss", channels_last: bool = False,
-                 compile: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        num_phases: int | None = None,
+        label_smoothing: float = 0.0,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor, channels_last, compile)
         num_phases = int(num_phases if num_phases is not None else getattr(net, "num_phases"))
         self.num_phases, self.label_smoothing = num_phases, float(label_smoothing)
@@ -341,8 +392,10 @@ class PhaseModule(_TaskModule):
         if targets:
             phase = batch["phase"]
             if phase.is_floating_point() or bool(((phase < 0) | (phase >= self.num_phases)).any()):
-                raise ValueError(f"batch {batch_idx}: 'phase' must hold integer class indices in "
-                                 f"[0, {self.num_phases}), got {phase.tolist()}")
+                raise ValueError(
+                    f"batch {batch_idx}: 'phase' must hold integer class indices in "
+                    f"[0, {self.num_phases}), got {phase.tolist()}"
+                )
 
     def _loss_and_update(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
         logits = self(batch).float()
@@ -370,10 +423,17 @@ class OrientationModule(_TaskModule):
 
     target_keys = ("rotation",)
 
-    def __init__(self, net: nn.Module, loss: Literal["geodesic", "chordal"] = "geodesic",
-                 optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 scheduler_interval: str = "epoch", monitor: str = "val/loss", channels_last: bool = False,
-                 compile: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: Literal["geodesic", "chordal"] = "geodesic",
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor, channels_last, compile)
         self.loss_fn = OrientationLoss(loss)
         for s in _STAGES:
@@ -390,6 +450,5 @@ class OrientationModule(_TaskModule):
         loss = self.loss_fn(r_pred, r_true, sym)
         metric = getattr(self, f"{stage}_misorientation")
         metric(r_pred.detach(), r_true, sym)
-        self.log(f"{stage}/misorientation_deg", metric, on_epoch=True, on_step=False,
-                 batch_size=self._bs(batch))
+        self.log(f"{stage}/misorientation_deg", metric, on_epoch=True, on_step=False, batch_size=self._bs(batch))
         return loss

@@ -39,13 +39,20 @@ def _subpixel(fm: Tensor, f0: Tensor, fp: Tensor, mode: Refine) -> Tensor:
         lm, l0, lp = (torch.log(v.clamp_min(1e-30)) for v in (fm, f0, fp))
         fm, f0, fp = torch.where(ok, lm, fm), torch.where(ok, l0, f0), torch.where(ok, lp, fp)
     den = fm - 2 * f0 + fp
-    off = torch.where(den < 0, (fm - fp) / (2 * torch.where(den < 0, den, -torch.ones_like(den))),
-                      torch.zeros_like(den))
+    off = torch.where(
+        den < 0, (fm - fp) / (2 * torch.where(den < 0, den, -torch.ones_like(den))), torch.zeros_like(den)
+    )
     return off.clamp(-0.5, 0.5)
 
 
-def find_peaks(maps, threshold: float = 0.05, min_distance: int = 2, absolute_threshold: float | None = None,
-               refine: Refine = "gaussian", max_peaks: int | None = None) -> Tensor | list[Tensor]:
+def find_peaks(
+    maps,
+    threshold: float = 0.05,
+    min_distance: int = 2,
+    absolute_threshold: float | None = None,
+    refine: Refine = "gaussian",
+    max_peaks: int | None = None,
+) -> Tensor | list[Tensor]:
     """Local maxima of map(s) with sub-pixel positions.
 
     Parameters
@@ -102,7 +109,7 @@ def find_peaks(maps, threshold: float = 0.05, min_distance: int = 2, absolute_th
                 keep = torch.ones(len(ys), dtype=torch.bool)
                 for j in range(len(ys)):
                     if keep[j]:
-                        keep[j + 1:] &= ~close[j, j + 1:]
+                        keep[j + 1 :] &= ~close[j, j + 1 :]
                 ys, xs, vals = ys[keep], xs[keep], vals[keep]
         if max_peaks is not None:
             ys, xs, vals = ys[:max_peaks], xs[:max_peaks], vals[:max_peaks]

@@ -29,8 +29,11 @@ class _BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
-                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        )
         nn.init.zeros_(self.bn2.weight)  # start as identity (stable early training)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -61,16 +64,25 @@ class ResNetEncoder(nn.Module):
         Length of the pooled feature vector.
     """
 
-    def __init__(self, in_channels: int = 2, width: int = 32, num_stages: int = 4, blocks_per_stage: int = 2,
-                 max_width: int = 512) -> None:
+    def __init__(
+        self,
+        in_channels: int = 2,
+        width: int = 32,
+        num_stages: int = 4,
+        blocks_per_stage: int = 2,
+        max_width: int = 512,
+    ) -> None:
         super().__init__()
         if num_stages < 1 or blocks_per_stage < 1 or width < 1:
             raise ValueError("width, num_stages and blocks_per_stage must be >= 1")
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
         layers, cin = [], width
         for s in range(num_stages):
-            cout = min(width * 2 ** s, max_width)
+            cout = min(width * 2**s, max_width)
             for b in range(blocks_per_stage):
                 layers.append(_BasicBlock(cin, cout, stride=2 if (b == 0 and s > 0) else 1))
                 cin = cout
@@ -84,18 +96,31 @@ class ResNetEncoder(nn.Module):
 class _PropertyNet(nn.Module):
     """Encoder on the stacked (pattern, probe) + an MLP head with ``out_dim`` outputs."""
 
-    def __init__(self, out_dim: int, width: int = 32, num_stages: int = 4, blocks_per_stage: int = 2,
-                 max_width: int = 512, hidden: int = 128, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        out_dim: int,
+        width: int = 32,
+        num_stages: int = 4,
+        blocks_per_stage: int = 2,
+        max_width: int = 512,
+        hidden: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.encoder = ResNetEncoder(2, width, num_stages, blocks_per_stage, max_width)
-        self.head = nn.Sequential(nn.Linear(self.encoder.out_features, hidden), nn.ReLU(inplace=True),
-                                  MCDropout(dropout), nn.Linear(hidden, out_dim))
+        self.head = nn.Sequential(
+            nn.Linear(self.encoder.out_features, hidden),
+            nn.ReLU(inplace=True),
+            MCDropout(dropout),
+            nn.Linear(hidden, out_dim),
+        )
         self.channels_last = False  # set by the LightningModule's channels_last flag
 
     def features(self, pattern: Tensor, probe: Tensor) -> Tensor:
         if pattern.ndim != 4 or pattern.shape[1] != 1 or probe.shape != pattern.shape:
-            raise ValueError(f"pattern and probe must both be (B, 1, H, W), got {tuple(pattern.shape)} "
-                             f"and {tuple(probe.shape)}")
+            raise ValueError(
+                f"pattern and probe must both be (B, 1, H, W), got {tuple(pattern.shape)} and {tuple(probe.shape)}"
+            )
         x = torch.cat([pattern, probe], dim=1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

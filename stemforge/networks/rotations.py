@@ -20,8 +20,17 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["rotation_6d_to_matrix", "matrix_to_rotation_6d", "geodesic_angle", "symmetric_geodesic_angle",
-           "axis_angle_to_matrix", "random_rotations", "cubic_group", "pad_symmetry", "is_rotation"]
+__all__ = [
+    "rotation_6d_to_matrix",
+    "matrix_to_rotation_6d",
+    "geodesic_angle",
+    "symmetric_geodesic_angle",
+    "axis_angle_to_matrix",
+    "random_rotations",
+    "cubic_group",
+    "pad_symmetry",
+    "is_rotation",
+]
 
 _NORM_EPS = 1e-8
 
@@ -68,8 +77,9 @@ def geodesic_angle(r1: Tensor, r2: Tensor, eps: float = 1e-12) -> Tensor:
     return torch.atan2(sin, cos)
 
 
-def symmetric_geodesic_angle(r_pred: Tensor, r_true: Tensor, symmetry: Tensor | None = None,
-                             return_index: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def symmetric_geodesic_angle(
+    r_pred: Tensor, r_true: Tensor, symmetry: Tensor | None = None, return_index: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """Misorientation: min over ``S`` of the geodesic angle between ``r_pred`` and ``r_true @ S``.
 
     Parameters
@@ -115,9 +125,20 @@ def random_rotations(n: int, generator: torch.Generator | None = None, dtype: to
     q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
     q = q / q.norm(dim=-1, keepdim=True)
     w, x, y, z = q.unbind(-1)
-    rot = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-                       2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-                       2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)
+    rot = torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - z * w),
+            2 * (x * z + y * w),
+            2 * (x * y + z * w),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - x * w),
+            2 * (x * z - y * w),
+            2 * (y * z + x * w),
+            1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    )
     return rot.reshape(n, 3, 3).to(dtype)
 
 

@@ -32,6 +32,7 @@ class DatasetCardCallback(pl.Callback):
 
 def _optics_ranges(dataset_config: dict) -> dict:
     """Trained ranges of energy (eV) and convergence semi-angle (mrad) from the dataset's config."""
+
     def span(spec):
         if isinstance(spec, (int, float)):
             return [float(spec), float(spec)]
@@ -103,8 +104,11 @@ def train(cfg: DictConfig) -> dict:
     callbacks.append(DatasetCardCallback(card))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    resolved = {k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k])
-                for k in cfg if k != "hydra"}
+    resolved = {
+        k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k])
+        for k in cfg
+        if k != "hydra"
+    }
     for lg in loggers:
         lg.log_hyperparams({"config": resolved, "data": info})
     metrics: dict = {}
@@ -117,8 +121,12 @@ def train(cfg: DictConfig) -> dict:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"metrics": metrics, "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
-               "last_checkpoint": str(out / "checkpoints" / "last.ckpt"), "data": card["input"]}
+    summary = {
+        "metrics": metrics,
+        "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+        "last_checkpoint": str(out / "checkpoints" / "last.ckpt"),
+        "data": card["input"],
+    }
     summary["metrics"] = {k: (v if np.isfinite(v) else None) for k, v in metrics.items()}  # strict JSON
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("metrics: %s", {k: round(v, 5) for k, v in metrics.items()})

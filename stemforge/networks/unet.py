@@ -42,9 +42,17 @@ class UNet(MCDropoutMixin, nn.Module):
     invariant to their scale; the datamodule's normalisation matters here.
     """
 
-    def __init__(self, image_size: int | None = None, depth: int | None = None, base_filters: int = 16,
-                 max_filters: int = 256, convs_per_block: int = 2, dropout: float = 0.1, mc_dropout: bool = False,
-                 upsample: Literal["nearest", "bilinear"] = "nearest") -> None:
+    def __init__(
+        self,
+        image_size: int | None = None,
+        depth: int | None = None,
+        base_filters: int = 16,
+        max_filters: int = 256,
+        convs_per_block: int = 2,
+        dropout: float = 0.1,
+        mc_dropout: bool = False,
+        upsample: Literal["nearest", "bilinear"] = "nearest",
+    ) -> None:
         super().__init__()
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
@@ -54,11 +62,17 @@ class UNet(MCDropoutMixin, nn.Module):
         filters = level_filters(base_filters, max_filters, self.depth)
         self.filters = filters
         self.encoder = nn.ModuleList(
-            [RealConvBlock(2 if lvl == 0 else filters[lvl - 1], filters[lvl], convs_per_block, dropout)
-             for lvl in range(self.depth + 1)])
+            [
+                RealConvBlock(2 if lvl == 0 else filters[lvl - 1], filters[lvl], convs_per_block, dropout)
+                for lvl in range(self.depth + 1)
+            ]
+        )
         self.decoder = nn.ModuleList(
-            [RealConvBlock(filters[lvl + 1] + filters[lvl], filters[lvl], convs_per_block, dropout)
-             for lvl in range(self.depth)])
+            [
+                RealConvBlock(filters[lvl + 1] + filters[lvl], filters[lvl], convs_per_block, dropout)
+                for lvl in range(self.depth)
+            ]
+        )
         self.final = nn.Conv2d(filters[0], 1, 3, padding=1)
         self.set_mc_dropout(mc_dropout)
         self.channels_last = False  # set by the LightningModule's channels_last flag

@@ -32,16 +32,46 @@ Torch is imported only by loading and publishing, so listing and pulling stay li
 from __future__ import annotations
 
 from .download import cache_dir, pull
-from .errors import (IntegrityError, InvalidNameError, LockTimeoutError, NotFoundError, ReadOnlyStoreError,
-                     RegistryError, StoreUnreachableError, UnsafeModelError, VersionExistsError)
+from .errors import (
+    IntegrityError,
+    InvalidNameError,
+    LockTimeoutError,
+    NotFoundError,
+    ReadOnlyStoreError,
+    RegistryError,
+    StoreUnreachableError,
+    UnsafeModelError,
+    VersionExistsError,
+)
 from .naming import parse_ref, validate_alias, validate_name, validate_version
 from .store import Store, default_store_url
 
-__all__ = ["load", "pull", "publish", "push_folder", "list_models", "set_alias", "remove_alias", "Store",
-           "cache_dir", "default_store_url", "parse_ref", "validate_name", "validate_version", "validate_alias",
-           "RegisteredModel", "RegistryError", "InvalidNameError", "NotFoundError", "VersionExistsError",
-           "ReadOnlyStoreError", "StoreUnreachableError", "IntegrityError", "LockTimeoutError",
-           "UnsafeModelError"]
+__all__ = [
+    "load",
+    "pull",
+    "publish",
+    "push_folder",
+    "list_models",
+    "set_alias",
+    "remove_alias",
+    "Store",
+    "cache_dir",
+    "default_store_url",
+    "parse_ref",
+    "validate_name",
+    "validate_version",
+    "validate_alias",
+    "RegisteredModel",
+    "RegistryError",
+    "InvalidNameError",
+    "NotFoundError",
+    "VersionExistsError",
+    "ReadOnlyStoreError",
+    "StoreUnreachableError",
+    "IntegrityError",
+    "LockTimeoutError",
+    "UnsafeModelError",
+]
 
 _LAZY = {"load": "loading", "RegisteredModel": "loading", "publish": "publishing", "push_folder": "publishing"}
 
@@ -60,9 +90,14 @@ def list_models(store: str | Store | None = None) -> dict:
 
     st = store if isinstance(store, Store) else Store(store)
     index = st.read_index()
-    return {name: {"task": m.get("task"), "versions": sorted(m["versions"], key=SemVer),
-                   "aliases": dict(sorted(m.get("aliases", {}).items()))}
-            for name, m in sorted(index["models"].items())}
+    return {
+        name: {
+            "task": m.get("task"),
+            "versions": sorted(m["versions"], key=SemVer),
+            "aliases": dict(sorted(m.get("aliases", {}).items())),
+        }
+        for name, m in sorted(index["models"].items())
+    }
 
 
 def set_alias(name: str, alias: str, version: str, store: str | Store | None = None) -> str | None:

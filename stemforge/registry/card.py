@@ -38,18 +38,45 @@ from .errors import RegistryError
 from .index import sha256_file, utc_now
 from .naming import validate_name, validate_version
 
-__all__ = ["CARD_SCHEMA", "build_card", "canonical_json", "dataset_fingerprint", "software_versions",
-           "net_weights", "load_checkpoint", "read_metrics", "task_family", "label_spec", "jsonable", "upgrade_card"]
+__all__ = [
+    "CARD_SCHEMA",
+    "build_card",
+    "canonical_json",
+    "dataset_fingerprint",
+    "software_versions",
+    "net_weights",
+    "load_checkpoint",
+    "read_metrics",
+    "task_family",
+    "label_spec",
+    "jsonable",
+    "upgrade_card",
+]
 
 log = logging.getLogger("registry")
 
 CARD_SCHEMA = "stemforge-model-card/1"
 ROOT = Path(__file__).resolve().parents[1]
 
-_FAMILIES = {"BraggMapModule": "bragg", "ThicknessModule": "thickness", "PhaseModule": "phase",
-             "OrientationModule": "orientation"}
-_PACKAGES = ("torch", "pytorch_lightning", "numpy", "abtem", "safetensors", "hydra-core", "omegaconf",
-             "torchmetrics", "scipy", "zarr", "pooch")
+_FAMILIES = {
+    "BraggMapModule": "bragg",
+    "ThicknessModule": "thickness",
+    "PhaseModule": "phase",
+    "OrientationModule": "orientation",
+}
+_PACKAGES = (
+    "torch",
+    "pytorch_lightning",
+    "numpy",
+    "abtem",
+    "safetensors",
+    "hydra-core",
+    "omegaconf",
+    "torchmetrics",
+    "scipy",
+    "zarr",
+    "pooch",
+)
 
 
 def jsonable(obj):
@@ -99,8 +126,7 @@ def upgrade_card(card):
 
 def canonical_json(obj) -> bytes:
     """Canonical JSON bytes (sorted keys, no whitespace, ASCII) for hashing."""
-    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode()
+    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def dataset_fingerprint(dataset_config: dict, versions: dict) -> str:
@@ -113,12 +139,15 @@ def dataset_fingerprint(dataset_config: dict, versions: dict) -> str:
 
 def _git_commit() -> dict:
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5)
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
             return {}
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {}
@@ -146,8 +175,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # pickle.UnpicklingError, RuntimeError (zip), EOFError (truncated)
-        raise RegistryError(f"cannot read checkpoint {path} with weights_only=True: {type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise RegistryError(
+            f"cannot read checkpoint {path} with weights_only=True: {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise RegistryError(f"{path} is not a Lightning checkpoint (no state_dict)")
     if not isinstance(ckpt.get("stemforge"), dict):
@@ -199,26 +230,44 @@ def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
         key = hparams.get("target_key") or facts["model_config"].get("target_key", "vg_map")
         sigma = sampling.get("blob_sigma_px", 1.0)
         if key == "disk_map":
-            definition = (f"unit-height Gaussian blobs (sigma={sigma} px) at the centres of visible Bragg disks, "
-                          "clipped to 1")
+            definition = (
+                f"unit-height Gaussian blobs (sigma={sigma} px) at the centres of visible Bragg disks, clipped to 1"
+            )
             unit = "1"
         else:
-            definition = (f"Ewald-weighted |V_g| in volts rendered as Gaussian blobs sigma={sigma} px at the Bragg "
-                          "positions (peak |V_g| exp(-s_g^2 / 2 sigma_s^2), s_g the excitation error)")
+            definition = (
+                f"Ewald-weighted |V_g| in volts rendered as Gaussian blobs sigma={sigma} px at the Bragg "
+                "positions (peak |V_g| exp(-s_g^2 / 2 sigma_s^2), s_g the excitation error)"
+            )
             unit = "V"
-        return {"key": key, "definition": definition, "unit": unit, "output_shape": ["B", 1, h, w],
-                "blob_sigma_px": sigma}
+        return {
+            "key": key,
+            "definition": definition,
+            "unit": unit,
+            "output_shape": ["B", 1, h, w],
+            "blob_sigma_px": sigma,
+        }
     if family == "thickness":
         spec = {"key": "thickness_nm", "definition": "specimen thickness", "unit": "nm", "output_shape": ["B"]}
         if sampling.get("thicknesses_nm"):
             spec["trained_range_nm"] = [min(sampling["thicknesses_nm"]), max(sampling["thicknesses_nm"])]
         return spec
     if family == "phase":
-        return {"key": "phase", "definition": "logits over the structures (softmax gives phase probabilities)",
-                "unit": "1", "output_shape": ["B", len(facts["structures"])], "class_names": facts["structures"]}
+        return {
+            "key": "phase",
+            "definition": "logits over the structures (softmax gives phase probabilities)",
+            "unit": "1",
+            "output_shape": ["B", len(facts["structures"])],
+            "class_names": facts["structures"],
+        }
     if family == "orientation":
-        return {"key": "rotation", "definition": "rotation matrix crystal->lab (proper, det +1); equal up to the "
-                "crystal's proper point-group symmetry", "unit": "1", "output_shape": ["B", 3, 3]}
+        return {
+            "key": "rotation",
+            "definition": "rotation matrix crystal->lab (proper, det +1); equal up to the "
+            "crystal's proper point-group symmetry",
+            "unit": "1",
+            "output_shape": ["B", 3, 3],
+        }
     return {"key": None, "definition": f"unknown task family for {facts['model_config'].get('_target_')}"}
 
 
@@ -227,19 +276,33 @@ def _metrics(data: dict | None, ckpt_path: Path | None) -> dict:
         return {"test": {}, "validation": {}, "source": None}
     values = jsonable(data.get("metrics", {}))
     tested = data.get("best_checkpoint")
-    out = {"test": {k: v for k, v in values.items() if k.startswith("test/")},
-           "validation": {k: v for k, v in values.items() if k.startswith("val/")},
-           "source": "metrics.json", "tested_checkpoint": Path(tested).name if tested else None}
+    out = {
+        "test": {k: v for k, v in values.items() if k.startswith("test/")},
+        "validation": {k: v for k, v in values.items() if k.startswith("val/")},
+        "source": "metrics.json",
+        "tested_checkpoint": Path(tested).name if tested else None,
+    }
     if not out["test"]:
         log.warning("metrics file has no test/* metrics; the card records none")
     elif ckpt_path is not None and tested and Path(tested).name != ckpt_path.name:
-        log.warning("test metrics in metrics.json were computed with %s, not with the published %s",
-                    Path(tested).name, ckpt_path.name)
+        log.warning(
+            "test metrics in metrics.json were computed with %s, not with the published %s",
+            Path(tested).name,
+            ckpt_path.name,
+        )
     return out
 
 
-def build_card(ckpt: dict, name: str, version: str, *, metrics: dict | None = None, license: str = "MIT",
-               description: str | None = None, ckpt_path: str | Path | None = None) -> dict:
+def build_card(
+    ckpt: dict,
+    name: str,
+    version: str,
+    *,
+    metrics: dict | None = None,
+    license: str = "MIT",
+    description: str | None = None,
+    ckpt_path: str | Path | None = None,
+) -> dict:
     """The model card of a checkpoint (without ``files``, which the publisher adds after writing the weights).
 
     Parameters
@@ -295,8 +358,9 @@ def build_card(ckpt: dict, name: str, version: str, *, metrics: dict | None = No
         },
         "labels": label_spec(family, facts, hparams, net_cfg),
         "training": {
-            "dataset_fingerprint": dataset_fingerprint(facts.get("dataset_config") or {},
-                                                       facts.get("dataset_versions") or {}),
+            "dataset_fingerprint": dataset_fingerprint(
+                facts.get("dataset_config") or {}, facts.get("dataset_versions") or {}
+            ),
             "dataset_config": jsonable(facts.get("dataset_config")),
             "dataset_versions": jsonable(facts.get("dataset_versions")),
             "structures": structures,
@@ -310,4 +374,3 @@ def build_card(ckpt: dict, name: str, version: str, *, metrics: dict | None = No
         "software": {**software_versions(), "pytorch_lightning_checkpoint": ckpt.get("pytorch-lightning_version")},
     }
     return card
-

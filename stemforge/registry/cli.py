@@ -29,8 +29,11 @@ __all__ = ["main", "build_parser", "report", "DeferredWarnings"]
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of usage + message
-        raise _UsageError(f"{message} (see `stemforge-registry {self.prog.split()[-1]} --help`)"
-                          if " " in self.prog else f"{message} (see `stemforge-registry --help`)")
+        raise _UsageError(
+            f"{message} (see `stemforge-registry {self.prog.split()[-1]} --help`)"
+            if " " in self.prog
+            else f"{message} (see `stemforge-registry --help`)"
+        )
 
 
 class _UsageError(Exception):
@@ -39,8 +42,10 @@ class _UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m stemforge.registry`` argument parser."""
-    store_help = ("store URL: folder, file://, http(s):// (read-only), s3://... "
-                  "(default $STEMFORGE_STORE or ~/.local/share/stemforge/registry)")
+    store_help = (
+        "store URL: folder, file://, http(s):// (read-only), s3://... "
+        "(default $STEMFORGE_STORE or ~/.local/share/stemforge/registry)"
+    )
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: an option given after the command wins, one given before it (on the main parser) still counts
     common.add_argument("--store", default=argparse.SUPPRESS, help=store_help)
@@ -97,8 +102,8 @@ def _summary(card: dict) -> str:
         f"{inp.get('normalisation')}",
         f"  output:    {labels.get('definition')} [{labels.get('unit')}] shape {labels.get('output_shape')}"
         + (f" classes {labels['class_names']}" if labels.get("class_names") else ""),
-        "  test:      " + (", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in sorted(test.items())) or "-"),
+        "  test:      "
+        + (", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(test.items())) or "-"),
         f"  data:      {(card.get('training') or {}).get('dataset_fingerprint')}  structures "
         f"{(card.get('training') or {}).get('structures')}",
         f"  created:   {card.get('created')}  license {card.get('license')}  stemforge "
@@ -121,8 +126,18 @@ def _pull(args) -> None:
 
     pulled = pull(args.ref, store=args.store, cache=args.cache)
     if args.json:
-        print(json.dumps({"name": pulled.name, "version": pulled.version, "folder": str(pulled.folder),
-                          "offline": pulled.offline, "files": pulled.records}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "name": pulled.name,
+                    "version": pulled.version,
+                    "folder": str(pulled.folder),
+                    "offline": pulled.offline,
+                    "files": pulled.records,
+                },
+                indent=2,
+            )
+        )
         return
     hashes = ", ".join(f"{f} sha256 {r['sha256'][:12]}... ({r['size']} bytes)" for f, r in pulled.records.items())
     print(f"{pulled.name} {pulled.version} verified in {pulled.folder}: {hashes}")
@@ -137,19 +152,30 @@ def _push(args) -> None:
     else:
         if not args.name or not args.version:
             raise _UsageError("push of a checkpoint needs --name and --version")
-        result = publish(source, args.name, args.version, store=args.store, aliases=args.alias,
-                         license=args.license, metrics=args.metrics, description=args.description,
-                         wandb=not args.no_wandb and "auto")
+        result = publish(
+            source,
+            args.name,
+            args.version,
+            store=args.store,
+            aliases=args.alias,
+            license=args.license,
+            metrics=args.metrics,
+            description=args.description,
+            wandb=not args.no_wandb and "auto",
+        )
     print(report(result))
 
 
 def report(result: dict) -> str:
     """Human-readable lines about a publish result."""
-    files = ", ".join(f"{f} sha256 {r['sha256'][:12]}... ({r['size']} bytes)"
-                      for f, r in result["entry"]["files"].items())
+    files = ", ".join(
+        f"{f} sha256 {r['sha256'][:12]}... ({r['size']} bytes)" for f, r in result["entry"]["files"].items()
+    )
     aliases = f"; aliases {', '.join(result['aliases'])}" if result["aliases"] else ""
-    return (f"published {result['name']} {result['version']} to {result['store']}{aliases}\n  {files}\n"
-            f"  W&B artifact: {result['wandb']}")
+    return (
+        f"published {result['name']} {result['version']} to {result['store']}{aliases}\n  {files}\n"
+        f"  W&B artifact: {result['wandb']}"
+    )
 
 
 def _alias(args) -> None:

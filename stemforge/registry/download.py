@@ -158,9 +158,15 @@ def _check_cached(path: Path, record: dict, what: str) -> bool:
     if (digest, size) == (record["sha256"], record["size"]):
         return True
     path.unlink(missing_ok=True)
-    log.warning("cached %s failed verification (sha256 %s..., %d bytes; expected %s..., %d bytes: tampered, "
-                "truncated or from another store); deleted it", what, digest[:12], size, record["sha256"][:12],
-                record["size"])
+    log.warning(
+        "cached %s failed verification (sha256 %s..., %d bytes; expected %s..., %d bytes: tampered, "
+        "truncated or from another store); deleted it",
+        what,
+        digest[:12],
+        size,
+        record["sha256"][:12],
+        record["size"],
+    )
     return False
 
 
@@ -178,8 +184,13 @@ def _drop_copy_from_another_store(folder: Path, records: dict, url: str, name: s
         return
     if all(cached.get(f) == (r["sha256"], r["size"]) for f, r in records.items() if f in FILE_NAMES):
         return
-    log.info("replacing the cached %s %s (from %s) with the files %s lists under the same name and version",
-             name, version, manifest.get("store", "another store"), url)
+    log.info(
+        "replacing the cached %s %s (from %s) with the files %s lists under the same name and version",
+        name,
+        version,
+        manifest.get("store", "another store"),
+        url,
+    )
     for fname in (*FILE_NAMES, "manifest.json"):
         (folder / fname).unlink(missing_ok=True)
 
@@ -192,8 +203,14 @@ def _fetch(url: str, path: Path, record: dict, what: str) -> None:
     pooch.get_logger().setLevel(logging.WARNING)
     measured = _Measured(_downloader(url))
     try:
-        pooch.retrieve(url, known_hash=f"sha256:{record['sha256']}", fname=path.name, path=path.parent,
-                       downloader=measured, progressbar=False)
+        pooch.retrieve(
+            url,
+            known_hash=f"sha256:{record['sha256']}",
+            fname=path.name,
+            path=path.parent,
+            downloader=measured,
+            progressbar=False,
+        )
     except ValueError as err:
         if measured.got is None:
             raise RegistryError(f"cannot download {what} from {url}: {err}") from None
@@ -201,7 +218,8 @@ def _fetch(url: str, path: Path, record: dict, what: str) -> None:
         raise IntegrityError(
             f"{what} downloaded from {url} does not match the registry index (sha256 {digest[:12]}..., {size} "
             f"bytes; expected {record['sha256'][:12]}..., {record['size']} bytes): the file in the store is "
-            f"{'truncated' if size < record['size'] else 'tampered or corrupt'}; refused, nothing cached") from None
+            f"{'truncated' if size < record['size'] else 'tampered or corrupt'}; refused, nothing cached"
+        ) from None
     except requests.HTTPError as err:
         status = err.response.status_code if err.response is not None else "?"
         if status == 404:
@@ -227,13 +245,16 @@ def read_card(path: Path, name: str, version: str, weights: dict) -> dict:
         raise IntegrityError(f"card of {name} {version} describes {card.get('name')!r} {card.get('version')!r}")
     listed = (card.get("files") or {}).get("model.safetensors") or {}
     if (listed.get("sha256"), listed.get("size")) != (weights["sha256"], weights["size"]):
-        raise IntegrityError(f"card of {name} {version} lists other weights (sha256 {listed.get('sha256')}) than "
-                             f"the registry index ({weights['sha256']})")
+        raise IntegrityError(
+            f"card of {name} {version} lists other weights (sha256 {listed.get('sha256')}) than "
+            f"the registry index ({weights['sha256']})"
+        )
     return upgrade_card(card)
 
 
-def _pull_online(store: Store, cache: Path, name: str, target: str, index: dict,
-                 only: tuple[str, ...] = FILE_NAMES) -> Pulled:
+def _pull_online(
+    store: Store, cache: Path, name: str, target: str, index: dict, only: tuple[str, ...] = FILE_NAMES
+) -> Pulled:
     version = resolve(index, name, target, store.url)
     records = index["models"][name]["versions"][version]["files"]
     folder = cache / "models" / name / version
@@ -247,8 +268,10 @@ def _pull_online(store: Store, cache: Path, name: str, target: str, index: dict,
         files[fname] = path
     card = read_card(files["card.json"], name, version, records["model.safetensors"])
     if set(only) == set(FILE_NAMES):
-        _write_json_atomic(folder / "manifest.json", {"name": name, "version": version, "store": store.url,
-                                                      "pulled": utc_now(), "files": records})
+        _write_json_atomic(
+            folder / "manifest.json",
+            {"name": name, "version": version, "store": store.url, "pulled": utc_now(), "files": records},
+        )
     return Pulled(name, version, files, card, store.url, False, records)
 
 
@@ -256,8 +279,9 @@ def _pull_offline(store: Store, cache: Path, name: str, target: str, reason: str
     copy = _index_copy(cache, store)
     if not (cache / "models" / name / target / "manifest.json").exists() and copy.exists():
         try:
-            target = resolve(check_index(json.loads(copy.read_text()), str(copy)), name, target, f"{store.url} "
-                             "(cached index)")
+            target = resolve(
+                check_index(json.loads(copy.read_text()), str(copy)), name, target, f"{store.url} (cached index)"
+            )
         except (ValueError, RegistryError) as err:
             raise StoreUnreachableError(f"{reason}; offline: {err}") from None
     try:
@@ -265,7 +289,8 @@ def _pull_offline(store: Store, cache: Path, name: str, target: str, reason: str
     except RegistryError:
         raise StoreUnreachableError(
             f"{reason}; no cached index for this store to resolve {name}:{target} offline; give an explicit "
-            "version that is in the cache") from None
+            "version that is in the cache"
+        ) from None
     folder = cache / "models" / name / target
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -280,16 +305,23 @@ def _pull_offline(store: Store, cache: Path, name: str, target: str, reason: str
     for fname in FILE_NAMES:
         path = folder / fname
         if not _check_cached(path, records[fname], f"{fname} of {name} {target}"):
-            raise IntegrityError(f"cached {fname} of {name} {target} is missing or corrupt (tampered or truncated) "
-                                 f"and the store cannot be reached ({reason}); pull it again when online")
+            raise IntegrityError(
+                f"cached {fname} of {name} {target} is missing or corrupt (tampered or truncated) "
+                f"and the store cannot be reached ({reason}); pull it again when online"
+            )
         files[fname] = path
     card = read_card(files["card.json"], name, target, records["model.safetensors"])
     log.warning("%s; using the verified cached copy of %s %s", reason, name, target)
     return Pulled(name, target, files, card, manifest.get("store", store.url), True, records)
 
 
-def pull(ref: str, version: str | None = None, store: str | Store | None = None,
-         cache: str | os.PathLike | None = None, card_only: bool = False) -> Pulled:
+def pull(
+    ref: str,
+    version: str | None = None,
+    store: str | Store | None = None,
+    cache: str | os.PathLike | None = None,
+    card_only: bool = False,
+) -> Pulled:
     """Download (if needed) and verify a published model in the cache.
 
     Parameters

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["RegistryError", "InvalidNameError", "NotFoundError", "VersionExistsError", "ReadOnlyStoreError",
-           "StoreUnreachableError", "IntegrityError", "LockTimeoutError", "UnsafeModelError"]
+__all__ = [
+    "RegistryError",
+    "InvalidNameError",
+    "NotFoundError",
+    "VersionExistsError",
+    "ReadOnlyStoreError",
+    "StoreUnreachableError",
+    "IntegrityError",
+    "LockTimeoutError",
+    "UnsafeModelError",
+]
 
 
 class RegistryError(Exception):

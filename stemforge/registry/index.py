@@ -13,8 +13,18 @@ from datetime import datetime, timezone
 from .errors import InvalidNameError, NotFoundError, RegistryError
 from .naming import FILE_NAMES, SemVer, validate_alias, validate_name, validate_relpath, validate_version
 
-__all__ = ["INDEX", "LOCK", "FORMAT", "FORMAT_VERSION", "utc_now", "sha256_file", "empty_index", "check_index",
-           "resolve", "malformed"]
+__all__ = [
+    "INDEX",
+    "LOCK",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "utc_now",
+    "sha256_file",
+    "empty_index",
+    "check_index",
+    "resolve",
+    "malformed",
+]
 
 INDEX = "index.json"
 LOCK = "index.lock"
@@ -58,8 +68,9 @@ def check_index(index: object, where: str) -> dict:
         raise malformed(where, "no 'models' object")
     fmt, fmt_version = index.get("format", FORMAT), index.get("format_version", 1)
     if fmt != FORMAT or not isinstance(fmt_version, int) or fmt_version > FORMAT_VERSION:
-        raise malformed(where, f"format {fmt!r} v{fmt_version!r} is not {FORMAT} v<={FORMAT_VERSION} "
-                               "(upgrade stemforge?)")
+        raise malformed(
+            where, f"format {fmt!r} v{fmt_version!r} is not {FORMAT} v<={FORMAT_VERSION} (upgrade stemforge?)"
+        )
     try:
         for name, model in index["models"].items():
             validate_name(name)
@@ -110,5 +121,6 @@ def resolve(index: dict, name: str, target: str, where: str) -> str:
         return model["aliases"][target]
     versions = ", ".join(sorted(model["versions"], key=SemVer)) or "none"
     aliases = ", ".join(f"{a}->{v}" for a, v in sorted(model.get("aliases", {}).items())) or "none"
-    raise NotFoundError(f"model {name!r} has no version or alias {target!r} at {where} "
-                        f"(versions: {versions}; aliases: {aliases})")
+    raise NotFoundError(
+        f"model {name!r} has no version or alias {target!r} at {where} (versions: {versions}; aliases: {aliases})"
+    )

@@ -40,8 +40,11 @@ def _resolve_target(target: object):
     except ImportError as err:
         raise UnsafeModelError(f"refusing _target_ {target!r}: cannot import {module_name} ({err})") from None
     obj = module.__dict__.get(attr)
-    if not (inspect.isclass(obj) and issubclass(obj, torch.nn.Module)
-            and (obj.__module__ == _NETWORKS or obj.__module__.startswith(_NETWORKS + "."))):
+    if not (
+        inspect.isclass(obj)
+        and issubclass(obj, torch.nn.Module)
+        and (obj.__module__ == _NETWORKS or obj.__module__.startswith(_NETWORKS + "."))
+    ):
         raise UnsafeModelError(f"refusing _target_ {target!r}: not an nn.Module class defined in '{_NETWORKS}'")
     return obj
 
@@ -82,8 +85,10 @@ def build_net(net_cfg: dict):
         net = instantiate(OmegaConf.create(net_cfg), _convert_="all")
     except Exception as err:
         cause = err.__cause__ or err
-        raise RegistryError(f"cannot build {net_cfg['_target_']} from the card: {type(cause).__name__}: "
-                            f"{str(cause).splitlines()[0] if str(cause) else ''}") from None
+        raise RegistryError(
+            f"cannot build {net_cfg['_target_']} from the card: {type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else ''}"
+        ) from None
     if not isinstance(net, torch.nn.Module):
         raise UnsafeModelError(f"refusing model card: {net_cfg['_target_']} did not build an nn.Module")
     return net
@@ -146,8 +151,10 @@ class Preprocessor:
 
         p, q = self._as_batch(pattern, "pattern"), self._as_batch(probe, "probe")
         if self.shape and tuple(p.shape[-2:]) != self.shape:
-            raise ValueError(f"pattern is {tuple(p.shape[-2:])} px but the model was trained on {self.shape} px; "
-                             "resample it to the card's shape and pixel size first")
+            raise ValueError(
+                f"pattern is {tuple(p.shape[-2:])} px but the model was trained on {self.shape} px; "
+                "resample it to the card's shape and pixel size first"
+            )
         if q.shape[-2:] != p.shape[-2:]:
             raise ValueError(f"probe {tuple(q.shape[-2:])} and pattern {tuple(p.shape[-2:])} differ in shape")
         if q.shape[0] == 1 and p.shape[0] > 1:
@@ -196,8 +203,10 @@ class RegisteredModel:
         self.device = device
 
     def __repr__(self) -> str:
-        return (f"RegisteredModel({self.name}:{self.version}, {self.card.get('architecture', {}).get('net_class')}, "
-                f"task={self.card.get('task')!r})")
+        return (
+            f"RegisteredModel({self.name}:{self.version}, {self.card.get('architecture', {}).get('net_class')}, "
+            f"task={self.card.get('task')!r})"
+        )
 
     def to(self, device: str) -> "RegisteredModel":
         """Move the network to ``device``."""
@@ -231,8 +240,13 @@ def load_pulled(pulled: Pulled, device: str = "cpu") -> RegisteredModel:
     return RegisteredModel(pulled, net, device)
 
 
-def load(ref: str, version: str | None = None, store: str | None = None, cache: str | os.PathLike | None = None,
-         device: str = "cpu") -> RegisteredModel:
+def load(
+    ref: str,
+    version: str | None = None,
+    store: str | None = None,
+    cache: str | os.PathLike | None = None,
+    device: str = "cpu",
+) -> RegisteredModel:
     """Fetch (or reuse from the cache), verify and build a published model.
 
     Parameters
@@ -260,4 +274,3 @@ def load(ref: str, version: str | None = None, store: str | None = None, cache: 
     >>> vg_map = model(pattern, probe)   # raw (H, W) arrays in, (1, 1, H, W) map out          # doctest: +SKIP
     """
     return load_pulled(pull(ref, version=version, store=store, cache=cache), device)
-

@@ -29,8 +29,9 @@ class StoreLock:
     def __init__(self, store, what: str):
         self.store = store
         self.token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}:{random.getrandbits(32):08x}"
-        self.body = json.dumps({"token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
-                                "since": utc_now(), "what": what}).encode()
+        self.body = json.dumps(
+            {"token": self.token, "host": socket.gethostname(), "pid": os.getpid(), "since": utc_now(), "what": what}
+        ).encode()
         self.held = False
 
     def _try_create(self) -> bool:
@@ -84,7 +85,8 @@ class StoreLock:
             if time.monotonic() > deadline:
                 raise LockTimeoutError(
                     f"store {self.store.url} is locked ({self._holder()}); waited {self.store.lock_timeout:g} s. "
-                    f"If no publisher is running, delete {self.store.url}/{LOCK}")
+                    f"If no publisher is running, delete {self.store.url}/{LOCK}"
+                )
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 1.5, 0.5)
         self.held = True

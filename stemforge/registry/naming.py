@@ -25,8 +25,17 @@ from functools import total_ordering
 
 from .errors import InvalidNameError
 
-__all__ = ["validate_name", "validate_version", "validate_alias", "parse_ref", "is_version", "SemVer",
-           "latest_version", "validate_relpath", "FILE_NAMES"]
+__all__ = [
+    "validate_name",
+    "validate_version",
+    "validate_alias",
+    "parse_ref",
+    "is_version",
+    "SemVer",
+    "latest_version",
+    "validate_relpath",
+    "FILE_NAMES",
+]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -44,7 +53,8 @@ def validate_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidNameError(
             f"invalid model name {name!r}: use 1-64 lowercase letters, digits, '-' or '_' starting with a letter "
-            "or digit (no '/', '.', '..', spaces or capitals)")
+            "or digit (no '/', '.', '..', spaces or capitals)"
+        )
     return name
 
 
@@ -52,7 +62,8 @@ def validate_alias(alias: object) -> str:
     """Return ``alias`` if it is a valid alias (a name starting with a letter), else raise."""
     if not isinstance(alias, str) or not _ALIAS.fullmatch(alias):
         raise InvalidNameError(
-            f"invalid alias {alias!r}: use 1-64 lowercase letters, digits, '-' or '_' starting with a letter")
+            f"invalid alias {alias!r}: use 1-64 lowercase letters, digits, '-' or '_' starting with a letter"
+        )
     return alias
 
 
@@ -64,11 +75,15 @@ def is_version(text: object) -> bool:
 def validate_version(version: object) -> str:
     """Return ``version`` if it is ``MAJOR.MINOR.PATCH[-PRERELEASE]``, else raise :class:`InvalidNameError`."""
     if isinstance(version, str) and "+" in version and is_version(version.split("+", 1)[0]):
-        raise InvalidNameError(f"invalid version {version!r}: build metadata ('+...') is not allowed; "
-                               "bump the patch or pre-release instead")
+        raise InvalidNameError(
+            f"invalid version {version!r}: build metadata ('+...') is not allowed; "
+            "bump the patch or pre-release instead"
+        )
     if not is_version(version):
-        raise InvalidNameError(f"invalid version {version!r}: expected a semantic version MAJOR.MINOR.PATCH "
-                               "such as 1.0.0 or 1.1.0-rc.1 (no 'v' prefix, no leading zeros)")
+        raise InvalidNameError(
+            f"invalid version {version!r}: expected a semantic version MAJOR.MINOR.PATCH "
+            "such as 1.0.0 or 1.1.0-rc.1 (no 'v' prefix, no leading zeros)"
+        )
     return version  # type: ignore[return-value]
 
 

@@ -39,8 +39,10 @@ def _precheck(store: Store, name: str, version: str, aliases) -> list[str]:
     store._require_writable()
     model = store.read_index(missing_ok=True)["models"].get(name, {})
     if version in model.get("versions", {}):  # early, friendly; the authoritative check is under the lock
-        raise VersionExistsError(f"{name} {version} is already published in {store.url} (versions are immutable; "
-                                 "publish a new version, e.g. a higher patch number, and move an alias to it)")
+        raise VersionExistsError(
+            f"{name} {version} is already published in {store.url} (versions are immutable; "
+            "publish a new version, e.g. a higher patch number, and move an alias to it)"
+        )
     return aliases
 
 
@@ -56,9 +58,18 @@ def _write_card(card: dict, path: Path) -> None:
     path.write_text(json.dumps(card, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def publish(ckpt: str | os.PathLike, name: str, version: str, store: str | Store | None = None,
-            aliases: list[str] | tuple[str, ...] = (), license: str = "MIT", metrics: str | os.PathLike | None = None,
-            description: str | None = None, wandb: str | bool = "auto", wandb_project: str = "stemforge") -> dict:
+def publish(
+    ckpt: str | os.PathLike,
+    name: str,
+    version: str,
+    store: str | Store | None = None,
+    aliases: list[str] | tuple[str, ...] = (),
+    license: str = "MIT",
+    metrics: str | os.PathLike | None = None,
+    description: str | None = None,
+    wandb: str | bool = "auto",
+    wandb_project: str = "stemforge",
+) -> dict:
     """Publish a Lightning checkpoint written by ``scripts/train.py``.
 
     Parameters
@@ -96,28 +107,55 @@ def publish(ckpt: str | os.PathLike, name: str, version: str, store: str | Store
     if explicit_metrics and not metrics.is_file():
         raise RegistryError(f"metrics file {metrics} does not exist")
     checkpoint = load_checkpoint(ckpt)
-    card = build_card(checkpoint, name, version, metrics=read_metrics(metrics), license=license,
-                      description=description, ckpt_path=ckpt)
+    card = build_card(
+        checkpoint,
+        name,
+        version,
+        metrics=read_metrics(metrics),
+        license=license,
+        description=description,
+        ckpt_path=ckpt,
+    )
     from safetensors.torch import save_file
 
     with tempfile.TemporaryDirectory(prefix="stemforge-publish-") as tmp:
         tmp = Path(tmp)
         weights = tmp / "model.safetensors"
-        save_file(net_weights(checkpoint["state_dict"]), str(weights),
-                  metadata={"format": "pt", "name": name, "version": version, "producer": "stemforge.registry"})
+        save_file(
+            net_weights(checkpoint["state_dict"]),
+            str(weights),
+            metadata={"format": "pt", "name": name, "version": version, "producer": "stemforge.registry"},
+        )
         digest, size = sha256_file(weights)
         card["files"] = {"model.safetensors": {"sha256": digest, "size": size}}
         _write_card(card, tmp / "card.json")
         _verify_loadable(card, weights)
-        entry = st.add_version(name, version, {"model.safetensors": weights, "card.json": tmp / "card.json"},
-                               task=card["task"], aliases=aliases)
+        entry = st.add_version(
+            name,
+            version,
+            {"model.safetensors": weights, "card.json": tmp / "card.json"},
+            task=card["task"],
+            aliases=aliases,
+        )
         status = log_wandb_artifact(tmp, card, aliases, wandb, wandb_project)
-    return {"name": name, "version": version, "store": st.url, "entry": entry, "aliases": aliases, "card": card,
-            "wandb": status}
+    return {
+        "name": name,
+        "version": version,
+        "store": st.url,
+        "entry": entry,
+        "aliases": aliases,
+        "card": card,
+        "wandb": status,
+    }
 
 
-def push_folder(folder: str | os.PathLike, store: str | Store | None = None, aliases=(),
-                name: str | None = None, version: str | None = None) -> dict:
+def push_folder(
+    folder: str | os.PathLike,
+    store: str | Store | None = None,
+    aliases=(),
+    name: str | None = None,
+    version: str | None = None,
+) -> dict:
     """Publish an already built model folder (``card.json`` + ``model.safetensors``, e.g. a pulled cache entry).
 
     This copies a version between stores (mirroring); the card is not modified, its weights hash is checked
@@ -133,24 +171,33 @@ def push_folder(folder: str | os.PathLike, store: str | Store | None = None, ali
         raise RegistryError(f"{folder / 'card.json'} is not valid JSON: {err}") from None
     cname, cversion = card.get("name"), card.get("version")
     if (name and name != cname) or (version and version != cversion):
-        raise RegistryError(f"{folder} holds {cname} {cversion}, not {name or cname} {version or cversion} "
-                            "(a card's name and version cannot be changed; publish the checkpoint again)")
+        raise RegistryError(
+            f"{folder} holds {cname} {cversion}, not {name or cname} {version or cversion} "
+            "(a card's name and version cannot be changed; publish the checkpoint again)"
+        )
     st = store if isinstance(store, Store) else Store(store)
     aliases = _precheck(st, cname, cversion, aliases)
     listed = (card.get("files") or {}).get("model.safetensors") or {}
     got = sha256_file(folder / "model.safetensors")
     if (listed.get("sha256"), listed.get("size")) != got:
-        raise RegistryError(f"{folder / 'model.safetensors'} does not match its card (sha256 {got[0][:12]}..., "
-                            f"card says {str(listed.get('sha256'))[:12]}...)")
+        raise RegistryError(
+            f"{folder / 'model.safetensors'} does not match its card (sha256 {got[0][:12]}..., "
+            f"card says {str(listed.get('sha256'))[:12]}...)"
+        )
     _verify_loadable(card, folder / "model.safetensors")
-    entry = st.add_version(cname, cversion, {f: folder / f for f in FILE_NAMES}, task=card.get("task"),
-                           aliases=aliases)
-    return {"name": cname, "version": cversion, "store": st.url, "entry": entry, "aliases": aliases, "card": card,
-            "wandb": "not attempted (push of a built folder)"}
+    entry = st.add_version(cname, cversion, {f: folder / f for f in FILE_NAMES}, task=card.get("task"), aliases=aliases)
+    return {
+        "name": cname,
+        "version": cversion,
+        "store": st.url,
+        "entry": entry,
+        "aliases": aliases,
+        "card": card,
+        "wandb": "not attempted (push of a built folder)",
+    }
 
 
-def log_wandb_artifact(folder: Path, card: dict, aliases, mode: str | bool = "auto",
-                       project: str = "stemforge") -> str:
+def log_wandb_artifact(folder: Path, card: dict, aliases, mode: str | bool = "auto", project: str = "stemforge") -> str:
     """Log ``model.safetensors`` and ``card.json`` as a W&B ``model`` artifact when online; say what happened.
 
     Skipped (with a notice) when ``mode`` is False, ``WANDB_MODE`` is offline/disabled/dryrun, or there are no
@@ -170,11 +217,21 @@ def log_wandb_artifact(folder: Path, card: dict, aliases, mode: str | bool = "au
     try:
         if not wandb.login(prompt=False, verify=False):
             return "skipped: not logged in to W&B (run `wandb login`)"
-        run = wandb.init(project=project, job_type="publish", name=f"publish-{card['name']}-{card['version']}",
-                         config={"registry": {"name": card["name"], "version": card["version"]}})
-        artifact = wandb.Artifact(card["name"], type="model", description=card.get("description"),
-                                  metadata={k: card.get(k) for k in ("version", "task", "architecture", "input",
-                                                                     "labels", "metrics", "license", "files")})
+        run = wandb.init(
+            project=project,
+            job_type="publish",
+            name=f"publish-{card['name']}-{card['version']}",
+            config={"registry": {"name": card["name"], "version": card["version"]}},
+        )
+        artifact = wandb.Artifact(
+            card["name"],
+            type="model",
+            description=card.get("description"),
+            metadata={
+                k: card.get(k)
+                for k in ("version", "task", "architecture", "input", "labels", "metrics", "license", "files")
+            },
+        )
         for fname in FILE_NAMES:
             artifact.add_file(str(folder / fname), name=fname)
         run.log_artifact(artifact, aliases=[card["version"], *aliases])

@@ -44,8 +44,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
-from .errors import (InvalidNameError, NotFoundError, ReadOnlyStoreError, RegistryError, StoreUnreachableError,
-                     VersionExistsError)
+from .errors import (
+    InvalidNameError,
+    NotFoundError,
+    ReadOnlyStoreError,
+    RegistryError,
+    StoreUnreachableError,
+    VersionExistsError,
+)
 from .index import INDEX, check_index, empty_index, malformed, resolve, sha256_file, utc_now
 from .lock import StoreLock
 from .naming import FILE_NAMES, latest_version, validate_alias, validate_name, validate_relpath, validate_version
@@ -113,14 +119,14 @@ class Store:
         Network timeout in seconds for reading an http(s) index.
     """
 
-    def __init__(self, url: str | os.PathLike | None = None, lock_timeout: float | None = None,
-                 timeout: float = 30.0):
+    def __init__(self, url: str | os.PathLike | None = None, lock_timeout: float | None = None, timeout: float = 30.0):
         raw = os.fspath(url) if url is not None else default_store_url()
         if not raw:
             raise RegistryError("empty store URL")
         self.timeout = float(timeout)
-        self.lock_timeout = float(lock_timeout if lock_timeout is not None
-                                  else os.environ.get("STEMFORGE_LOCK_TIMEOUT", 120))
+        self.lock_timeout = float(
+            lock_timeout if lock_timeout is not None else os.environ.get("STEMFORGE_LOCK_TIMEOUT", 120)
+        )
         self.local: Path | None = None
         self._fs = None
         self._root = ""
@@ -228,8 +234,10 @@ class Store:
     # ------------------------------------------------------------------ writing
     def _require_writable(self) -> None:
         if not self.writable:
-            raise ReadOnlyStoreError(f"store {self.url} is read-only (http/https); publish to the folder or "
-                                     "bucket that the web server serves")
+            raise ReadOnlyStoreError(
+                f"store {self.url} is read-only (http/https); publish to the folder or "
+                "bucket that the web server serves"
+            )
 
     def _write_bytes(self, rel: str, data: bytes) -> None:
         if self.kind == "local":
@@ -273,8 +281,10 @@ class Store:
             self._fs.put_file(str(src), self._abs(rel))
             got = (sha256, int(self._fs.size(self._abs(rel))))
         if got != (sha256, size):
-            raise RegistryError(f"upload of {rel} to {self.url} did not verify (sha256/size {got} != "
-                                f"{(sha256, size)}); the store may be full or failing")
+            raise RegistryError(
+                f"upload of {rel} to {self.url} did not verify (sha256/size {got} != "
+                f"{(sha256, size)}); the store may be full or failing"
+            )
 
     def _exists(self, rel: str) -> bool:
         if self.kind == "local":
@@ -305,8 +315,14 @@ class Store:
             yield index
             self._write_index(index)
 
-    def add_version(self, name: str, version: str, files: Mapping[str, str | os.PathLike], task: str | None = None,
-                    aliases: tuple[str, ...] | list[str] = ()) -> dict:
+    def add_version(
+        self,
+        name: str,
+        version: str,
+        files: Mapping[str, str | os.PathLike],
+        task: str | None = None,
+        aliases: tuple[str, ...] | list[str] = (),
+    ) -> dict:
         """Upload the files of a new version and record it (and its aliases) in the index.
 
         Parameters
@@ -347,15 +363,21 @@ class Store:
             if version in model["versions"]:
                 raise VersionExistsError(
                     f"{name} {version} is already published in {self.url} (versions are immutable; publish a new "
-                    f"version, e.g. a higher patch number, and move an alias to it)")
+                    f"version, e.g. a higher patch number, and move an alias to it)"
+                )
             leftovers = [f for f in FILE_NAMES if self._exists(f"{name}/{version}/{f}")]
             if leftovers:
-                log.warning("overwriting files of an interrupted publish of %s %s (not in the index): %s", name,
-                            version, ", ".join(leftovers))
+                log.warning(
+                    "overwriting files of an interrupted publish of %s %s (not in the index): %s",
+                    name,
+                    version,
+                    ", ".join(leftovers),
+                )
             # weights first, card last: an interrupted upload leaves no card next to partial weights
             for fname in FILE_NAMES:
-                self._put_file(Path(files[fname]), records[fname]["path"], records[fname]["sha256"],
-                               records[fname]["size"])
+                self._put_file(
+                    Path(files[fname]), records[fname]["path"], records[fname]["sha256"], records[fname]["size"]
+                )
             entry = {"created": utc_now(), "files": records}
             model["versions"][version] = entry
             if task:

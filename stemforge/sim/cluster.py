@@ -63,14 +63,17 @@ def connect(cluster_cfg):
             client = Client(address, timeout=timeout, set_as_default=False)
         except Exception as err:  # OSError, TimeoutError, ValueError (bad scheme), ...
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(f"cluster.address {address!r}: no dask scheduler reachable within {timeout:g} s "
-                              f"({type(err).__name__}: {msg})") from None
+            raise ConfigError(
+                f"cluster.address {address!r}: no dask scheduler reachable within {timeout:g} s "
+                f"({type(err).__name__}: {msg})"
+            ) from None
         try:
             client.wait_for_workers(1, timeout=timeout)
         except Exception:
             client.close()
-            raise ConfigError(f"cluster.address {address!r}: the scheduler has no workers "
-                              f"(waited {timeout:g} s)") from None
+            raise ConfigError(
+                f"cluster.address {address!r}: the scheduler has no workers (waited {timeout:g} s)"
+            ) from None
     return client
 
 
@@ -87,8 +90,9 @@ def _check_address(address: str) -> None:
         if scheme in ("tcp", "tls"):
             parse_host_port(location)
     except ValueError as err:
-        raise ConfigError(f"cluster.address {address!r} is not a dask scheduler address ({err}); "
-                          "use tcp://HOST:PORT") from None
+        raise ConfigError(
+            f"cluster.address {address!r} is not a dask scheduler address ({err}); use tcp://HOST:PORT"
+        ) from None
 
 
 def worker_payload(cfg) -> dict:
@@ -96,7 +100,9 @@ def worker_payload(cfg) -> dict:
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    return {k: v for k, v in c.items() if k in {"structure", "orientation", "optics", "detector", "sampling", "dataset"}}
+    return {
+        k: v for k, v in c.items() if k in {"structure", "orientation", "optics", "detector", "sampling", "dataset"}
+    }
 
 
 def chunk_task(payload: dict, catalog: list, c: int, length: int) -> dict:

@@ -46,8 +46,11 @@ class OpticsConfig:
     semiangle_mrad: Any = field(default_factory=lambda: {"min": 1.0, "max": 3.0})
     defocus_A: Any = field(default_factory=lambda: {"min": -100.0, "max": 100.0})
     aberrations_A: dict = field(
-        default_factory=lambda: {"C30": {"min": 0.0, "max": 1.2e7}, "C12": {"min": 0.0, "max": 20.0},
-                                 "phi12": {"min": 0.0, "max": 3.14159}}
+        default_factory=lambda: {
+            "C30": {"min": 0.0, "max": 1.2e7},
+            "C12": {"min": 0.0, "max": 20.0},
+            "phi12": {"min": 0.0, "max": 3.14159},
+        }
     )
     source_size_A: Any = 0.0
     coherence_order: int = 3
@@ -79,7 +82,9 @@ class SamplingConfig:
     max_excitation_error: float = 0.1
     max_reflections: int = 256
     blob_sigma_px: float = 1.0
-    optics_per_specimen: int = 1  # runs sharing one specimen (optics/positions reused; stemforge.sim.generate docstring)
+    optics_per_specimen: int = (
+        1  # runs sharing one specimen (optics/positions reused; stemforge.sim.generate docstring)
+    )
     engine: str = "auto"  # auto | multislice | smatrix, per specimen group (stemforge.sim.engine)
 
 
@@ -210,7 +215,9 @@ def validate(cfg) -> None:
     positive("sampling.real_space_A", s.real_space_A)
     positive("sampling.slice_thickness_A", s.slice_thickness_A)
     if s.k_oversample < 1:
-        raise ConfigError(f"sampling.k_oversample must be ≥ 1 (simulated pixels per detector pixel), got {s.k_oversample}")
+        raise ConfigError(
+            f"sampling.k_oversample must be ≥ 1 (simulated pixels per detector pixel), got {s.k_oversample}"
+        )
     if s.frozen_phonons < 0:
         raise ConfigError(f"sampling.frozen_phonons must be ≥ 0, got {s.frozen_phonons}")
     for el, v in s.sigmas_A.items():
@@ -224,7 +231,9 @@ def validate(cfg) -> None:
         raise ConfigError("orientation.mistilt_max_mrad must be ≥ 0 and orientation.max_index ≥ 1")
     _spec_values("orientation.in_plane_deg", orr.in_plane_deg)
     if ds.num_patterns < 1 or ds.chunk_runs < 1:
-        raise ConfigError(f"dataset.num_patterns and dataset.chunk_runs must be ≥ 1, got {ds.num_patterns}, {ds.chunk_runs}")
+        raise ConfigError(
+            f"dataset.num_patterns and dataset.chunk_runs must be ≥ 1, got {ds.num_patterns}, {ds.chunk_runs}"
+        )
     if not str(ds.path):
         raise ConfigError("dataset.path must be set")
     if not cfg.structure.names:
@@ -249,8 +258,10 @@ def _validate_engine(cfg) -> None:
     if k < 1:
         raise ConfigError(f"sampling.optics_per_specimen must be ≥ 1, got {k}")
     if ds.chunk_runs % k:
-        raise ConfigError(f"dataset.chunk_runs ({ds.chunk_runs}) must be a multiple of sampling.optics_per_specimen "
-                          f"({k}) so that no specimen group is split between chunks")
+        raise ConfigError(
+            f"dataset.chunk_runs ({ds.chunk_runs}) must be a multiple of sampling.optics_per_specimen "
+            f"({k}) so that no specimen group is split between chunks"
+        )
     if engine == "smatrix":
         blockers = []
         if cfg.orientation.mistilt_max_mrad > 0:
@@ -260,16 +271,20 @@ def _validate_engine(cfg) -> None:
         if s.frozen_phonons > 1:
             blockers.append(f"frozen phonons > 1 (sampling.frozen_phonons={s.frozen_phonons})")
         if blockers:
-            raise ConfigError("sampling.engine=smatrix cannot simulate " + ", ".join(blockers)
-                              + "; set them to 0 (frozen_phonons ≤ 1) or use sampling.engine=auto")
+            raise ConfigError(
+                "sampling.engine=smatrix cannot simulate "
+                + ", ".join(blockers)
+                + "; set them to 0 (frozen_phonons ≤ 1) or use sampling.engine=auto"
+            )
 
 
 def build_detector(d):
     """The :class:`stemforge.sim.detector.Detector` of a ``detector`` config group (the fields of its ``_target_``)."""
     from .detector import Detector
 
-    return Detector(shape=tuple(int(v) for v in d.shape), pixel_size=float(d.pixel_size),
-                    supersample=int(d.supersample))
+    return Detector(
+        shape=tuple(int(v) for v in d.shape), pixel_size=float(d.pixel_size), supersample=int(d.supersample)
+    )
 
 
 def register_configs() -> None:

@@ -70,9 +70,15 @@ class DatasetWriter:
             chunks = (self.chunk_patterns, *shape)
             group.create_array(name, shape=full, chunks=chunks, dtype=dtype, fill_value=fill)
         group.create_array("chunk_complete", shape=(self.num_chunks,), chunks=(1,), dtype=bool, fill_value=False)
-        group.attrs.update({**attrs, "status": "incomplete", "num_patterns": self.num_patterns,
-                            "chunk_patterns": self.chunk_patterns,
-                            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        group.attrs.update(
+            {
+                **attrs,
+                "status": "incomplete",
+                "num_patterns": self.num_patterns,
+                "chunk_patterns": self.chunk_patterns,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
         self.group = group
 
     def missing_chunks(self) -> list[int]:
@@ -112,6 +118,8 @@ def open_dataset(path, require_complete: bool = False):
     done = np.asarray(group["chunk_complete"][:])
     valid = np.repeat(done, per)[:n]
     if require_complete and not valid.all():
-        raise RuntimeError(f"{path} is incomplete: {int((~done).sum())} of {len(done)} chunks missing; "
-                           "re-run the same simulate command to finish it")
+        raise RuntimeError(
+            f"{path} is incomplete: {int((~done).sum())} of {len(done)} chunks missing; "
+            "re-run the same simulate command to finish it"
+        )
     return group, valid

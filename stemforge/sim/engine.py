@@ -88,8 +88,16 @@ def bloch_repetitions(specimen, gpts) -> tuple[int, int] | None:
     return _bloch_repetitions(specimen, gpts)
 
 
-def choose_group_engine(requested: str, runs, specimen, sampling_A: float, num_thicknesses: int, detector,
-                        frozen_phonons: int, static_lattice: bool) -> EngineChoice:
+def choose_group_engine(
+    requested: str,
+    runs,
+    specimen,
+    sampling_A: float,
+    num_thicknesses: int,
+    detector,
+    frozen_phonons: int,
+    static_lattice: bool,
+) -> EngineChoice:
     """The engine for one group (see the module docstring).
 
     ``requested`` is ``sampling.engine``: ``multislice`` and ``smatrix`` are obeyed (an S-matrix request with a
@@ -140,9 +148,17 @@ def _slicing_and_planes(specimen, thicknesses_A, slice_thickness_A):
     return dz, num_slices, planes, exact_t
 
 
-def multislice_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, slice_thickness_A: float = 2.0,
-                     phonons=None, parametrization: str = "lobato", device: str = "cpu",
-                     coherence_order: int = 3):
+def multislice_group(
+    specimen,
+    runs,
+    thicknesses_A,
+    sampling_A: float = 0.1,
+    slice_thickness_A: float = 2.0,
+    phonons=None,
+    parametrization: str = "lobato",
+    device: str = "cpu",
+    coherence_order: int = 3,
+):
     """CBED thickness series of every run of a group by batched multislice.
 
     Same physics and conventions as :func:`stemforge.sim.multislice.simulate_cbed` (which a group of one run calls
@@ -170,9 +186,17 @@ def multislice_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, sli
     if len(runs) == 1:
         r = runs[0]
         p, sampling, exact_t, grid = ms.simulate_cbed(
-            specimen, r.optics, r.position_A, thicknesses_A, sampling_A=sampling_A,
-            slice_thickness_A=slice_thickness_A, phonons=phonons, parametrization=parametrization, device=device,
-            coherence_order=coherence_order)
+            specimen,
+            r.optics,
+            r.position_A,
+            thicknesses_A,
+            sampling_A=sampling_A,
+            slice_thickness_A=slice_thickness_A,
+            phonons=phonons,
+            parametrization=parametrization,
+            device=device,
+            coherence_order=coherence_order,
+        )
         return [p], sampling, exact_t, grid
     if not ms._ABTEM_CONFIGURED:
         ms.configure_abtem()
@@ -181,10 +205,22 @@ def multislice_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, sli
     dz, num_slices, planes, exact_t = _slicing_and_planes(specimen, thicknesses_A, slice_thickness_A)
     unique_planes = tuple(sorted(set(planes)))
     use_fp = uses_frozen_phonons(phonons.num_configs, phonons.sigmas)
-    source = (abtem.FrozenPhonons(specimen.atoms, num_configs=phonons.num_configs, sigmas=dict(phonons.sigmas),
-                                  seed=phonons.seed) if use_fp else specimen.atoms)
-    potential = abtem.Potential(source, gpts=gpts, slice_thickness=(dz,) * num_slices, exit_planes=unique_planes,
-                                projection="infinite", parametrization=parametrization, device=device)
+    source = (
+        abtem.FrozenPhonons(
+            specimen.atoms, num_configs=phonons.num_configs, sigmas=dict(phonons.sigmas), seed=phonons.seed
+        )
+        if use_fp
+        else specimen.atoms
+    )
+    potential = abtem.Potential(
+        source,
+        gpts=gpts,
+        slice_thickness=(dz,) * num_slices,
+        exit_planes=unique_planes,
+        projection="infinite",
+        parametrization=parametrization,
+        device=device,
+    )
     tilts = sorted({tuple(float(v) for v in r.optics.tilt_mrad) for r in runs})
     configs = phonons.num_configs if use_fp else 1
     if len(tilts) > 1 and configs * num_slices * gpts[0] * gpts[1] * 4 <= POTENTIAL_CACHE_BYTES:
@@ -198,9 +234,14 @@ def multislice_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, sli
         arrays, counts, metadata = [], [], None
         for i in members:
             o = runs[i].optics
-            probe = abtem.Probe(energy=o.energy, semiangle_cutoff=o.semiangle_mrad, defocus=o.defocus_A,
-                                aberrations={k: float(v) for k, v in o.aberrations_A.items()}, tilt=tilt,
-                                device=device)
+            probe = abtem.Probe(
+                energy=o.energy,
+                semiangle_cutoff=o.semiangle_mrad,
+                defocus=o.defocus_A,
+                aberrations={k: float(v) for k, v in o.aberrations_A.items()},
+                tilt=tilt,
+                device=device,
+            )
             probe.grid.match(potential)
             positions = np.asarray(runs[i].position_A, dtype=float)[None, :] + offsets_weights[i][0]
             waves = probe.build(scan=positions, lazy=False)
@@ -208,9 +249,13 @@ def multislice_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, sli
             counts.append(len(positions))
             metadata = metadata or dict(waves.metadata)
         stacked = np.concatenate(arrays) if device == "cpu" else _concat_device(arrays)
-        waves = abtem.Waves(stacked, energy=runs[members[0]].optics.energy, extent=(lx, ly),
-                            ensemble_axes_metadata=[OrdinalAxis(label="probe", values=tuple(range(len(stacked))))],
-                            metadata=metadata)
+        waves = abtem.Waves(
+            stacked,
+            energy=runs[members[0]].optics.energy,
+            extent=(lx, ly),
+            ensemble_axes_metadata=[OrdinalAxis(label="probe", values=tuple(range(len(stacked))))],
+            metadata=metadata,
+        )
         dp = waves.multislice(potential).diffraction_patterns(max_angle=None)
         arr = ms.exit_plane_stack(dp)
         lookup = {p: j for j, p in enumerate(unique_planes)}
@@ -218,12 +263,18 @@ def multislice_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, sli
         start = 0
         for i, n in zip(members, counts):
             w = offsets_weights[i][1]
-            pat = np.tensordot(arr[:, start:start + n], w, axes=([1], [0]))
+            pat = np.tensordot(arr[:, start : start + n], w, axes=([1], [0]))
             out[i] = np.moveaxis(pat, -1, -2)  # -> [ky, kx]
             start += n
         sampling = (float(dp.sampling[1]), float(dp.sampling[0]))
-    grid = ms.grid_facts(gpts, (lx, ly), dz, num_slices, int(phonons.num_configs) if use_fp else 0,
-                         max(len(ow[1]) for ow in offsets_weights))
+    grid = ms.grid_facts(
+        gpts,
+        (lx, ly),
+        dz,
+        num_slices,
+        int(phonons.num_configs) if use_fp else 0,
+        max(len(ow[1]) for ow in offsets_weights),
+    )
     return out, sampling, exact_t, grid
 
 
@@ -233,8 +284,17 @@ def _concat_device(arrays):  # pragma: no cover - GPU only
     return cupy.concatenate(arrays)
 
 
-def smatrix_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, slice_thickness_A: float = 2.0,
-                  phonons=None, parametrization: str = "lobato", device: str = "cpu", crop_half: int | None = None):
+def smatrix_group(
+    specimen,
+    runs,
+    thicknesses_A,
+    sampling_A: float = 0.1,
+    slice_thickness_A: float = 2.0,
+    phonons=None,
+    parametrization: str = "lobato",
+    device: str = "cpu",
+    crop_half: int | None = None,
+):
     """CBED thickness series of every run of a group from ONE S-matrix (:func:`stemforge.sim.smatrix.build_smatrix`).
 
     Same grid, slices and potential as :func:`multislice_group`. With one frozen-phonon configuration the
@@ -250,8 +310,9 @@ def smatrix_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, slice_
     from .smatrix import build_smatrix
 
     phonons = phonons or ms.Phonons()
-    blockers = smatrix_blockers(runs, phonons.num_configs if uses_frozen_phonons(
-        phonons.num_configs, phonons.sigmas) else 0)
+    blockers = smatrix_blockers(
+        runs, phonons.num_configs if uses_frozen_phonons(phonons.num_configs, phonons.sigmas) else 0
+    )
     if blockers:
         raise ValueError(f"the S-matrix engine cannot simulate {', '.join(blockers)}")
     energies = {float(r.optics.energy) for r in runs}
@@ -263,9 +324,17 @@ def smatrix_group(specimen, runs, thicknesses_A, sampling_A: float = 0.1, slice_
         fp = abtem.FrozenPhonons(specimen.atoms, num_configs=1, sigmas=dict(phonons.sigmas), seed=phonons.seed)
         target = replace(specimen, atoms=next(iter(fp)), repeat_cell=None)  # displaced: supercell path
     alpha = max(r.optics.semiangle_mrad for r in runs)
-    S = build_smatrix(target, energies.pop(), alpha, thicknesses_A, sampling_A=sampling_A,
-                      slice_thickness_A=slice_thickness_A, parametrization=parametrization, crop_half_px=crop_half,
-                      device=device)
+    S = build_smatrix(
+        target,
+        energies.pop(),
+        alpha,
+        thicknesses_A,
+        sampling_A=sampling_A,
+        slice_thickness_A=slice_thickness_A,
+        parametrization=parametrization,
+        crop_half_px=crop_half,
+        device=device,
+    )
     # one run at a time: a (1 × beams) product, so a run's bytes never depend on the other runs of its group
     out = [S.patterns(r.optics, np.asarray(r.position_A, dtype=float)[None])[:, 0] for r in runs]
     grid = {

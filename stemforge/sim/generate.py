@@ -82,8 +82,11 @@ def build_catalog(cfg) -> list[CatalogEntry]:
         else:
             # automatic axes: those with an exactly orthogonal periodic supercell (cheap, exact); other
             # directions are reached by random orientations or by listing them in orientation.zone_axes
-            axes = [a for a in symmetry_distinct_zone_axes(st, cfg.orientation.max_index)
-                    if orthogonal_lattice_basis(st.lattice.matrix, a) is not None]
+            axes = [
+                a
+                for a in symmetry_distinct_zone_axes(st, cfg.orientation.max_index)
+                if orthogonal_lattice_basis(st.lattice.matrix, a) is not None
+            ]
             labels = [parse_zone_axis(a)[1] for a in axes]
         entries.append(CatalogEntry(str(spec), st, structure_info(st), sigmas, list(axes), labels))
     return entries
@@ -163,8 +166,9 @@ def build_specimen(cfg, entry: CatalogEntry, spec: RunSpec, detector: Detector, 
     return group_specimen(cfg, entry, [spec], detector, t_max_A, smooth=False)
 
 
-def group_specimen(cfg, entry: CatalogEntry, specs: list[RunSpec], detector: Detector, t_max_A: float,
-                   smooth: bool = False):
+def group_specimen(
+    cfg, entry: CatalogEntry, specs: list[RunSpec], detector: Detector, t_max_A: float, smooth: bool = False
+):
     """The one specimen of a group of runs (same structure and orientation): a zone-axis cell, or a box wide
     enough for every run's probe. ``smooth`` rounds a zone-axis cell's lateral repetitions up to 2ᵃ3ᵇ5ᶜ7ᵈ so
     that an FFT-friendly grid can be a whole multiple of them (the S-matrix's repeat-column path)."""
@@ -179,8 +183,9 @@ def group_specimen(cfg, entry: CatalogEntry, specs: list[RunSpec], detector: Det
         # infinite crystal's CBED at 1/L: L only sets how finely each detector pixel is sampled
         # (sampling.k_oversample simulated pixels per detector pixel; see benchmarks/RESULTS.md).
         try:
-            specimen = zone_axis_specimen(entry.structure, spec.zone_axis, depth,
-                                          detector.min_extent_A(cfg.sampling.k_oversample))
+            specimen = zone_axis_specimen(
+                entry.structure, spec.zone_axis, depth, detector.min_extent_A(cfg.sampling.k_oversample)
+            )
         except ValueError:
             rotation = zone_axis_rotation(entry.structure, spec.zone_axis)
         else:
@@ -205,8 +210,9 @@ def _smooth_repetitions(specimen):
     sx, sy = fft_friendly_size(nx), fft_friendly_size(ny)
     if (sx, sy) == (nx, ny):
         return specimen
-    return replace(specimen, atoms=specimen.repeat_cell * (sx, sy, nz),
-                   info={**specimen.info, "repetitions": [sx, sy, nz]})
+    return replace(
+        specimen, atoms=specimen.repeat_cell * (sx, sy, nz), info={**specimen.info, "repetitions": [sx, sy, nz]}
+    )
 
 
 def probe_position_A(specimen, spec: RunSpec) -> np.ndarray:
@@ -225,8 +231,9 @@ def simulate_run(cfg, catalog: list[CatalogEntry], spec: RunSpec, detector: Dete
     return simulate_group(cfg, catalog, [spec], detector)[0]
 
 
-def simulate_group(cfg, catalog: list[CatalogEntry], specs: list[RunSpec], detector: Detector,
-                   engine: str | None = None) -> list[dict]:
+def simulate_group(
+    cfg, catalog: list[CatalogEntry], specs: list[RunSpec], detector: Detector, engine: str | None = None
+) -> list[dict]:
     """Simulate and label the runs of one specimen group with one engine (:mod:`stemforge.sim.engine`); returns each
     run's per-pattern arrays with a leading thickness axis. ``engine`` overrides ``sampling.engine``."""
     from .engine import (
@@ -254,20 +261,35 @@ def simulate_group(cfg, catalog: list[CatalogEntry], specs: list[RunSpec], detec
     positions = [probe_position_A(specimen, sp) for sp in specs]
     runs = [GroupRun(simulation_frame_optics(sp.optics, sp.in_plane_deg), pos) for sp, pos in zip(specs, positions)]
     try:
-        choice = choose_group_engine(engine or engine_setting(cfg), runs, specimen, sampling_A, len(thicknesses),
-                                     detector, int(s.frozen_phonons), static)
+        choice = choose_group_engine(
+            engine or engine_setting(cfg),
+            runs,
+            specimen,
+            sampling_A,
+            len(thicknesses),
+            detector,
+            int(s.frozen_phonons),
+            static,
+        )
     except ValueError as err:
         raise ConfigError(f"sampling.engine: {err}") from None
     log.debug("runs %d-%d: %s (%s)", specs[0].index, specs[-1].index, choice.engine, choice.reason)
     phonons = Phonons(s.frozen_phonons, entry.sigmas, specs[0].phonon_seed)
-    common = dict(sampling_A=sampling_A, slice_thickness_A=s.slice_thickness_A, phonons=phonons,
-                  parametrization=s.parametrization, device=cfg.optics.device)
+    common = dict(
+        sampling_A=sampling_A,
+        slice_thickness_A=s.slice_thickness_A,
+        phonons=phonons,
+        parametrization=s.parametrization,
+        device=cfg.optics.device,
+    )
     if choice.engine == "smatrix":
         patterns, native_sampling, exact_t, grid = smatrix_group(
-            specimen, runs, thicknesses, crop_half=crop_half_px(detector, specimen.extent_A), **common)
+            specimen, runs, thicknesses, crop_half=crop_half_px(detector, specimen.extent_A), **common
+        )
     else:
         patterns, native_sampling, exact_t, grid = multislice_group(
-            specimen, runs, thicknesses, coherence_order=cfg.optics.coherence_order, **common)
+            specimen, runs, thicknesses, coherence_order=cfg.optics.coherence_order, **common
+        )
     matrices, reflections, probes = {}, {}, {}
     out = []
     for sp, run, pos, pats in zip(specs, runs, positions, patterns):
@@ -275,13 +297,41 @@ def simulate_group(cfg, catalog: list[CatalogEntry], specs: list[RunSpec], detec
         if key not in matrices:
             matrices[key] = resampling_matrix(pats.shape[1:], native_sampling, detector, sp.in_plane_deg)
         det_patterns = resample(pats, matrices[key], detector)
-        out.append(_label_run(cfg, entry, sp, specimen, detector, det_patterns, exact_t, grid, pos, run.optics,
-                              sampling_A, reflections, probes))
+        out.append(
+            _label_run(
+                cfg,
+                entry,
+                sp,
+                specimen,
+                detector,
+                det_patterns,
+                exact_t,
+                grid,
+                pos,
+                run.optics,
+                sampling_A,
+                reflections,
+                probes,
+            )
+        )
     return out
 
 
-def _label_run(cfg, entry, spec, specimen, detector, det_patterns, exact_t, grid, position, sim_optics,
-               sampling_A, reflections: dict, probes: dict) -> dict:
+def _label_run(
+    cfg,
+    entry,
+    spec,
+    specimen,
+    detector,
+    det_patterns,
+    exact_t,
+    grid,
+    position,
+    sim_optics,
+    sampling_A,
+    reflections: dict,
+    probes: dict,
+) -> dict:
     """A run's labels and stored arrays (``reflections`` / ``probes`` cache what runs of a group share)."""
     from .labels import disk_visible, kinematic_reflections, label_maps
     from .multislice import vacuum_probe
@@ -291,15 +341,22 @@ def _label_run(cfg, entry, spec, specimen, detector, det_patterns, exact_t, grid
     pkey = (sim_optics.energy, sim_optics.semiangle_mrad)
     if pkey not in probes:
         probe_native, probe_sampling = vacuum_probe(sim_optics, (lx, ly), sampling_A, cfg.optics.device)
-        probes[pkey] = resample(probe_native, resampling_matrix(probe_native.shape, probe_sampling, detector),
-                                detector)
+        probes[pkey] = resample(probe_native, resampling_matrix(probe_native.shape, probe_sampling, detector), detector)
     probe = probes[pkey]
 
     rotation = _rot_z(spec.in_plane_deg) @ specimen.rotation
     rkey = (spec.in_plane_deg, spec.optics.energy, tuple(spec.optics.tilt_mrad))
     if rkey not in reflections:
-        refl = kinematic_reflections(entry.structure, rotation, spec.optics.wavelength_A, detector,
-                                     spec.optics.tilt_mrad, entry.sigmas, s.max_excitation_error, s.parametrization)
+        refl = kinematic_reflections(
+            entry.structure,
+            rotation,
+            spec.optics.wavelength_A,
+            detector,
+            spec.optics.tilt_mrad,
+            entry.sigmas,
+            s.max_excitation_error,
+            s.parametrization,
+        )
         vg_map, disk_map = label_maps(refl, detector.shape, s.blob_sigma_px)
         reflections[rkey] = (refl, vg_map, disk_map, disk_visible(refl))
     refl, vg_map, disk_map, visible = reflections[rkey]
@@ -349,8 +406,7 @@ def _label_run(cfg, entry, spec, specimen, detector, det_patterns, exact_t, grid
     return out
 
 
-def simulate_chunk(cfg, catalog: list[CatalogEntry], detector: Detector, c: int, length: int,
-                   progress=None) -> dict:
+def simulate_chunk(cfg, catalog: list[CatalogEntry], detector: Detector, c: int, length: int, progress=None) -> dict:
     """Every stored array of chunk ``c`` (``length`` patterns), computed group by group. The same function
     runs locally and on cluster workers (:mod:`stemforge.sim.cluster`), so both write the same bytes."""
     T = len(cfg.sampling.thicknesses_nm)
@@ -361,7 +417,7 @@ def simulate_chunk(cfg, catalog: list[CatalogEntry], detector: Detector, c: int,
     while runs:
         g = runs[0] // k
         group = [r for r in runs if r // k == g]
-        runs = runs[len(group):]
+        runs = runs[len(group) :]
         specs = [plan_run(cfg, catalog, cfg.dataset.seed, r) for r in group]
         pieces.extend(simulate_group(cfg, catalog, specs, detector))
         if progress is not None:
@@ -489,18 +545,36 @@ def _generate(cfg, client) -> str:
         "structures": [{"name": e.name, **e.info} for e in catalog],
         "crystal_systems": CRYSTAL_SYSTEMS,
         "aberration_keys": ABERRATION_KEYS,
-        "units": {"patterns": "fraction of incident beam per pixel", "thickness_A": "Å", "energy_eV": "eV",
-                  "reflections_g": "1/Å (lab frame)", "reflections_px": "px (x=col, y=row)",
-                  "reflections_F": "Å", "reflections_V": "V", "vg_map": "V (Ewald-weighted |V_g|)"},
+        "units": {
+            "patterns": "fraction of incident beam per pixel",
+            "thickness_A": "Å",
+            "energy_eV": "eV",
+            "reflections_g": "1/Å (lab frame)",
+            "reflections_px": "px (x=col, y=row)",
+            "reflections_F": "Å",
+            "reflections_V": "V",
+            "vg_map": "V (Ewald-weighted |V_g|)",
+        },
     }
     writer = DatasetWriter(cfg.dataset.path, N, chunk_runs * T, array_specs(cfg, detector), attrs)
     configure_abtem(fftw_threads=cfg.sampling.fftw_threads)
     missing = writer.missing_chunks()
     where = f" on {len(client.nthreads())} cluster workers" if client is not None else ""
-    log.info("%s: %d of %d chunks to simulate%s (%d patterns per chunk, %d thicknesses per run)",
-             cfg.dataset.path, len(missing), writer.num_chunks, where, writer.chunk_patterns, T)
-    bar = tqdm(total=sum(math.ceil(_len(writer.chunk_slice(c)) / T) for c in missing), desc="simulating runs",
-               unit="run", disable=not cfg.dataset.progress)
+    log.info(
+        "%s: %d of %d chunks to simulate%s (%d patterns per chunk, %d thicknesses per run)",
+        cfg.dataset.path,
+        len(missing),
+        writer.num_chunks,
+        where,
+        writer.chunk_patterns,
+        T,
+    )
+    bar = tqdm(
+        total=sum(math.ceil(_len(writer.chunk_slice(c)) / T) for c in missing),
+        desc="simulating runs",
+        unit="run",
+        disable=not cfg.dataset.progress,
+    )
     if client is None:
         for c in missing:
             writer.write_chunk(c, simulate_chunk(cfg, catalog, detector, c, _len(writer.chunk_slice(c)), bar))

@@ -134,8 +134,13 @@ def render_blobs(shape: tuple[int, int], pixels: np.ndarray, amplitudes: np.ndar
     return out.astype(np.float32)
 
 
-def label_maps(reflections: dict, shape: tuple[int, int], sigma_px: float = 1.0, min_disk_weight: float = 0.1,
-               min_relative_V: float = 0.01):
+def label_maps(
+    reflections: dict,
+    shape: tuple[int, int],
+    sigma_px: float = 1.0,
+    min_disk_weight: float = 0.1,
+    min_relative_V: float = 0.01,
+):
     """The two label maps of a pattern.
 
     * ``vg_map`` — crystal4D's target: Ewald-weighted |V_g| (V) rendered as a compact Gaussian blob at each

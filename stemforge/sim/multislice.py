@@ -71,8 +71,9 @@ def exit_plane_indices(thicknesses_A, slice_thickness_A: float, num_slices: int)
     return tuple(int(i) for i in idx), (idx + 1) * slice_thickness_A
 
 
-def grid_facts(gpts, extent_A, slice_thickness_A: float, num_slices: int, frozen_phonon_configs: int,
-               coherence_points: int) -> dict:
+def grid_facts(
+    gpts, extent_A, slice_thickness_A: float, num_slices: int, frozen_phonon_configs: int, coherence_points: int
+) -> dict:
     """The simulation-grid facts recorded with every pattern (grid points, Å per point, slicing, ensembles)."""
     return {
         "gpts": list(gpts),
@@ -82,6 +83,7 @@ def grid_facts(gpts, extent_A, slice_thickness_A: float, num_slices: int, frozen
         "frozen_phonon_configs": frozen_phonon_configs,
         "coherence_points": coherence_points,
     }
+
 
 def exit_plane_stack(dp) -> np.ndarray:
     """abTEM diffraction patterns -> float64 array (exit plane, probe position, nx, ny) in a fixed axis order.
@@ -173,16 +175,30 @@ def simulate_cbed(
     atoms = specimen.atoms
     use_fp = phonons.num_configs > 0 and phonons.sigmas and any(v > 0 for v in phonons.sigmas.values())
     if use_fp:
-        source = abtem.FrozenPhonons(atoms, num_configs=phonons.num_configs, sigmas=dict(phonons.sigmas),
-                                     seed=phonons.seed)
+        source = abtem.FrozenPhonons(
+            atoms, num_configs=phonons.num_configs, sigmas=dict(phonons.sigmas), seed=phonons.seed
+        )
     else:
         source = atoms
     # explicit slices: abTEM would make ceil(t/dz) slices, one extra when t/dz rounds to n + 1e-15
-    potential = abtem.Potential(source, gpts=gpts, slice_thickness=(dz,) * num_slices, exit_planes=unique_planes,
-                                projection="infinite", parametrization=parametrization, device=device)
+    potential = abtem.Potential(
+        source,
+        gpts=gpts,
+        slice_thickness=(dz,) * num_slices,
+        exit_planes=unique_planes,
+        projection="infinite",
+        parametrization=parametrization,
+        device=device,
+    )
     aberrations = {k: float(v) for k, v in optics.aberrations_A.items()}
-    probe = abtem.Probe(energy=optics.energy, semiangle_cutoff=optics.semiangle_mrad, defocus=optics.defocus_A,
-                        aberrations=aberrations, tilt=tuple(optics.tilt_mrad), device=device)
+    probe = abtem.Probe(
+        energy=optics.energy,
+        semiangle_cutoff=optics.semiangle_mrad,
+        defocus=optics.defocus_A,
+        aberrations=aberrations,
+        tilt=tuple(optics.tilt_mrad),
+        device=device,
+    )
     probe.grid.match(potential)
 
     offsets, weights = coherence_offsets(optics.source_size_A, coherence_order)
@@ -206,8 +222,9 @@ def vacuum_probe(optics: Optics, extent_A: tuple[float, float], sampling_A: floa
     import abtem
 
     gpts = (grid_points(extent_A[0], sampling_A), grid_points(extent_A[1], sampling_A))
-    probe = abtem.Probe(energy=optics.energy, semiangle_cutoff=optics.semiangle_mrad, extent=tuple(extent_A),
-                        gpts=gpts, device=device)
+    probe = abtem.Probe(
+        energy=optics.energy, semiangle_cutoff=optics.semiangle_mrad, extent=tuple(extent_A), gpts=gpts, device=device
+    )
     dp = probe.build(lazy=False).diffraction_patterns(max_angle=None)
     arr = np.asarray(dp.array, dtype=np.float64)
     return np.swapaxes(arr, -1, -2), (float(dp.sampling[1]), float(dp.sampling[0]))

@@ -31,9 +31,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Orientation", "miller_bravais_to_miller", "parse_zone_axis", "zone_axis_rotation",
-           "proper_point_group", "reduce_to_fundamental_zone", "random_orientations",
-           "symmetry_distinct_zone_axes", "misorientation_deg", "sample_mistilt"]
+__all__ = [
+    "Orientation",
+    "miller_bravais_to_miller",
+    "parse_zone_axis",
+    "zone_axis_rotation",
+    "proper_point_group",
+    "reduce_to_fundamental_zone",
+    "random_orientations",
+    "symmetry_distinct_zone_axes",
+    "misorientation_deg",
+    "sample_mistilt",
+]
 
 _PERP_TOL = 1e-6  # rad: "exactly" perpendicular for the default in-plane reference
 _SEARCH = 6  # lattice vectors with |indices| <= _SEARCH are searched for that reference
@@ -330,17 +339,29 @@ class Orientation:
         axis = None if self.zone_axis is None else _integers(self.zone_axis, "zone_axis")
         if axis is not None and len(axis) != 3:
             raise ValueError(f"zone_axis must be 3-index [uvw] or None, got {self.zone_axis!r}")
-        for name, value in (("rotation", rot), ("zone", str(self.zone)), ("zone_axis", axis),
-                            ("in_plane_deg", float(self.in_plane_deg)), ("mistilt_mrad", tilt)):
+        for name, value in (
+            ("rotation", rot),
+            ("zone", str(self.zone)),
+            ("zone_axis", axis),
+            ("in_plane_deg", float(self.in_plane_deg)),
+            ("mistilt_mrad", tilt),
+        ):
             object.__setattr__(self, name, value)
 
     @classmethod
-    def from_zone_axis(cls, structure: Any, zone: Any, in_plane_deg: float = 0.0,
-                       mistilt_mrad: tuple[float, float] = (0.0, 0.0), x_direction: Any = None) -> Orientation:
+    def from_zone_axis(
+        cls,
+        structure: Any,
+        zone: Any,
+        in_plane_deg: float = 0.0,
+        mistilt_mrad: tuple[float, float] = (0.0, 0.0),
+        x_direction: Any = None,
+    ) -> Orientation:
         """The orientation of :func:`zone_axis_rotation`, labelled with the parsed zone axis."""
         uvw, label = parse_zone_axis(zone)
-        return cls(zone_axis_rotation(structure, uvw, in_plane_deg, x_direction), label, uvw,
-                   in_plane_deg, tuple(mistilt_mrad))
+        return cls(
+            zone_axis_rotation(structure, uvw, in_plane_deg, x_direction), label, uvw, in_plane_deg, tuple(mistilt_mrad)
+        )
 
     @property
     def beam_direction_crystal(self) -> np.ndarray:
@@ -349,14 +370,23 @@ class Orientation:
 
     def as_dict(self) -> dict:
         """JSON-serialisable dict; :meth:`from_dict` inverts it."""
-        return {"rotation": self.rotation.tolist(), "zone": self.zone,
-                "zone_axis": None if self.zone_axis is None else list(self.zone_axis),
-                "in_plane_deg": self.in_plane_deg, "mistilt_mrad": list(self.mistilt_mrad)}
+        return {
+            "rotation": self.rotation.tolist(),
+            "zone": self.zone,
+            "zone_axis": None if self.zone_axis is None else list(self.zone_axis),
+            "in_plane_deg": self.in_plane_deg,
+            "mistilt_mrad": list(self.mistilt_mrad),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Orientation:
-        return cls(data["rotation"], data["zone"], data.get("zone_axis"), data.get("in_plane_deg", 0.0),
-                   tuple(data.get("mistilt_mrad", (0.0, 0.0))))
+        return cls(
+            data["rotation"],
+            data["zone"],
+            data.get("zone_axis"),
+            data.get("in_plane_deg", 0.0),
+            tuple(data.get("mistilt_mrad", (0.0, 0.0))),
+        )
 
     def _key(self) -> tuple:
         return self.rotation.tobytes(), self.zone, self.zone_axis, self.in_plane_deg, self.mistilt_mrad

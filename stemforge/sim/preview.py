@@ -46,8 +46,11 @@ def main(argv=None) -> int:
         vis = lab["reflections_visible"][i][:n]
         row[0].imshow(np.log10(p + 1e-6), cmap="magma")
         row[0].scatter(px[vis, 0], px[vis, 1], s=12, facecolors="none", edgecolors="cyan", linewidths=0.6)
-        row[0].set_title(f"#{i} {lab['formula'][i]} {lab['zone'][i]} t={lab['thickness_A'][i] / 10:.1f} nm\n"
-                         f"{lab['energy_eV'][i] / 1e3:.0f} keV α={lab['semiangle_mrad'][i]:.2f} mrad", fontsize=8)
+        row[0].set_title(
+            f"#{i} {lab['formula'][i]} {lab['zone'][i]} t={lab['thickness_A'][i] / 10:.1f} nm\n"
+            f"{lab['energy_eV'][i] / 1e3:.0f} keV α={lab['semiangle_mrad'][i]:.2f} mrad",
+            fontsize=8,
+        )
         row[1].imshow(g["probes"][i], cmap="gray")
         row[1].set_title("vacuum probe", fontsize=8)
         row[2].imshow(lab["vg_map"][i], cmap="viridis")

@@ -93,12 +93,20 @@ def validate_scan(s) -> None:
     if s.profile == "multilayer" and (not s.band_strain_percent or not s.band_rotation_deg):
         raise ConfigError("scan.band_strain_percent and scan.band_rotation_deg must list at least one band each")
     if s.profile == "smooth" and (int(s.strain_levels) < 2 or not s.bump_width > 0):
-        raise ConfigError(f"scan.strain_levels must be ≥ 2 and scan.bump_width > 0, got {s.strain_levels}, "
-                          f"{s.bump_width}")
+        raise ConfigError(
+            f"scan.strain_levels must be ≥ 2 and scan.bump_width > 0, got {s.strain_levels}, {s.bump_width}"
+        )
     if s.profile == "grains" and int(s.num_grains) < 1:
         raise ConfigError(f"scan.num_grains must be ≥ 1, got {s.num_grains}")
-    for name in ("band_strain_percent", "band_rotation_deg", "strain_amplitude_percent", "rotation_amplitude_deg",
-                 "shear_ratio", "grain_rotation_deg", "bump_width"):
+    for name in (
+        "band_strain_percent",
+        "band_rotation_deg",
+        "strain_amplitude_percent",
+        "rotation_amplitude_deg",
+        "shear_ratio",
+        "grain_rotation_deg",
+        "bump_width",
+    ):
         if not np.all(np.isfinite(np.asarray(getattr(s, name), dtype=float))):
             raise ConfigError(f"scan.{name} must be finite")
     if s.profile == "none":
@@ -106,8 +114,10 @@ def validate_scan(s) -> None:
     p = position_parameters(s)
     worst = max(float(np.max(np.abs(p[k]))) for k in ("exx", "eyy", "exy"))
     if worst >= MAX_STRAIN:
-        raise ConfigError(f"scan strain reaches |ε| = {100 * worst:.3g} %; it must stay below "
-                          f"{100 * MAX_STRAIN:g} % (check band_strain_percent / strain_amplitude_percent)")
+        raise ConfigError(
+            f"scan strain reaches |ε| = {100 * worst:.3g} %; it must stay below "
+            f"{100 * MAX_STRAIN:g} % (check band_strain_percent / strain_amplitude_percent)"
+        )
 
 
 def position_parameters(s) -> dict:
@@ -138,8 +148,9 @@ def position_parameters(s) -> dict:
         grain = np.argmin((ii[..., None] - seeds[:, 0]) ** 2 + (jj[..., None] - seeds[:, 1]) ** 2, axis=-1)
         angles = np.round(rng.uniform(-s.grain_rotation_deg, s.grain_rotation_deg, int(s.num_grains)), 1)
         phases = np.arange(int(s.num_grains)) % len(s.structures)
-        out.update(phase=phases[grain].astype(np.int32), exx=zero, eyy=zero.copy(), exy=zero.copy(),
-                   theta_deg=angles[grain])
+        out.update(
+            phase=phases[grain].astype(np.int32), exx=zero, eyy=zero.copy(), exy=zero.copy(), theta_deg=angles[grain]
+        )
     else:
         raise ConfigError(f"scan.profile {s.profile!r} has no positions")
     return out

@@ -102,15 +102,23 @@ class ThicknessSMatrix:
         if abs(optics.energy - self.energy) > 1e-6 * self.energy:
             raise ValueError(f"optics energy {optics.energy} eV differs from the S-matrix's {self.energy} eV")
         if optics.semiangle_mrad > self.max_semiangle_mrad * (1 + 1e-9):
-            raise ValueError(f"α = {optics.semiangle_mrad} mrad exceeds the S-matrix's α_max "
-                             f"{self.max_semiangle_mrad} mrad")
+            raise ValueError(
+                f"α = {optics.semiangle_mrad} mrad exceeds the S-matrix's α_max {self.max_semiangle_mrad} mrad"
+            )
         if tuple(optics.tilt_mrad) != (0.0, 0.0):
             raise NotImplementedError("beam tilt is not supported by the S-matrix engine; use multislice")
         if optics.source_size_A > 0:
             raise NotImplementedError("partial spatial coherence is not supported by the S-matrix engine")
         aberrations = {k: float(v) for k, v in optics.aberrations_A.items()}
-        probe = abtem.Probe(energy=optics.energy, semiangle_cutoff=optics.semiangle_mrad, defocus=optics.defocus_A,
-                            aberrations=aberrations, extent=self.extent_A, gpts=self.gpts, device=self.device)
+        probe = abtem.Probe(
+            energy=optics.energy,
+            semiangle_cutoff=optics.semiangle_mrad,
+            defocus=optics.defocus_A,
+            aberrations=aberrations,
+            extent=self.extent_A,
+            gpts=self.gpts,
+            device=self.device,
+        )
         arr = probe.build(scan=np.zeros((1, 2)), lazy=False).array
         arr = arr.get() if hasattr(arr, "get") else arr
         a0 = np.fft.fft2(np.asarray(arr, dtype=np.complex128).reshape(self.gpts))
@@ -179,8 +187,14 @@ def build_smatrix(
     dz, num_slices = slicing(specimen, slice_thickness_A)
     planes_idx, exact_t = exit_plane_indices(thicknesses_A, dz, num_slices)
     wanted = sorted(set(planes_idx))
-    potential = abtem.Potential(specimen.atoms, gpts=gpts, slice_thickness=(dz,) * num_slices, projection="infinite",
-                                parametrization=parametrization, device=device)
+    potential = abtem.Potential(
+        specimen.atoms,
+        gpts=gpts,
+        slice_thickness=(dz,) * num_slices,
+        projection="infinite",
+        parametrization=parametrization,
+        device=device,
+    )
 
     # plane waves inside the aperture (with one pixel of margin for abTEM's soft aperture edge)
     sx, sy = lx / gpts[0], ly / gpts[1]
@@ -212,17 +226,24 @@ def build_smatrix(
     if bloch is True and reps is None:
         raise ValueError("bloch=True needs a periodic zone-axis specimen whose grid is a multiple of its repetitions")
     if reps is not None:
-        stored, fft_seconds, prop_seconds = _propagate_bloch(specimen, reps, gpts, (sx, sy), dz, wanted, energy,
-                                                             beams, parametrization, device, rx, ry)
+        stored, fft_seconds, prop_seconds = _propagate_bloch(
+            specimen, reps, gpts, (sx, sy), dz, wanted, energy, beams, parametrization, device, rx, ry
+        )
     else:
         x = np.arange(gpts[0]) * sx
         y = np.arange(gpts[1]) * sy
-        array = (np.exp(2j * np.pi * k_beams[:, 0, None, None] * x[None, :, None])
-                 * np.exp(2j * np.pi * k_beams[:, 1, None, None] * y[None, None, :])).astype(np.complex64)
+        array = (
+            np.exp(2j * np.pi * k_beams[:, 0, None, None] * x[None, :, None])
+            * np.exp(2j * np.pi * k_beams[:, 1, None, None] * y[None, None, :])
+        ).astype(np.complex64)
         from abtem.core.axes import OrdinalAxis
 
-        waves = abtem.Waves(array, energy=energy, extent=(lx, ly),
-                            ensemble_axes_metadata=[OrdinalAxis(label="beam", values=tuple(range(len(beams))))])
+        waves = abtem.Waves(
+            array,
+            energy=energy,
+            extent=(lx, ly),
+            ensemble_axes_metadata=[OrdinalAxis(label="beam", values=tuple(range(len(beams))))],
+        )
         stored = {}
         if -1 in wanted:
             stored[-1] = keep(waves.array)
@@ -240,11 +261,27 @@ def build_smatrix(
     if fft_timer is not None:
         fft_timer[:] = [fft_seconds, prop_seconds]
     planes = np.stack([stored[p] for p in planes_idx])
-    grid = {"gpts": list(gpts), "sampling_A": [sx, sy], "slice_thickness_A": dz, "num_slices": num_slices,
-            "num_beams": len(beams), "bloch_repetitions": None if reps is None else list(reps)}
-    return ThicknessSMatrix(energy=float(energy), max_semiangle_mrad=float(max_semiangle_mrad), gpts=gpts,
-                            extent_A=(lx, ly), beams=beams, k_beams=k_beams, planes=planes,
-                            thicknesses_A=exact_t, sampling=(1 / ly, 1 / lx), grid=grid, device=device)
+    grid = {
+        "gpts": list(gpts),
+        "sampling_A": [sx, sy],
+        "slice_thickness_A": dz,
+        "num_slices": num_slices,
+        "num_beams": len(beams),
+        "bloch_repetitions": None if reps is None else list(reps),
+    }
+    return ThicknessSMatrix(
+        energy=float(energy),
+        max_semiangle_mrad=float(max_semiangle_mrad),
+        gpts=gpts,
+        extent_A=(lx, ly),
+        beams=beams,
+        k_beams=k_beams,
+        planes=planes,
+        thicknesses_A=exact_t,
+        sampling=(1 / ly, 1 / lx),
+        grid=grid,
+        device=device,
+    )
 
 
 def _bloch_repetitions(specimen, gpts) -> tuple[int, int] | None:
@@ -299,8 +336,14 @@ def _propagate_bloch(specimen, reps, gpts, sampling, dz, wanted, energy, beams, 
     # lying on slice boundaries by rounding, so only the specimen's exact coordinates slice exactly as it does
     cell = specimen.repeat_cell.repeat((1, 1, int(specimen.info["repetitions"][2])))
     num_slices = round(specimen.thickness_A / dz)  # explicit slices, as stemforge.sim.multislice.simulate_cbed
-    potential = abtem.Potential(cell, gpts=cg, slice_thickness=(dz,) * num_slices, projection="infinite",
-                                parametrization=parametrization, device=device)
+    potential = abtem.Potential(
+        cell,
+        gpts=cg,
+        slice_thickness=(dz,) * num_slices,
+        projection="infinite",
+        parametrization=parametrization,
+        device=device,
+    )
     aperture = AntialiasAperture()
 
     def transmission(sl):

@@ -35,8 +35,14 @@ from typing import Any
 
 from pymatgen.core import DummySpecies, Lattice, Structure
 
-__all__ = ["StructureError", "list_structures", "library_entry", "load_structure", "structure_info",
-           "debye_waller_sigmas"]
+__all__ = [
+    "StructureError",
+    "list_structures",
+    "library_entry",
+    "load_structure",
+    "structure_info",
+    "debye_waller_sigmas",
+]
 
 LIBRARY_PATH = Path(__file__).resolve().parent / "data" / "structures.json"
 _MP_ID = re.compile(r"^(mp|mvc)-\d+$", re.IGNORECASE)
@@ -112,8 +118,10 @@ def _unknown_name_message(text: str) -> str:
     close = difflib.get_close_matches(text.lower(), list(_name_index()), n=3, cutoff=0.6)
     suggestions = list(dict.fromkeys(_name_index()[k] for k in close))
     hint = f"did you mean {', '.join(suggestions)}? " if suggestions else ""
-    return (f"unknown structure {text!r}: not a built-in name, an existing file, JSON, 'ase:NAME' or a "
-            f"Materials Project id; {hint}built-in names: {', '.join(list_structures())}")
+    return (
+        f"unknown structure {text!r}: not a built-in name, an existing file, JSON, 'ase:NAME' or a "
+        f"Materials Project id; {hint}built-in names: {', '.join(list_structures())}"
+    )
 
 
 # --------------------------------------------------------------------------- readers
@@ -142,8 +150,9 @@ def _from_dict(data: Any, label: str) -> Structure:
         with _Quiet():
             return Structure.from_dict(data)
     except Exception as exc:
-        raise StructureError(f"{label} is not a valid pymatgen Structure dict "
-                             f"({type(exc).__name__}: {_one_line(exc)})") from None
+        raise StructureError(
+            f"{label} is not a valid pymatgen Structure dict ({type(exc).__name__}: {_one_line(exc)})"
+        ) from None
 
 
 def _from_json_text(text: str, label: str) -> Structure:
@@ -230,8 +239,10 @@ def _from_materials_project(mp_id: str) -> Structure:
     if not key:
         missing.append("the MP_API_KEY environment variable")
     if missing:
-        raise StructureError(f"Materials Project id {mp_id!r} needs {' and '.join(missing)}; "
-                             "alternatively pass a CIF file or a built-in name")
+        raise StructureError(
+            f"Materials Project id {mp_id!r} needs {' and '.join(missing)}; "
+            "alternatively pass a CIF file or a built-in name"
+        )
     try:
         from mp_api.client import MPRester
 
@@ -265,8 +276,10 @@ def _validate(structure: Structure, label: str) -> Structure:
         raise StructureError(f"{label}: the structure contains no atoms")
     if not structure.is_ordered:
         bad = [site for site in structure if not site.is_ordered]
-        raise StructureError(f"{label}: the structure is disordered ({len(bad)} site(s) with partial occupancy, "
-                             f"e.g. {bad[0].species.formula!r}); supply an ordered model")
+        raise StructureError(
+            f"{label}: the structure is disordered ({len(bad)} site(s) with partial occupancy, "
+            f"e.g. {bad[0].species.formula!r}); supply an ordered model"
+        )
     dummies = sorted({str(sp) for sp in structure.species if isinstance(sp, DummySpecies)})
     if dummies:
         raise StructureError(f"{label}: the structure contains non-element species {dummies}")
@@ -275,8 +288,10 @@ def _validate(structure: Structure, label: str) -> Structure:
         raise StructureError(f"{label}: the lattice is degenerate (cell volume {volume:.3g} A^3)")
     centres, neighbours, _, dists = structure.get_neighbor_list(_MIN_SEPARATION)
     if len(dists):
-        raise StructureError(f"{label}: atoms {int(centres[0])} and {int(neighbours[0])} are only "
-                             f"{float(dists[0]):.3f} A apart (overlapping sites)")
+        raise StructureError(
+            f"{label}: atoms {int(centres[0])} and {int(neighbours[0])} are only "
+            f"{float(dists[0]):.3f} A apart (overlapping sites)"
+        )
     return structure
 
 
@@ -300,8 +315,10 @@ def load_structure(spec: Any) -> Structure:
     elif isinstance(spec, os.PathLike):
         structure = _from_file(Path(spec).expanduser())
     else:
-        raise StructureError(f"cannot load a structure from {type(spec).__name__} {label}: expected a name, "
-                             "path, dict, JSON string, pymatgen Structure or ASE Atoms")
+        raise StructureError(
+            f"cannot load a structure from {type(spec).__name__} {label}: expected a name, "
+            "path, dict, JSON string, pymatgen Structure or ASE Atoms"
+        )
     return _validate(structure, label)
 
 
@@ -367,5 +384,4 @@ def debye_waller_sigmas(structure_or_name: Any, default: float = 0.08) -> dict[s
         name = _match_library(structure)
     b_values = _library()[name].get("debye_waller_B", {}) if name else {}
     elements = sorted({getattr(sp, "symbol", str(sp)) for sp in structure.composition.elements})
-    return {el: math.sqrt(float(b_values[el]) / (8 * math.pi**2)) if el in b_values else default
-            for el in elements}
+    return {el: math.sqrt(float(b_values[el]) / (8 * math.pi**2)) if el in b_values else default for el in elements}

@@ -48,8 +48,16 @@ from .scan_profiles import PROFILES, crystal_frame_strain, position_parameters, 
 log = logging.getLogger(__name__)
 FORMAT = "datacube/1"
 _SHEAR_TOL = 1e-12  # |Uxy| below which the periodic (stretched orthogonal cell) path is exact
-_SAMPLING_KEYS = ("real_space_A", "k_oversample", "slice_thickness_A", "frozen_phonons", "sigmas_A",
-                  "parametrization", "max_excitation_error", "max_reflections")
+_SAMPLING_KEYS = (
+    "real_space_A",
+    "k_oversample",
+    "slice_thickness_A",
+    "frozen_phonons",
+    "sigmas_A",
+    "parametrization",
+    "max_excitation_error",
+    "max_reflections",
+)
 
 
 def scan_optics(sc):
@@ -97,8 +105,9 @@ def strained_specimen(cfg, structure, uvw, Q, U, depth_A: float, detector):
         if spec is not None and np.allclose(spec.rotation, Q, atol=1e-9):
             for atoms in (spec.atoms, spec.repeat_cell):
                 cell = np.array(atoms.cell)
-                atoms.set_cell(np.diag([cell[0, 0] * (1 + U[0, 0]), cell[1, 1] * (1 + U[1, 1]), cell[2, 2]]),
-                               scale_atoms=True)
+                atoms.set_cell(
+                    np.diag([cell[0, 0] * (1 + U[0, 0]), cell[1, 1] * (1 + U[1, 1]), cell[2, 2]]), scale_atoms=True
+                )
             ux, uy = spec.repeat_cell.cell[0, 0], spec.repeat_cell.cell[1, 1]
             nx, ny = spec.info["repetitions"][:2]
             return spec, np.array([(nx // 2 + 0.5) * ux, (ny // 2 + 0.5) * uy])
@@ -118,9 +127,16 @@ def simulate_strained(cfg, structure, sigmas, uvw, Q, U, thicknesses_A, detector
     depth = max(float(np.max(thicknesses_A)), float(s.slice_thickness_A))
     spec, position = strained_specimen(cfg, structure, uvw, Q, U, depth, detector)
     patterns, native, exact_t, _ = simulate_cbed(
-        spec, scan_optics(cfg.scan), position, np.asarray(thicknesses_A), sampling_A=s.real_space_A,
-        slice_thickness_A=s.slice_thickness_A, phonons=Phonons(s.frozen_phonons, sigmas, int(cfg.scan.seed)),
-        parametrization=s.parametrization, device=cfg.optics.device)
+        spec,
+        scan_optics(cfg.scan),
+        position,
+        np.asarray(thicknesses_A),
+        sampling_A=s.real_space_A,
+        slice_thickness_A=s.slice_thickness_A,
+        phonons=Phonons(s.frozen_phonons, sigmas, int(cfg.scan.seed)),
+        parametrization=s.parametrization,
+        device=cfg.optics.device,
+    )
     return patterns, native, np.asarray(exact_t, dtype=float), spec
 
 
@@ -129,9 +145,16 @@ def position_labels(cfg, structure, sigmas, Q, U, theta_deg: float, detector):
     from .labels import disk_visible, kinematic_reflections
 
     rotation = _rot_z(theta_deg) @ Q
-    refl = kinematic_reflections(strained_structure(structure, Q, U), rotation, scan_optics(cfg.scan).wavelength_A,
-                                 detector, (0.0, 0.0), sigmas, cfg.sampling.max_excitation_error,
-                                 cfg.sampling.parametrization)
+    refl = kinematic_reflections(
+        strained_structure(structure, Q, U),
+        rotation,
+        scan_optics(cfg.scan).wavelength_A,
+        detector,
+        (0.0, 0.0),
+        sigmas,
+        cfg.sampling.max_excitation_error,
+        cfg.sampling.parametrization,
+    )
     return rotation, refl, disk_visible(refl)
 
 
@@ -140,9 +163,12 @@ def identity(cfg) -> dict:
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    return {"scan": {k: v for k, v in c["scan"].items() if k not in ("path", "progress", "dedupe")},
-            "sampling": {k: c["sampling"][k] for k in _SAMPLING_KEYS},
-            "detector": c["detector"], "debye_waller_default_A": c["structure"]["debye_waller_default_A"]}
+    return {
+        "scan": {k: v for k, v in c["scan"].items() if k not in ("path", "progress", "dedupe")},
+        "sampling": {k: c["sampling"][k] for k in _SAMPLING_KEYS},
+        "detector": c["detector"],
+        "debye_waller_default_A": c["structure"]["debye_waller_default_A"],
+    }
 
 
 def generate_scan(cfg) -> str:
@@ -222,28 +248,42 @@ def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
     sets, set_of = _set_keys(params, bool(sc.dedupe))
     thick = np.unique(params["thickness_A"])
     t_index = np.searchsorted(thick, params["thickness_A"])
-    sigmas = [{**debye_waller_sigmas(str(name), default=cfg.structure.debye_waller_default_A),
-               **{k: float(v) for k, v in cfg.sampling.sigmas_A.items()}} for name in sc.structures]
+    sigmas = [
+        {
+            **debye_waller_sigmas(str(name), default=cfg.structure.debye_waller_default_A),
+            **{k: float(v) for k, v in cfg.sampling.sigmas_A.items()},
+        }
+        for name in sc.structures
+    ]
     Qs = [zone_rotation(st, uvw) for st in structures]
     patterns = {}  # (set, θ) -> (T, H, W) detector patterns
-    gt = {n: np.full((Rx, Ry, *shp), fill, dtype=dt) for n, shp, fill, dt in [
-        ("reflections_px", (R, 2), np.nan, np.float32), ("reflections_visible", (R,), False, bool),
-        ("reflections_hkl", (R, 3), 0, np.int32), ("rotation", (3, 3), np.nan, np.float64)]}
+    gt = {
+        n: np.full((Rx, Ry, *shp), fill, dtype=dt)
+        for n, shp, fill, dt in [
+            ("reflections_px", (R, 2), np.nan, np.float32),
+            ("reflections_visible", (R,), False, bool),
+            ("reflections_hkl", (R, 3), 0, np.int32),
+            ("rotation", (3, 3), np.nan, np.float64),
+        ]
+    }
     thickness_A = np.full((Rx, Ry), np.nan)
     probe = None
     for k in tqdm(range(len(sets)), desc="multislice sets", unit="set", disable=not sc.progress):
         ph, U = int(sets[k, 0]), sets[k, 1:].reshape(2, 2)
-        native, sampling, exact_t, spec = simulate_strained(cfg, structures[ph], sigmas[ph], uvw, Qs[ph], U, thick,
-                                                            detector)
+        native, sampling, exact_t, spec = simulate_strained(
+            cfg, structures[ph], sigmas[ph], uvw, Qs[ph], U, thick, detector
+        )
         if probe is None:
-            p_native, p_sampling = vacuum_probe(scan_optics(sc), spec.extent_A, cfg.sampling.real_space_A,
-                                                cfg.optics.device)
+            p_native, p_sampling = vacuum_probe(
+                scan_optics(sc), spec.extent_A, cfg.sampling.real_space_A, cfg.optics.device
+            )
             probe = resample(p_native, resampling_matrix(p_native.shape, p_sampling, detector), detector)
         members = set_of == k
         for theta in np.unique(params["theta_deg"][members]):
             where = members & (params["theta_deg"] == theta)
-            patterns[k, theta] = resample(native, resampling_matrix(native.shape[1:], sampling, detector, theta),
-                                          detector)
+            patterns[k, theta] = resample(
+                native, resampling_matrix(native.shape[1:], sampling, detector, theta), detector
+            )
             rot, refl, vis = position_labels(cfg, structures[ph], sigmas[ph], Qs[ph], U, theta, detector)
             m = min(R, len(refl["hkl"]))
             gt["reflections_px"][where, :m] = refl["pixel"][:m]
@@ -255,29 +295,55 @@ def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
     g.attrs.update({"stemforge_format": FORMAT, "complete": False})
     data = g.create_array("data", shape=(Rx, Ry, H, W), chunks=(1, Ry, H, W), dtype="float32")
     for rx in range(Rx):
-        data[rx] = np.stack([patterns[set_of[rx, ry], params["theta_deg"][rx, ry]][t_index[rx, ry]]
-                             for ry in range(Ry)])
+        data[rx] = np.stack(
+            [patterns[set_of[rx, ry], params["theta_deg"][rx, ry]][t_index[rx, ry]] for ry in range(Ry)]
+        )
     g.create_array("probe", data=probe.astype(np.float32))
-    maps = {"exx": params["exx"], "eyy": params["eyy"], "exy": params["exy"], "theta_deg": params["theta_deg"],
-            "thickness_A": thickness_A, "phase": params["phase"].astype(np.int32),
-            "zone_axis": np.broadcast_to(np.asarray(uvw, dtype=np.int32), (Rx, Ry, 3)), **gt}
+    maps = {
+        "exx": params["exx"],
+        "eyy": params["eyy"],
+        "exy": params["exy"],
+        "theta_deg": params["theta_deg"],
+        "thickness_A": thickness_A,
+        "phase": params["phase"].astype(np.int32),
+        "zone_axis": np.broadcast_to(np.asarray(uvw, dtype=np.int32), (Rx, Ry, 3)),
+        **gt,
+    }
     for name, arr in maps.items():
         arr = np.ascontiguousarray(arr)
         if arr.dtype == np.float64 and name != "rotation":
             arr = arr.astype(np.float32)
         g.create_array(f"ground_truth/{name}", data=arr)
-    g.attrs.update({
-        "calibration": {"q_pixel_size": detector.pixel_size, "energy_eV": float(sc.energy_eV),
-                        "semiangle_mrad": float(sc.semiangle_mrad), "scan_step_A": [float(sc.step_A)] * 2,
-                        "origin_px": [float(H // 2), float(W // 2)], "ellipticity": None, "rotation_deg": 0.0},
-        "phases": [str(n) for n in sc.structures],
-        "ground_truth_units": {"exx": "1", "eyy": "1", "exy": "1", "theta_deg": "degree", "thickness_A": "Å",
-                               "phase": "index into phases", "rotation": "crystal→lab", "zone_axis": "[uvw]",
-                               "reflections_px": "px (x=col, y=row)"},
-        "strain_convention": "F = (I + ε)·Rθ of the unstrained zone-axis crystal; ε detector frame (x=col, y=row)",
-        "multislice_sets": int(len(sets)), "config": ident, "versions": _versions(),
-        "units": {"data": "fraction of incident beam per pixel"},
-    })
+    g.attrs.update(
+        {
+            "calibration": {
+                "q_pixel_size": detector.pixel_size,
+                "energy_eV": float(sc.energy_eV),
+                "semiangle_mrad": float(sc.semiangle_mrad),
+                "scan_step_A": [float(sc.step_A)] * 2,
+                "origin_px": [float(H // 2), float(W // 2)],
+                "ellipticity": None,
+                "rotation_deg": 0.0,
+            },
+            "phases": [str(n) for n in sc.structures],
+            "ground_truth_units": {
+                "exx": "1",
+                "eyy": "1",
+                "exy": "1",
+                "theta_deg": "degree",
+                "thickness_A": "Å",
+                "phase": "index into phases",
+                "rotation": "crystal→lab",
+                "zone_axis": "[uvw]",
+                "reflections_px": "px (x=col, y=row)",
+            },
+            "strain_convention": "F = (I + ε)·Rθ of the unstrained zone-axis crystal; ε detector frame (x=col, y=row)",
+            "multislice_sets": int(len(sets)),
+            "config": ident,
+            "versions": _versions(),
+            "units": {"data": "fraction of incident beam per pixel"},
+        }
+    )
     g.attrs["complete"] = True
 
 
@@ -296,11 +362,15 @@ def scan_summary(path) -> str:
         return f"{name} {v.min():.3g}…{v.max():.3g}{unit}"
 
     c = a["config"]["scan"]
-    lines = [f"{c['profile']} scan {tuple(g['data'].shape)} of {'/'.join(a['phases'])} {c['zone_axis']} at {path} "
-             f"({a.get('multislice_sets', '?')} multislice sets, {size / 2**20:.1f} MiB)",
-             "  " + ", ".join([span("exx", 100, " %"), span("eyy", 100, " %"), span("exy", 100, " %"),
-                               span("theta_deg", 1, "°")]),
-             f"  thickness_A {sorted({float(t) for t in np.round(np.asarray(gt['thickness_A'][...], dtype=float), 2).ravel()})}, "
-             f"step {a['calibration']['scan_step_A'][0]:g} Å, detector {tuple(g['data'].shape[2:])} at "
-             f"{a['calibration']['q_pixel_size']:g} Å⁻¹/px"]
+    lines = [
+        f"{c['profile']} scan {tuple(g['data'].shape)} of {'/'.join(a['phases'])} {c['zone_axis']} at {path} "
+        f"({a.get('multislice_sets', '?')} multislice sets, {size / 2**20:.1f} MiB)",
+        "  "
+        + ", ".join(
+            [span("exx", 100, " %"), span("eyy", 100, " %"), span("exy", 100, " %"), span("theta_deg", 1, "°")]
+        ),
+        f"  thickness_A {sorted({float(t) for t in np.round(np.asarray(gt['thickness_A'][...], dtype=float), 2).ravel()})}, "
+        f"step {a['calibration']['scan_step_A'][0]:g} Å, detector {tuple(g['data'].shape[2:])} at "
+        f"{a['calibration']['q_pixel_size']:g} Å⁻¹/px",
+    ]
     return "\n".join(lines)
