@@ -18,7 +18,8 @@ With ``--py4dstem-python PATH`` (default ``$STEMFORGE_PY4DSTEM_PYTHON``) py4DSTE
 runs side by side on exactly the same noisy scan: py4DSTEM 0.14 needs numpy<2, so it runs in a separate environment
 (never a stemforge dependency) whose python executes ``benchmarks/py4dstem_side.py``; scan, vacuum probe and
 parameters go there and the peaks come back as .npy / .npz / json files in a temporary folder. Its peaks become
-stemforge :class:`~stemforge.analysis.braggvectors.BraggVectors` (py4DSTEM's qx = detector row, qy = column) and are scored
+stemforge :class:`~stemforge.analysis.braggvectors.BraggVectors` (py4DSTEM's qx = detector row, qy = column) and are
+scored
 by the same functions as the other two methods (disk F1 / position RMSE, lattice fit and strain RMSE). Set up such
 an environment with::
 
@@ -221,10 +222,9 @@ def main(argv=None) -> int:
     import torch
 
     from stemforge import analysis
-    from stemforge.analysis.workflow import add_dose_noise, analyse, report
-
     from stemforge.analysis.datacube import AnalysisError
     from stemforge.analysis.inference import load_model
+    from stemforge.analysis.workflow import add_dose_noise, analyse, report
 
     try:
         model = load_model(args.model, store=args.store)  # fail before minutes of simulation

@@ -57,11 +57,11 @@ if "--worker" in sys.argv:  # a --compare worker imports the augment package of 
     _TREE = Path(sys.argv[sys.argv.index("--worker") + 1])  # sys.path edit: it times another revision's code)
     sys.path.insert(0, str(_TREE))
     if (_TREE / "stemforge").is_dir():
-        from stemforge import augment  # noqa: E402
+        from stemforge import augment
     else:  # a revision from before the stemforge.* namespace (top-level augment/ and conf/)
-        import augment  # noqa: E402
+        import augment
 else:
-    from stemforge import augment  # noqa: E402
+    from stemforge import augment
 
 
 def conf_dir(tree: str | Path) -> Path:

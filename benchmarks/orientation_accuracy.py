@@ -5,7 +5,8 @@ uniformly in the fundamental zone (``stemforge.sim.orientations.random_orientati
 (``stemforge.analysis.kinematic_bragg_vectors``: reflections with excitation weight exp(−s²/2σ²) ≥ 0.1, σ = 0.03 Å⁻¹,
 intensity |F|²·weight with Debye–Waller damping, 0.5 px Gaussian position noise at 0.03 Å⁻¹/px, 20 % log-normal
 intensity noise, |g_xy| ≤ k_max, direct beam included) are matched against the default library
-(``stemforge.analysis.build_orientation_library``: 2° direction grid, 2° in-plane, σ_s = 0.02 Å⁻¹, σ_q = 0.02 Å⁻¹, intensity
+(``stemforge.analysis.build_orientation_library``: 2° direction grid, 2° in-plane, σ_s = 0.02 Å⁻¹, σ_q = 0.02 Å⁻¹,
+intensity
 power 0.25) with ``stemforge.analysis.orientation_map`` (refinement and Friedel-twin check on), 200 keV.
 
 Errors are misorientations to the truth with crystal symmetry; "twin-blind" also accepts the Friedel twin
@@ -28,10 +29,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
 
 E = 200e3
 K_MAXES = (1.0, 1.5, 2.0)

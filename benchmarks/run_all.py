@@ -131,7 +131,7 @@ def run_one(name: str, full: bool, timeout: float) -> dict:
         "wall_s": round(wall, 1),
         "values": values,
         "args": cmd[2:],
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -9,9 +9,7 @@ Usage: ``python benchmarks/sim_sampling.py``; last line ``RESULT l1_k1=<f> l1_k2
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 

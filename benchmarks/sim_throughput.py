@@ -7,7 +7,8 @@ commensurate with the cell repetitions), the same slices (half a beam period, at
 the slice boundaries) and static atoms.
 
 * **S-matrix**: :func:`stemforge.sim.smatrix.build_smatrix` (one propagation of every plane wave within α, every exit
-  plane kept) then :meth:`~stemforge.sim.smatrix.ThicknessSMatrix.patterns` for all 1760 patterns, binned onto the detector.
+  plane kept) then :meth:`~stemforge.sim.smatrix.ThicknessSMatrix.patterns` for all 1760 patterns, binned onto the
+  detector.
 * **Baseline**: abTEM at its default engine settings (lazy dask graph, FFTW_MEASURE planning, 1 FFTW thread,
   float32), one ``Probe.multislice`` per pattern through a specimen of that pattern's thickness, binned onto the
   same detector. Its rate is measured on a subset (one pattern per thickness in ``--quick``, ``--baseline N``
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 

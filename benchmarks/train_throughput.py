@@ -73,9 +73,9 @@ def main(argv=None) -> None:
 
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
 
     from stemforge.networks.training import build_model
-    from hydra.utils import instantiate
 
     tmp = Path(tempfile.mkdtemp(prefix="stemforge_train_bench_"))
     dataset = args.dataset

@@ -1,4 +1,5 @@
-"""Thin entry point: ``python scripts/augment_preview.py ...`` runs :func:`stemforge.augment.preview.main` (``--help`` for usage)."""
+"""Thin entry point: ``python scripts/augment_preview.py ...`` runs :func:`stemforge.augment.preview.main` (``--help``
+for usage)."""
 
 from stemforge.augment.preview import main
 

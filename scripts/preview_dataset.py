@@ -1,4 +1,5 @@
-"""Thin entry point: ``python scripts/preview_dataset.py ...`` runs :func:`stemforge.sim.preview.main` (``--help`` for usage)."""
+"""Thin entry point: ``python scripts/preview_dataset.py ...`` runs :func:`stemforge.sim.preview.main` (``--help`` for
+usage)."""
 
 from stemforge.sim.preview import main
 

@@ -33,9 +33,10 @@ def disk(shape, centre, radius=2.5, amp=1.0):
     return amp / (1 + np.exp((r - radius) / 0.4))  # soft-edged disk
 
 
-def lattice_pattern(F=np.eye(2), theta_deg=0.0, origin=(H // 2, W // 2), dose=None, rng=None, hk_max=2):
+def lattice_pattern(F=None, theta_deg=0.0, origin=(H // 2, W // 2), dose=None, rng=None, hk_max=2):
     """Disks at the reciprocal lattice of a crystal deformed by D = F·R(θ) (F = I + ε symmetric: the convention of
     stemforge.sim.synthetic_scan's ground truth): g' = D⁻ᵀ·g = F⁻¹·R(θ)·g."""
+    F = np.eye(2) if F is None else F
     th = np.radians(theta_deg)
     R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
     M = np.linalg.inv(F) @ R

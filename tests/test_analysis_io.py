@@ -1,4 +1,5 @@
-"""stemforge.analysis.io: the real detector files (RosettaSciIO test data, see ../shared/data/real/SOURCES.md) with their
+"""stemforge.analysis.io: the real detector files (RosettaSciIO test data, see ../shared/data/real/SOURCES.md) with
+their
 shapes and calibrations checked against the files' own headers; laziness; round trips; clear errors."""
 
 import math
@@ -157,7 +158,8 @@ def test_py4dstem_emdfile(real):
 
 
 def test_python_c_load_each_real_file(real, merlin):
-    """`python -c "import stemforge.analysis; d = stemforge.analysis.load(PATH)"` on every real file (one interpreter for speed)."""
+    """`python -c "import stemforge.analysis; d = stemforge.analysis.load(PATH)"` on every real file (one interpreter
+    for speed)."""
     paths = [
         real / "test1.blo",
         real / "Si100_4D.emd",

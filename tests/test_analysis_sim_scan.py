@@ -1,4 +1,5 @@
-"""Both methods on a dynamical scan from stemforge.sim.synthetic_scan, scored against its ground truth (slow: it simulates).
+"""Both methods on a dynamical scan from stemforge.sim.synthetic_scan, scored against its ground truth (slow: it
+simulates).
 
 Scan: Si [110] multilayer, 4×2 positions, 20 nm, rows 2–3 at εxx = +2 % (εyy −0.56 %). A method that returned
 zero strain everywhere would score a strain RMSE of 0.0085 here, so the bounds are stated against that baseline too.

@@ -1,25 +1,21 @@
 """Lattice vectors and strain maps: basis choice with indices, per-position lattice fits, strain against a reference
 (synthetic disk scans from test_analysis_classical and exact lattices)."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from test_analysis_classical import G1, G2, H, W, lattice_pattern, strained_scan
 
-from test_analysis_classical import G1, G2, H, W, lattice_pattern, strained_scan  # noqa: E402
-
-from stemforge.analysis.braggvectors import BraggVectors  # noqa: E402
-from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube  # noqa: E402
-from stemforge.analysis.disks import find_bragg_disks  # noqa: E402
+from stemforge.analysis.braggvectors import BraggVectors
+from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube
+from stemforge.analysis.disks import find_bragg_disks
 from stemforge.analysis.lattice import (
     choose_lattice_vectors,
     fit_lattice,
-    index_bragg_vectors,  # noqa: E402
+    index_bragg_vectors,
     lattice_candidates,
 )
-from stemforge.analysis.strain import plot_strain_maps, strain_map  # noqa: E402
-from stemforge.analysis.virtual import mean_pattern  # noqa: E402
+from stemforge.analysis.strain import plot_strain_maps, strain_map
+from stemforge.analysis.virtual import mean_pattern
 
 REF = [0, 1, 0, 4]
 

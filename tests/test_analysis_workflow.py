@@ -1,14 +1,10 @@
 """stemforge.analysis.workflow: both methods on one scan, scored against its ground truth, and the text report."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
+from test_analysis_classical import H, W, strained_scan
+from test_analysis_inference import BlurNet, FakeModel
 
-from test_analysis_classical import H, W, strained_scan  # noqa: E402
-from test_analysis_inference import BlurNet, FakeModel  # noqa: E402
-
-from stemforge.analysis.workflow import add_dose_noise, analyse, report  # noqa: E402
+from stemforge.analysis.workflow import add_dose_noise, analyse, report
 
 
 def test_both_methods_scored_against_the_ground_truth():

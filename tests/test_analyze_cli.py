@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 import zarr
+from test_analysis_classical import strained_scan
 
-from test_analysis_classical import strained_scan  # noqa: E402
-
-from stemforge import analysis  # noqa: E402
+from stemforge import analysis
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -246,7 +246,8 @@ def reference_output(trained):
 
 
 def test_http_pull_by_second_process_then_run(published, trained, tmp_path):
-    """The acceptance path: empty cache, `python -m stemforge.registry pull` over loopback HTTP, load and run elsewhere."""
+    """The acceptance path: empty cache, `python -m stemforge.registry pull` over loopback HTTP, load and run
+    elsewhere."""
     pattern, probe, expected = reference_output(trained)
     np.save(tmp_path / "pattern.npy", pattern)
     np.save(tmp_path / "probe.npy", probe)

@@ -1,4 +1,5 @@
-"""Specimen groups and the engine choice (stemforge.sim.engine, stemforge.sim.generate): shared specimens, S-matrix = multislice,
+"""Specimen groups and the engine choice (stemforge.sim.engine, stemforge.sim.generate): shared specimens, S-matrix =
+multislice,
 batched multislice = one multislice per run, the automatic choice picks the faster path, refusals."""
 
 from pathlib import Path
@@ -186,7 +187,8 @@ def test_batched_multislice_equals_one_multislice_per_run(silicon):
             ],
             "smatrix",
         ),
-        # one frozen-phonon configuration: every beam through the whole displaced supercell, 2 runs -> multislice (~2.5x)
+        # one frozen-phonon configuration: every beam through the whole displaced supercell, 2 runs -> multislice
+        # (~2.5x)
         (
             [
                 "sampling.optics_per_specimen=2",

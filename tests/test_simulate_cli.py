@@ -200,6 +200,7 @@ def test_multirun_sweep(tmp_path):
 
 def test_compose_api_defaults_are_valid():
     from hydra import compose, initialize_config_module
+    from hydra.errors import ConfigCompositionException
 
     from stemforge.sim.config import register_configs, validate
 
@@ -208,7 +209,7 @@ def test_compose_api_defaults_are_valid():
         cfg = compose(config_name="simulate")
         validate(cfg)
         assert cfg.dataset.num_patterns >= 200 and len(cfg.structure.names) >= 4
-        with pytest.raises(Exception):
+        with pytest.raises(ConfigCompositionException):
             compose(config_name="simulate", overrides=["optics.not_a_key=1"])
         cfg2 = compose(config_name="simulate", overrides=["detector=256px", "structure=si"])
         assert list(cfg2.detector.shape) == [256, 256]

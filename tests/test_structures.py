@@ -341,7 +341,7 @@ def test_package_import_is_light():
 
 def test_library_json_is_valid_and_documented():
     data = json.loads((REPO / "stemforge" / "sim" / "data" / "structures.json").read_text())
-    for name, entry in data["structures"].items():
+    for entry in data["structures"].values():
         assert {"space_group", "space_group_number", "lattice", "sites", "source", "debye_waller_B"} <= set(entry)
         if entry["debye_waller_B"]:
             assert entry["debye_waller_source"]

@@ -1,4 +1,5 @@
-"""stemforge.sim.synthetic_scan / stemforge.sim.scan_profiles: maps equal the profiles, disks sit where strain and rotation put them,
+"""stemforge.sim.synthetic_scan / stemforge.sim.scan_profiles: maps equal the profiles, disks sit where strain and
+rotation put them,
 dedupe changes no byte, refusals, and the scripts/simulate.py scan group."""
 
 import subprocess

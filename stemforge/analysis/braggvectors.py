@@ -66,7 +66,7 @@ class BraggVectors:
     @classmethod
     def from_lists(
         cls, scan_shape, detector_shape, per_position: dict, calibration=None, method="classical", info=None
-    ) -> "BraggVectors":
+    ) -> BraggVectors:
         """Build from ``{(rx, ry): array (n, 3 or 4) of row, col, intensity[, sigma_px]}``."""
         parts = []
         for (rx, ry), arr in per_position.items():

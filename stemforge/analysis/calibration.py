@@ -30,7 +30,8 @@ def origin_map(
     method : {"com", "correlation"}
         ``com``: centre of mass of the pixels above ``threshold`` × the pattern's maximum (within the search
         disk); good when the direct beam is the brightest feature. ``correlation``: the maximum of the
-        cross-correlation with the probe's ``flat`` template (:func:`stemforge.analysis.probe.probe_template`), refined by a
+        cross-correlation with the probe's ``flat`` template (:func:`stemforge.analysis.probe.probe_template`),
+        refined by a
         3-point parabola; robust against Bragg disks next to the beam and a smooth background.
     mask_radius_px : float, optional
         Search only within this radius (px) of the mean pattern's brightest pixel (default: the whole detector).

@@ -56,7 +56,7 @@ class Calibration:
     rotation_deg: float = 0.0
     source: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def with_(self, **changes) -> "Calibration":
+    def with_(self, **changes) -> Calibration:
         """A copy with some values changed."""
         return replace(self, **changes)
 
@@ -68,7 +68,7 @@ class Calibration:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d: dict) -> Calibration:
         d = dict(d)
         for k in ("scan_step_A", "origin_px", "ellipticity"):
             if d.get(k) is not None:
@@ -92,7 +92,8 @@ class DataCube:
 
     ``metadata`` holds whatever else the reader found (original metadata, file name); ``ground_truth`` holds
     per-position maps of a synthetic scan (``exx``, ``eyy``, ``exy``, ``theta_deg``, ``thickness_A``, ``phase``...)
-    when the data came from :mod:`stemforge.sim.synthetic_scan`; ``probe`` is a vacuum probe image ``(H, W)`` on the same
+    when the data came from :mod:`stemforge.sim.synthetic_scan`; ``probe`` is a vacuum probe image ``(H, W)`` on the
+    same
     detector grid when one was recorded or simulated.
     """
 

@@ -1,6 +1,7 @@
 """Bragg disk finding: template cross-correlation (classical) or a registry network (``method="ml"``).
 
-Both return :class:`~stemforge.analysis.braggvectors.BraggVectors` in the scan's detector pixels, so lattice fitting, strain
+Both return :class:`~stemforge.analysis.braggvectors.BraggVectors` in the scan's detector pixels, so lattice fitting,
+strain
 and orientation mapping take either.
 
 The classical method correlates each pattern with a template (:func:`stemforge.analysis.probe.probe_template`) by FFT —

@@ -1,4 +1,5 @@
-"""Open 4D-STEM data as a :class:`~stemforge.analysis.datacube.DataCube` (lazily) and save it in stemforge's zarr layout.
+"""Open 4D-STEM data as a :class:`~stemforge.analysis.datacube.DataCube` (lazily) and save it in stemforge's zarr
+layout.
 
 ``load(path)`` recognises, by extension and else by the file's first bytes:
 

@@ -1,4 +1,5 @@
-"""HDF5 readers behind :func:`stemforge.analysis.io.load`, and the unit conversions and lazy file access the readers share.
+"""HDF5 readers behind :func:`stemforge.analysis.io.load`, and the unit conversions and lazy file access the readers
+share.
 
 HDF5 (h5py): py4DSTEM / emdfile DataCubes (calibration from ``metadatabundle/calibration``, else from the dimension
 vectors), Prismatic output (``4DSTEM_simulation``; one datacube per output depth), and any file holding one 4D

@@ -1,4 +1,5 @@
-"""rosettasciio readers behind :func:`stemforge.analysis.io.load`: Merlin ``.mib``, NanoMegas ``.blo``, Gatan ``.dm3/.dm4``,
+"""rosettasciio readers behind :func:`stemforge.analysis.io.load`: Merlin ``.mib``, NanoMegas ``.blo``, Gatan
+``.dm3/.dm4``,
 Velox ``.emd``, HyperSpy ``.hspy``.
 
 A reader's signal dictionaries become a :class:`DataCube`: its ``mapping`` is applied to the original metadata (as

@@ -61,7 +61,8 @@ def lattice_candidates(
     ----------
     source : BraggVectors or array (H, W)
         Bragg vectors of a scan (the peaks of ``region`` are used), or a single pattern such as the mean pattern
-        of the reference region (its disks are found with :func:`stemforge.analysis.disks.find_bragg_disks_classical` and
+        of the reference region (its disks are found with :func:`stemforge.analysis.disks.find_bragg_disks_classical`
+        and
         ``disk_kw``; its origin is the detector centre unless ``origin_px`` is given).
     cluster_px : float
         Peaks within this distance (px) of a stronger one are the same reflection.
@@ -411,7 +412,7 @@ def fit_lattice(
         w = np.ones(len(q)) if weights is None else np.sqrt(np.clip(bv.peaks["intensity"][a:b], 0, None))
         basis, q0 = np.stack([g1, g2]), np.zeros(2)
         ok = np.zeros(len(q), bool)
-        for it in range(iterations + 1):
+        for _ in range(iterations + 1):
             hk = np.rint(np.linalg.solve(basis.T, (q - q0).T).T)
             ok = (np.hypot(*(hk @ basis + q0 - q).T) <= max_error_px) & (w > 0)
             for _ in range(8):  # fit, then leave out outliers and refit

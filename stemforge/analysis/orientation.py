@@ -12,7 +12,8 @@ kinematic score
 a cosine similarity in [0, 1] (1: every weighted peak sits on a template spot with the template's relative
 weight) over small rotations about the lab axes (quadratic fits on a 19-point stencil, halving the step).
 
-Orientations follow :mod:`stemforge.sim.orientations`: ``rotation`` maps crystal Cartesian to lab coordinates (beam along
+Orientations follow :mod:`stemforge.sim.orientations`: ``rotation`` maps crystal Cartesian to lab coordinates (beam
+along
 lab +z; detector x = col, y = row), ``R`` and ``R @ S`` (S a proper point-group rotation) are the same. The lab
 frame is the detector's: to express orientations in the scan frame, rotate by ``calibration.rotation_deg``. Peaks
 are used as calibrated (origin, Å⁻¹/px); an elliptical distortion (``calibration.ellipticity``) is not corrected
@@ -325,7 +326,8 @@ def _zone_candidates(lib: OrientationLibrary, max_index: int):
 def zone_axis_labels(rotations, library: OrientationLibrary, max_index: int = 3):
     """Nearest low-index zone axis (|indices| ≤ ``max_index``) of orientations (..., 3, 3) and the in-plane angle.
 
-    Returns ``zone_axis`` (..., 3) int (the representative of :func:`stemforge.sim.orientations.symmetry_distinct_zone_axes`,
+    Returns ``zone_axis`` (..., 3) int (the representative of
+    :func:`stemforge.sim.orientations.symmetry_distinct_zone_axes`,
     or its negative when that is not a symmetry image), ``offset_deg`` (angle between the beam and that axis),
     ``in_plane_deg`` (φ of ``R @ S ≈ Rz(φ) @ zone_axis_rotation(structure, zone_axis)`` reduced to
     [0, ``period_deg``)) and ``period_deg`` (360 / order of the axis's rotational symmetry)."""

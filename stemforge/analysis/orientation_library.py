@@ -49,7 +49,7 @@ __all__ = [
 
 _FORMAT = 2  # bump when the template definition changes (invalidates disk caches)
 _GENERIC = np.array([0.137, 0.291, 0.947])  # generic direction: trivial stabiliser in every point group
-_MEMORY_CACHE: dict[str, "OrientationLibrary"] = {}
+_MEMORY_CACHE: dict[str, OrientationLibrary] = {}
 
 
 # --------------------------------------------------------------------------- directions
@@ -285,7 +285,8 @@ def build_orientation_library(
     zone_max_index : int
         Low-index zone axes (|indices| ≤ this) added exactly to the direction grid.
     debye_waller : bool
-        Damp |F_g| with the room-temperature Debye–Waller factors of :func:`stemforge.sim.structures.debye_waller_sigmas`.
+        Damp |F_g| with the room-temperature Debye–Waller factors of
+        :func:`stemforge.sim.structures.debye_waller_sigmas`.
     cache, cache_dir
         Reuse a library with the same crystal and settings from memory (the 8 most recent), else from
         ``cache_dir`` (see :func:`library_cache_dir`); a newly built one is stored there.

@@ -1,8 +1,10 @@
 """Phase maps: which crystal's kinematic templates match each pattern best.
 
-Every candidate phase is matched with :func:`stemforge.analysis.orientation.orientation_map` (its best orientation per scan
+Every candidate phase is matched with :func:`stemforge.analysis.orientation.orientation_map` (its best orientation per
+scan
 position); the phase whose best orientation scores highest wins. The score is the normalised kinematic score of
-:mod:`stemforge.analysis.orientation` (a cosine similarity of weighted peak and template spots), so phases compare on the
+:mod:`stemforge.analysis.orientation` (a cosine similarity of weighted peak and template spots), so phases compare on
+the
 positions of their reflections (lattice spacings and angles) and on their relative kinematic intensities.
 
 What it can and cannot separate: phases whose reflections sit at different radii or angles (Si vs Cu, a 4 %

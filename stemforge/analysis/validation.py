@@ -4,7 +4,8 @@ Used by ``scripts/analyze.py`` (when the scan carries ground truth) and ``benchm
 
 * :func:`disk_scores` — precision, recall, F1 and position RMSE (px) of Bragg peaks against the kinematic
   reflection positions of the strained, rotated crystal (``ground_truth/reflections_px`` where
-  ``reflections_visible``), matched one-to-one within a tolerance (Hungarian, :func:`stemforge.networks.peaks.match_peaks`);
+  ``reflections_visible``), matched one-to-one within a tolerance (Hungarian,
+  :func:`stemforge.networks.peaks.match_peaks`);
 * :func:`strain_scores` — RMSE of εxx, εyy, εxy (dimensionless) and θ (degrees) against the ground-truth maps;
 * :func:`orientation_scores` — symmetry-reduced misorientation (degrees) against ground-truth rotations.
 """
@@ -116,7 +117,8 @@ def strain_scores(strain: dict, ground_truth: dict, mask: np.ndarray | None = No
 
 
 def orientation_scores(omap, rotation_truth: np.ndarray) -> dict:
-    """Misorientation (degrees, crystal symmetry considered) of an :class:`stemforge.analysis.orientation.OrientationMap`
+    """Misorientation (degrees, crystal symmetry considered) of an
+    :class:`stemforge.analysis.orientation.OrientationMap`
     against ground-truth rotations ``(Rx, Ry, 3, 3)``: ``mean_deg``, ``median_deg``, ``p90_deg``,
     ``valid_fraction``."""
     err = omap.misorientation_deg(np.asarray(rotation_truth, dtype=np.float64))

@@ -1,4 +1,5 @@
-"""numba kernel of :mod:`stemforge.augment.background`: multiply OpenCV's packed (CCS) real DFT by a real, even spectrum.
+"""numba kernel of :mod:`stemforge.augment.background`: multiply OpenCV's packed (CCS) real DFT by a real, even
+spectrum.
 
 Imported lazily; compiled on first use and cached on disk.  Same products as the
 numpy path of :meth:`stemforge.augment.background._Grid.convolve` (one fused pass instead

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-
 
 KEYS = {"ckpt", "name", "version", "store", "alias", "license", "metrics", "description", "wandb", "wandb_project"}
 REQUIRED = ("ckpt", "name", "version")

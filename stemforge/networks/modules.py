@@ -382,7 +382,7 @@ class PhaseModule(_TaskModule):
         compile: bool = False,
     ) -> None:
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor, channels_last, compile)
-        num_phases = int(num_phases if num_phases is not None else getattr(net, "num_phases"))
+        num_phases = int(num_phases if num_phases is not None else net.num_phases)
         self.num_phases, self.label_smoothing = num_phases, float(label_smoothing)
         for s in _STAGES:
             setattr(self, f"{s}_accuracy", MulticlassAccuracy(num_classes=num_phases, average="micro"))

@@ -12,7 +12,8 @@ Publish a checkpoint written by ``scripts/train.py`` to a store (a folder, bucke
 
 API
 ---
-:func:`load` (``name[:version|alias]`` → :class:`~stemforge.registry.loading.RegisteredModel` with ``.net`` in eval mode,
+:func:`load` (``name[:version|alias]`` → :class:`~stemforge.registry.loading.RegisteredModel` with ``.net`` in eval
+mode,
 ``.card``, ``.input_spec``, ``.labels``, ``.preprocess``), :func:`pull` (download + verify into the cache),
 :func:`publish` (checkpoint → store), :func:`push_folder` (built model folder → store), :func:`list_models`,
 :func:`set_alias`, :func:`remove_alias`, :class:`Store`, :func:`cache_dir`; errors derive from
@@ -22,9 +23,12 @@ Safety: weights are safetensors and cards JSON — nothing downloaded is ever un
 and size come from the index and are enforced; a card may only build ``nn.Module`` classes of the
 ``networks`` package; names, versions and paths are validated (no path traversal). See ``docs/registry.md``.
 
-Modules: :mod:`~stemforge.registry.naming` (names, versions, references), :mod:`~stemforge.registry.index` (index format and
-validation), :mod:`~stemforge.registry.store` (stores), :mod:`~stemforge.registry.lock` (publisher lock), :mod:`~stemforge.registry.card`
-(model cards), :mod:`~stemforge.registry.download` (pooch, cache, offline), :mod:`~stemforge.registry.loading` (safe building),
+Modules: :mod:`~stemforge.registry.naming` (names, versions, references), :mod:`~stemforge.registry.index` (index
+format and
+validation), :mod:`~stemforge.registry.store` (stores), :mod:`~stemforge.registry.lock` (publisher lock),
+:mod:`~stemforge.registry.card`
+(model cards), :mod:`~stemforge.registry.download` (pooch, cache, offline), :mod:`~stemforge.registry.loading` (safe
+building),
 :mod:`~stemforge.registry.publishing`, :mod:`~stemforge.registry.cli`.
 Torch is imported only by loading and publishing, so listing and pulling stay light.
 """

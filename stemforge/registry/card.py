@@ -174,7 +174,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise RegistryError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # pickle.UnpicklingError, RuntimeError (zip), EOFError (truncated)
+    except Exception as err:  # noqa: BLE001 - pickle.UnpicklingError, RuntimeError (zip), EOFError (truncated)
         raise RegistryError(
             f"cannot read checkpoint {path} with weights_only=True: {type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else ''}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import InvalidNameError, NotFoundError, RegistryError
 from .naming import FILE_NAMES, SemVer, validate_alias, validate_name, validate_relpath, validate_version
@@ -35,7 +35,7 @@ _HEX = set("0123456789abcdef")
 
 def utc_now() -> str:
     """Current UTC time as ``YYYY-MM-DDTHH:MM:SSZ``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> tuple[str, int]:

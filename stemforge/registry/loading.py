@@ -50,7 +50,8 @@ def _resolve_target(target: object):
 
 
 def check_net_config(cfg: object, where: str = "net") -> None:
-    """Raise :class:`UnsafeModelError` unless ``cfg`` only builds ``stemforge.networks`` modules (see module docstring)."""
+    """Raise :class:`UnsafeModelError` unless ``cfg`` only builds ``stemforge.networks`` modules (see module
+    docstring)."""
     if isinstance(cfg, dict):
         for key, value in cfg.items():
             if not isinstance(key, str):
@@ -83,7 +84,7 @@ def build_net(net_cfg: dict):
     check_net_config(net_cfg)
     try:
         net = instantiate(OmegaConf.create(net_cfg), _convert_="all")
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any failure to build the net is one RegistryError line
         cause = err.__cause__ or err
         raise RegistryError(
             f"cannot build {net_cfg['_target_']} from the card: {type(cause).__name__}: "
@@ -112,7 +113,8 @@ def load_weights(net, path: str | os.PathLike, what: str = "weights") -> None:
 
 
 class Preprocessor:
-    """The card's input normalisation for ``(pattern, probe)`` pairs, as in training (``stemforge.datamodules.normalise``).
+    """The card's input normalisation for ``(pattern, probe)`` pairs, as in training
+    (``stemforge.datamodules.normalise``).
 
     ``probe_max``: pattern and probe are divided by the maximum of the probe (per sample); then, if ``power``
     differs from 1, both are clipped at 0 and raised to ``power``. ``none``: only the power step.
@@ -208,7 +210,7 @@ class RegisteredModel:
             f"task={self.card.get('task')!r})"
         )
 
-    def to(self, device: str) -> "RegisteredModel":
+    def to(self, device: str) -> RegisteredModel:
         """Move the network to ``device``."""
         self.net.to(device)
         self.device = device
@@ -270,7 +272,8 @@ def load(
 
     Examples
     --------
-    >>> model = stemforge.registry.load("bragg-unet:stable", store="https://models.example.org/stemforge")  # doctest: +SKIP
+    >>> from stemforge import registry
+    >>> model = registry.load("bragg-unet:stable", store="https://models.example.org/stemforge")  # doctest: +SKIP
     >>> vg_map = model(pattern, probe)   # raw (H, W) arrays in, (1, 1, H, W) map out          # doctest: +SKIP
     """
     return load_pulled(pull(ref, version=version, store=store, cache=cache), device)

@@ -66,7 +66,7 @@ class StoreLock:
     def _holder(self) -> str:
         try:
             info = json.loads(self.store._read_bytes(LOCK))
-        except Exception:  # vanished or unreadable meanwhile
+        except Exception:  # noqa: BLE001 - vanished or unreadable meanwhile
             return "another publisher"
         text = f"{info.get('what', '?')} by pid {info.get('pid')} on {info.get('host')} since {info.get('since')}"
         if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
@@ -97,7 +97,7 @@ class StoreLock:
         st = self.store
         try:
             current = json.loads(st._read_bytes(LOCK)).get("token")
-        except Exception:
+        except Exception:  # noqa: BLE001 - a lock file gone or unreadable is not ours
             current = None
         if current != self.token:
             log.warning("lock %s/%s was not ours any more when releasing it", st.url, LOCK)

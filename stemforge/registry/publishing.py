@@ -237,6 +237,6 @@ def log_wandb_artifact(folder: Path, card: dict, aliases, mode: str | bool = "au
         run.log_artifact(artifact, aliases=[card["version"], *aliases])
         run.finish()
         return f"logged W&B artifact {project}/{card['name']}:{card['version']}"
-    except Exception as err:  # never fail a publish that already happened
+    except Exception as err:  # noqa: BLE001 - never fail a publish that already happened
         log.warning("W&B artifact not logged: %s: %s", type(err).__name__, err)
         return f"failed: {type(err).__name__}: {err}"

@@ -228,7 +228,7 @@ class Store:
             return self._fs.cat_file(self._abs(rel))
         except FileNotFoundError:
             raise
-        except Exception as err:  # backend-specific network/auth errors
+        except Exception as err:  # noqa: BLE001 - backend-specific network/auth errors
             raise StoreUnreachableError(f"cannot read {self.url}/{rel}: {type(err).__name__}: {err}") from None
 
     # ------------------------------------------------------------------ writing

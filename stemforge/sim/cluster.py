@@ -61,7 +61,7 @@ def connect(cluster_cfg):
     with _quiet("distributed", "distributed.client", "distributed.comm", "distributed.core", "tornado"):
         try:
             client = Client(address, timeout=timeout, set_as_default=False)
-        except Exception as err:  # OSError, TimeoutError, ValueError (bad scheme), ...
+        except Exception as err:  # noqa: BLE001 - OSError, TimeoutError, ValueError (bad scheme), ...
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ConfigError(
                 f"cluster.address {address!r}: no dask scheduler reachable within {timeout:g} s "
@@ -69,7 +69,7 @@ def connect(cluster_cfg):
             ) from None
         try:
             client.wait_for_workers(1, timeout=timeout)
-        except Exception:
+        except Exception:  # noqa: BLE001 - dask raises TimeoutError or OSError; both mean no workers
             client.close()
             raise ConfigError(
                 f"cluster.address {address!r}: the scheduler has no workers (waited {timeout:g} s)"

@@ -10,7 +10,7 @@ A *sampled* value is written as a number (fixed), a list (uniform choice among i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +101,8 @@ class DatasetConfig:
 
 @dataclass
 class ScanConfig:
-    """A synthetic 4D-STEM scan with ground truth (:mod:`stemforge.sim.synthetic_scan`, profiles in :mod:`stemforge.sim.scan_profiles`);
+    """A synthetic 4D-STEM scan with ground truth (:mod:`stemforge.sim.synthetic_scan`, profiles in
+    :mod:`stemforge.sim.scan_profiles`);
     ``profile: none`` writes the ordinary training dataset instead. Strain in %, rotations in degrees, thickness in
     nm, step in Å, energy in eV."""
 
@@ -135,7 +136,7 @@ class ClusterConfig:
     """Where the dataset's chunks are computed (:mod:`stemforge.sim.cluster`): ``address: null`` in this process, else
     an existing dask.distributed scheduler such as ``tcp://HOST:PORT``; the chunks are written here."""
 
-    address: Optional[str] = None
+    address: str | None = None
     connect_timeout_s: float = 10.0
     max_in_flight: int = 0  # chunks submitted at once; 0: twice the cluster's worker threads
 
@@ -249,7 +250,8 @@ def validate(cfg) -> None:
 
 
 def _validate_engine(cfg) -> None:
-    """Specimen groups and the engine choice (stemforge.sim.engine): an S-matrix request the physics forbids is refused."""
+    """Specimen groups and the engine choice (stemforge.sim.engine): an S-matrix request the physics forbids is
+    refused."""
     s, ds = cfg.sampling, cfg.dataset
     engine = str(getattr(s, "engine", "auto"))
     k = int(getattr(s, "optics_per_specimen", 1))

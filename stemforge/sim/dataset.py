@@ -76,7 +76,7 @@ class DatasetWriter:
                 "status": "incomplete",
                 "num_patterns": self.num_patterns,
                 "chunk_patterns": self.chunk_patterns,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             }
         )
         self.group = group

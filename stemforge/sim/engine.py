@@ -8,11 +8,13 @@ source size) and probe position. Two engines compute a group's thickness series:
   that has the same beam tilt is propagated in ONE eager abTEM multislice call (waves stacked along an ensemble
   axis). A group of one run is exactly :func:`stemforge.sim.multislice.simulate_cbed`.
 * **S-matrix** (:func:`smatrix_group`): every plane wave within the group's largest α is propagated once
-  (:func:`stemforge.sim.smatrix.build_smatrix`, one repeat column on periodic static zone axes), then each run's patterns
+  (:func:`stemforge.sim.smatrix.build_smatrix`, one repeat column on periodic static zone axes), then each run's
+  patterns
   are a (1 × beams) @ (beams × pixels) product. It cannot represent beam tilt, partial spatial coherence or
   more than one frozen-phonon configuration (:func:`smatrix_blockers`).
 
-:func:`choose_group_engine` applies :func:`stemforge.sim.smatrix.choose_engine` to a group: the S-matrix when propagating
+:func:`choose_group_engine` applies :func:`stemforge.sim.smatrix.choose_engine` to a group: the S-matrix when
+propagating
 its beams costs less than the multislice passes its patterns need. Units: Å, Å⁻¹, mrad, eV.
 """
 

@@ -9,7 +9,7 @@ with ``R`` the full rotation (specimen rotation followed by the in-plane rotatio
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -20,7 +20,7 @@ VG_PREFACTOR = 47.87801
 EWALD_SIGMA = 0.05
 
 
-@lru_cache(maxsize=None)
+@cache
 def _scattering_factor(symbol: str, parametrization: str):
     from abtem.parametrizations import validate_parametrization
 

@@ -1,7 +1,8 @@
 """Per-position parameters of synthetic 4D-STEM scans (profiles) and the in-plane strain algebra they use.
 
 Conventions (those of the stemforge ``datacube/1`` ground truth). Frames are the detector's: x = column,
-y = row. A position's crystal is the unstrained zone-axis crystal (the ``rotation`` of ``stemforge.sim.specimen``) deformed
+y = row. A position's crystal is the unstrained zone-axis crystal (the ``rotation`` of ``stemforge.sim.specimen``)
+deformed
 in-plane by ``F = (I + ε) · Rθ`` (2×2, the beam direction z is left unchanged):
 
 * ``θ`` (``theta_deg``): rotation, counter-clockwise from x towards y;

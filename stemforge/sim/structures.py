@@ -104,7 +104,7 @@ def library_entry(name: str) -> dict:
     return copy.deepcopy(_library()[canonical])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _build_library_structure(name: str) -> Structure:
     entry = _library()[name]
     lattice = Lattice.from_parameters(*(float(entry["lattice"][k]) for k in ("a", "b", "c", "alpha", "beta", "gamma")))
@@ -132,7 +132,7 @@ def _from_cif(path: Path, label: str) -> Structure:
     with _Quiet(record=True) as caught:
         try:
             structures = CifParser(path).parse_structures(primitive=False, on_error="ignore")
-        except Exception as exc:  # pymatgen raises ValueError/KeyError/IndexError on bad CIFs
+        except Exception as exc:  # noqa: BLE001 - pymatgen raises ValueError/KeyError/IndexError on bad CIFs
             structures, reason = [], _one_line(exc)
     if not structures:
         noted = next((_one_line(w.message) for w in caught if str(w.message).strip()), "")
@@ -149,7 +149,7 @@ def _from_dict(data: Any, label: str) -> Structure:
     try:
         with _Quiet():
             return Structure.from_dict(data)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many kinds on a bad structure dict
         raise StructureError(
             f"{label} is not a valid pymatgen Structure dict ({type(exc).__name__}: {_one_line(exc)})"
         ) from None
@@ -179,7 +179,7 @@ def _from_file(path: Path) -> Structure:
             return Structure.from_file(path)
     except StructureError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader failure is one StructureError line
         raise StructureError(f"could not read a structure from {label}: {_one_line(exc)}") from None
 
 
@@ -193,7 +193,7 @@ def _from_ase_atoms(atoms: Any, label: str) -> Structure:
     try:
         with _Quiet():
             return AseAtomsAdaptor.get_structure(atoms)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the adaptor raises many kinds on odd Atoms
         raise StructureError(f"{label}: could not convert ASE Atoms ({_one_line(exc)})") from None
 
 
@@ -217,7 +217,7 @@ def _from_ase_spec(text: str) -> Structure:
         try:
             with _Quiet():
                 atoms = bulk(parts[0], crystalstructure=crystal, cubic=cubic, **params)
-        except Exception as exc:  # ASE raises ValueError/KeyError/RuntimeError
+        except Exception as exc:  # noqa: BLE001 - ASE raises ValueError/KeyError/RuntimeError
             error = exc
             continue
         return _from_ase_atoms(atoms, repr(text))
@@ -248,7 +248,7 @@ def _from_materials_project(mp_id: str) -> Structure:
 
         with _Quiet(), MPRester(key) as mpr:
             return mpr.get_structure_by_material_id(mp_id.lower(), conventional_unit_cell=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - mp-api raises its own and requests' errors
         raise StructureError(f"could not fetch {mp_id!r} from the Materials Project: {_one_line(exc)}") from None
 
 
@@ -343,12 +343,12 @@ def structure_info(structure: Any, symprec: float = 1e-3) -> dict:
                 "crystal_system": sga.get_crystal_system(),
                 "point_group": sga.get_point_group_symbol(),
             }
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - spglib/pymatgen raise many kinds on odd cells
         formula = s.composition.reduced_formula
         raise StructureError(f"symmetry analysis failed for {formula}: {_one_line(exc)}") from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library_signature(name: str) -> tuple[str, int]:
     formula = _build_library_structure(name).composition.reduced_formula
     return formula, int(_library()[name]["space_group_number"])

@@ -1,6 +1,7 @@
 """Synthetic 4D-STEM scans (Rx, Ry, H, W) with ground-truth maps, for validating the analysis stage.
 
-A profile (:mod:`stemforge.sim.scan_profiles`: ``multilayer``, ``smooth``, ``grains``) gives every scan position a phase,
+A profile (:mod:`stemforge.sim.scan_profiles`: ``multilayer``, ``smooth``, ``grains``) gives every scan position a
+phase,
 an in-plane strain ε (detector frame), a rotation θ and a thickness. Each position is a *locally homogeneous*
 crystal: the zone-axis crystal of its phase deformed by ``F = (I + ε)·Rθ`` (beam direction unchanged),
 simulated by dynamical multislice (:func:`stemforge.sim.multislice.simulate_cbed`).
@@ -8,12 +9,14 @@ simulated by dynamical multislice (:func:`stemforge.sim.multislice.simulate_cbed
 How a position is simulated (exactly, not linearised):
 
 * ``F = Rθ·U`` with the right stretch ``U = Rθᵀ(I + ε)Rθ``. The crystal strained by ``U`` is simulated, then
-  its pattern is rotated by θ on the detector (:func:`stemforge.sim.detector.resampling_matrix`, as the dataset generator
+  its pattern is rotated by θ on the detector (:func:`stemforge.sim.detector.resampling_matrix`, as the dataset
+  generator
   does; the scan's probe has only defocus, which is rotationally symmetric, so this equals rotating the crystal).
 * ``U`` diagonal in the zone-axis cell's frame (e.g. multilayer bands without rotation, grains): the periodic
   orthogonal zone-axis supercell (:func:`stemforge.sim.specimen.zone_axis_specimen`) is stretched with its atoms
   (``(1+Uxx, 1+Uyy)``) — still orthogonal and periodic. Otherwise (shear in the cell frame): the strained
-  crystal (lattice deformed by ``Qᵀ U Q``) is cut into a non-periodic box (:func:`stemforge.sim.specimen.oriented_box_specimen`)
+  crystal (lattice deformed by ``Qᵀ U Q``) is cut into a non-periodic box
+  (:func:`stemforge.sim.specimen.oriented_box_specimen`)
   at least ``2·stemforge.sim.optics.probe_spread_radius_A`` wide, the probe at its centre.
 
 What is reused (dedupe). Positions with equal (phase, ``U``) share one multislice pass, which records every
@@ -37,7 +40,6 @@ one with another configuration, or anything else at ``path``, is refused.
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
@@ -69,7 +71,8 @@ def scan_optics(sc):
 
 def zone_rotation(structure, uvw) -> np.ndarray:
     """Crystal → simulation-frame rotation of the unstrained, unrotated crystal: that of the orthogonal zone-axis
-    cell (:func:`stemforge.sim.specimen.orthogonal_lattice_basis`) when one exists, else :func:`stemforge.sim.orientations.zone_axis_rotation`."""
+    cell (:func:`stemforge.sim.specimen.orthogonal_lattice_basis`) when one exists, else
+    :func:`stemforge.sim.orientations.zone_axis_rotation`."""
     from .orientations import zone_axis_rotation
     from .specimen import orthogonal_lattice_basis
 
@@ -369,7 +372,7 @@ def scan_summary(path) -> str:
         + ", ".join(
             [span("exx", 100, " %"), span("eyy", 100, " %"), span("exy", 100, " %"), span("theta_deg", 1, "°")]
         ),
-        f"  thickness_A {sorted({float(t) for t in np.round(np.asarray(gt['thickness_A'][...], dtype=float), 2).ravel()})}, "
+        f"  thickness_A {sorted({float(t) for t in np.round(np.asarray(gt['thickness_A'][...], float), 2).ravel()})}, "
         f"step {a['calibration']['scan_step_A'][0]:g} Å, detector {tuple(g['data'].shape[2:])} at "
         f"{a['calibration']['q_pixel_size']:g} Å⁻¹/px",
     ]
