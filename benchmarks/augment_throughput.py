@@ -103,7 +103,7 @@ def run_once(pipeline, samples: list[dict], n_patterns: int) -> tuple[float, flo
             s["labels"],
             s.get("reflections_px"),
             s.get("num_reflections"),
-            pixel_size_inv_A=s["calibration"]["pixel_size"],
+            pixel_size_inv_A=s["calibration"]["pixel_size_inv_A"],
         )
     return time.process_time() - c0, time.perf_counter() - w0
 
@@ -118,7 +118,7 @@ def per_transform_shares(pipeline, samples: list[dict], n_patterns: int) -> tupl
         data = {"image": s["pattern"], "probe": s["probe"], **s["labels"]}
         if s.get("reflections_px") is not None:
             data["keypoints"] = s["reflections_px"][: s["num_reflections"]]
-        data["pixel_size_inv_A"] = s["calibration"]["pixel_size"]
+        data["pixel_size_inv_A"] = s["calibration"]["pixel_size_inv_A"]
         t_start = time.process_time()
         pipeline.preprocess(data)
         for name, t in zip(names, pipeline.transforms, strict=False):

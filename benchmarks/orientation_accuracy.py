@@ -117,7 +117,7 @@ def dynamical(structure: str, n: int, thicknesses_nm, seed: int) -> list[dict]:
     optics = Optics(energy=E, semiangle_mrad=2.0)
     t_A = np.asarray(thicknesses_nm, dtype=float) * 10
     R = random_orientations(st, n, seed=seed)
-    radius = optics.semiangle_mrad * 1e-3 / optics.wavelength_A / det.pixel_size
+    radius = optics.semiangle_mrad * 1e-3 / optics.wavelength_A / det.pixel_size_inv_A
     per = {i: {} for i in range(len(t_A))}
     t0 = time.perf_counter()
     for k in range(n):
@@ -129,7 +129,7 @@ def dynamical(structure: str, n: int, thicknesses_nm, seed: int) -> list[dict]:
         for i in range(len(t_A)):
             per[i][(0, k)] = flat_disk_peaks(images[i], radius)
         print(f"  simulated {k + 1}/{n} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    cal = Calibration(q_pixel_size=det.pixel_size, energy_eV=E, origin_px=(52.0, 52.0))
+    cal = Calibration(pixel_size_inv_A=det.pixel_size_inv_A, energy_eV=E, origin_px=(52.0, 52.0))
     rows = []
     for k_max in K_MAXES:
         lib = build_orientation_library(st, E, k_max, name=structure)

@@ -52,7 +52,7 @@ def main() -> None:
     from stemforge.sim.specimen import zone_axis_specimen
 
     energy, alpha = 300e3, 2.0
-    det = Detector(shape=(256, 256), pixel_size=0.02, supersample=4)
+    det = Detector(shape=(256, 256), pixel_size_inv_A=0.02, supersample=4)
     si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
     extent = det.min_extent_A(1.0)
     spec = zone_axis_specimen(si, (1, 1, 0), 500.0, extent)
@@ -89,7 +89,7 @@ def main() -> None:
     # ---------------- S-matrix engine ----------------
     configure_abtem(fftw_threads=2)
     dk = 1.0 / min(spec.extent_A)
-    h = math.ceil((max(det.shape) // 2 + 1) * det.pixel_size / dk) + 1
+    h = math.ceil((max(det.shape) // 2 + 1) * det.pixel_size_inv_A / dk) + 1
     c0, w0 = time.process_time(), time.perf_counter()
     timer = []
     S = build_smatrix(

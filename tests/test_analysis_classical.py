@@ -69,7 +69,7 @@ def strained_scan(dose=None, seed=0):
             truth[i, j, : len(pts)] = pts
             gt["exx"][i, j], gt["eyy"][i, j], gt["exy"][i, j], gt["theta_deg"][i, j] = exx, eyy, exy, th
     probe = disk((H, W), (H // 2, W // 2))
-    return DataCube(data.astype(np.float32), Calibration(q_pixel_size=0.03), probe=probe), gt, truth
+    return DataCube(data.astype(np.float32), Calibration(pixel_size_inv_A=0.03), probe=probe), gt, truth
 
 
 def random_offset_scan(n=6, seed=1):
@@ -81,7 +81,7 @@ def random_offset_scan(n=6, seed=1):
         img, pts = lattice_pattern(theta_deg=th, origin=(H // 2 + off[0], W // 2 + off[1]))
         data[0, j], truth[0, j, : len(pts)] = img, pts
     probe = disk((H, W), (H // 2, W // 2))
-    return DataCube(data.astype(np.float32), Calibration(q_pixel_size=0.03), probe=probe), truth
+    return DataCube(data.astype(np.float32), Calibration(pixel_size_inv_A=0.03), probe=probe), truth
 
 
 # ---------------------------------------------------------------- virtual images and probe
@@ -263,8 +263,8 @@ def test_origin_map_recovers_a_descan():
             true[i, j] = (30 + 0.7 * i, 33 - 0.4 * j)
             data[i, j] = disk((H, W), true[i, j], radius=4)
     np.testing.assert_allclose(fit_origin_plane(origin_map(data)), true, atol=0.05)
-    cal, fitted = calibrate_origin(DataCube(data, Calibration(q_pixel_size=0.03)))
-    assert isinstance(cal, Calibration) and cal.q_pixel_size == 0.03
+    cal, fitted = calibrate_origin(DataCube(data, Calibration(pixel_size_inv_A=0.03)))
+    assert isinstance(cal, Calibration) and cal.pixel_size_inv_A == 0.03
     np.testing.assert_allclose(cal.origin_px, true.reshape(-1, 2).mean(0), atol=0.05)
     np.testing.assert_allclose(fitted, true, atol=0.05)
 
@@ -333,7 +333,7 @@ def test_ellipticity_from_a_distorted_ring_of_spots():
                     x, y = A @ (radius * np.array([np.cos(ang), np.sin(ang)]))
                     img += disk((H, W), (H // 2 + y, W // 2 + x), radius=1.5, amp=0.3)
             data[i, j] = rng.poisson(img / img.sum() * 1e6) / 1e6
-    cube = DataCube(data, Calibration(q_pixel_size=0.03), probe=disk((H, W), (H // 2, W // 2), radius=1.5))
+    cube = DataCube(data, Calibration(pixel_size_inv_A=0.03), probe=disk((H, W), (H // 2, W // 2), radius=1.5))
     bv = find_bragg_disks(cube, min_relative_intensity=0.1, min_spacing_px=3, edge_px=2, progress=False)
     a, b, fth = ellipticity_from_bragg(bv)
     assert abs(a / b - a_over_b) < 0.004 and abs(np.degrees(np.arcsin(np.sin(fth - th)))) < 2.0, (a, b, fth)

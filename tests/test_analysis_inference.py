@@ -75,7 +75,7 @@ def scan(points_per_position, pixel=P, shape=(H, W), energy=300e3, origin=None):
     rx, ry = len(points_per_position), len(points_per_position[0])
     data = np.stack([np.stack([spot_pattern(points_per_position[i][j], shape) for j in range(ry)]) for i in range(rx)])
     probe = spot_pattern([(shape[0] // 2, shape[1] // 2)], shape, sigma=2.0)
-    cal = Calibration(q_pixel_size=pixel, energy_eV=energy, semiangle_mrad=2.0, origin_px=origin)
+    cal = Calibration(pixel_size_inv_A=pixel, energy_eV=energy, semiangle_mrad=2.0, origin_px=origin)
     return DataCube(data, cal, probe=probe)
 
 

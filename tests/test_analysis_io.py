@@ -17,8 +17,9 @@ import pytest
 
 from stemforge import analysis
 from stemforge.analysis.datacube import AnalysisError, Calibration, DataCube
-from stemforge.analysis.io_formats import FileArray, length_to_A, reciprocal_to_invA
+from stemforge.analysis.io_formats import FileArray
 from stemforge.analysis.io_rsciio import cube_from_signals
+from stemforge.core.units import length_to_A, reciprocal_to_inv_A
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 LAMBDA_100KEV_A = 0.0370143  # relativistic electron wavelength at 100 keV
@@ -73,10 +74,10 @@ def test_blockfile_matches_its_header(real):
     (cl,) = struct.unpack_from("<I", raw, 52)  # camera length, 10 × mm
     assert (sdp, cl) == (6226, 2000)
     mrad_per_px = (10 / (sdp / 100)) / (cl / 10) * 1e3  # θ = x / L: pixel (mm) over camera length (mm)
-    assert c.q_pixel_size == pytest.approx(mrad_per_px * 1e-3 / LAMBDA_200KEV_A, rel=1e-4)
+    assert c.pixel_size_inv_A == pytest.approx(mrad_per_px * 1e-3 / LAMBDA_200KEV_A, rel=1e-4)
     assert (
-        c.q_pixel_size == pytest.approx(0.03202, abs=1e-5)
-        and "nominal camera length 200 mm" in c.source["q_pixel_size_from"]
+        c.pixel_size_inv_A == pytest.approx(0.03202, abs=1e-5)
+        and "nominal camera length 200 mm" in c.source["pixel_size_from"]
     )
     frame3 = np.frombuffer(raw, np.uint8, dp * dp, offset2 + 3 * (6 + dp * dp) + 6).reshape(dp, dp)
     assert np.array_equal(np.asarray(d.data[1, 1]), frame3)  # raster order: row 1, col 1 is the 4th frame
@@ -97,7 +98,7 @@ def test_merlin_scan_is_two_rows_of_four(merlin, name, det):
     for k in (0, 5, 7):  # rosettasciio flips the detector rows
         assert np.array_equal(arr[k // 4, k % 4], frames[k][::-1])
     c = d.calibration
-    assert (c.q_pixel_size, c.scan_step_A, c.energy_eV) == (None, None, None)  # a Merlin file records none
+    assert (c.pixel_size_inv_A, c.scan_step_A, c.energy_eV) == (None, None, None)  # a Merlin file records none
 
 
 def test_merlin_scan_shape_option(merlin):
@@ -123,11 +124,11 @@ def test_prismatic_emd(real):
     assert c.energy_eV == pytest.approx(float(params["E"]) * 1e3) == 100e3
     assert c.semiangle_mrad == pytest.approx(float(params["sa"])) == 30.0
     assert c.scan_step_A == pytest.approx((float(params["rx"]), float(params["ry"]))) == (0.5, 0.5)
-    assert c.q_pixel_size == pytest.approx(1 / 5.43, rel=1e-6)  # one reciprocal Si cell (16-px potential grid)
-    assert c.q_pixel_size == pytest.approx(q[1] - q[0], rel=1e-6) and c.origin_px == (4.0, 4.0)
+    assert c.pixel_size_inv_A == pytest.approx(1 / 5.43, rel=1e-6)  # one reciprocal Si cell (16-px potential grid)
+    assert c.pixel_size_inv_A == pytest.approx(q[1] - q[0], rel=1e-6) and c.origin_px == (4.0, 4.0)
     assert c.source["detector_mrad_per_px"] == pytest.approx(1e3 * LAMBDA_100KEV_A / 5.43, rel=1e-5)  # 6.82
     # physics check of the Å⁻¹ reading: the 30 mrad bright-field disk edge lies at α/λ = 4.40 px from the origin
-    r_px = 30e-3 / LAMBDA_100KEV_A / c.q_pixel_size
+    r_px = 30e-3 / LAMBDA_100KEV_A / c.pixel_size_inv_A
     assert r_px == pytest.approx(4.40, abs=0.01)
     pat = deep.mean((0, 1))
     rr = np.hypot(*np.meshgrid(np.arange(8) - 4.0, np.arange(8) - 4.0, indexing="ij"))
@@ -138,6 +139,30 @@ def test_prismatic_emd(real):
     assert not np.array_equal(d0.data, deep)
     with pytest.raises(AnalysisError, match="depth 5 not among the file's 2 depths"):
         analysis.load(real / "Si100_4D.emd", depth=5)
+
+
+def test_emdfile_dims_in_mrad_use_the_calibrations_beam_energy(real, tmp_path):
+    """An emdfile DataCube whose detector dimension vectors are in mrad and whose calibration gives the beam energy
+    but no Q pixel size: the dims are converted with that energy's wavelength (without an energy they are left
+    uncalibrated, not guessed)."""
+    import h5py
+
+    path = tmp_path / "mrad.h5"
+    shutil.copy(real / "py4DSTEM_size2x3x4x5.h5", path)
+    with h5py.File(path, "r+") as f:
+        cal = f["datacube_root/metadatabundle/calibration"]
+        del cal["Q_pixel_size"], cal["Q_pixel_units"]
+        cube = f["datacube_root/datacube"]
+        for i, n in ((2, 4), (3, 5)):
+            del cube[f"dim{i}"]
+            cube.create_dataset(f"dim{i}", data=(np.arange(n) - n // 2) * 0.5)
+            cube[f"dim{i}"].attrs["units"] = "mrad"
+    assert analysis.load(path).calibration.pixel_size_inv_A is None  # no energy: no conversion
+    with h5py.File(path, "r+") as f:
+        f["datacube_root/metadatabundle/calibration"].create_dataset("beam_energy", data=200e3)
+    c = analysis.load(path).calibration
+    assert c.energy_eV == 200e3 and c.pixel_size_inv_A == pytest.approx(0.5e-3 / LAMBDA_200KEV_A, rel=1e-5)
+    assert c.origin_px == (2.0, 2.0)
 
 
 def test_py4dstem_emdfile(real):
@@ -151,7 +176,7 @@ def test_py4dstem_emdfile(real):
     assert (qu, ru) == ("A^-1", "nm")
     d = analysis.load(real / "py4DSTEM_size2x3x4x5.h5")
     assert d.shape == (2, 3, 4, 5) and d.data.dtype == np.float32 and d.metadata["format"] == "emdfile"
-    assert d.calibration.q_pixel_size == pytest.approx(q) == 0.044251566616087125
+    assert d.calibration.pixel_size_inv_A == pytest.approx(q) == 0.044251566616087125
     assert d.calibration.scan_step_A == pytest.approx((10 * r, 10 * r)) == (1.26796875, 1.26796875)
     assert d.calibration.origin_px is None and d.calibration.source["Q_pixel_units"] == "A^-1"
     assert np.array_equal(np.asarray(d.data), data)
@@ -292,7 +317,7 @@ def test_zarr_round_trip_with_ground_truth(tmp_path):
         "zone_axis": np.ones((3, 2, 3), np.int32),
     }
     cal = Calibration(
-        q_pixel_size=0.03,
+        pixel_size_inv_A=0.03,
         energy_eV=300e3,
         semiangle_mrad=2.0,
         scan_step_A=(5.0, 4.0),
@@ -378,7 +403,7 @@ def test_plain_zarr_array_and_group(tmp_path):
     arr = np.random.default_rng(5).random((2, 2, 3, 3)).astype(np.float32)
     zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=arr.shape, dtype="f4")[...] = arr
     d = analysis.load(tmp_path / "a.zarr")
-    assert d.is_lazy and np.array_equal(np.asarray(d.data), arr) and d.calibration.q_pixel_size is None
+    assert d.is_lazy and np.array_equal(np.asarray(d.data), arr) and d.calibration.pixel_size_inv_A is None
     g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     g.create_array("raw/scan", data=arr)
     g.create_array("raw/mask", data=np.ones((3, 3)))
@@ -402,7 +427,9 @@ def test_hdf5_generic_npz_and_content_sniffing(tmp_path):
         f["other/image"] = np.zeros((4, 4))
     d = analysis.load(tmp_path / "g.h5")
     assert np.array_equal(np.asarray(d.data), arr) and d.metadata["dataset"] == "/some/where/scan"
-    assert d.calibration.scan_step_A == pytest.approx((5.0, 5.0)) and d.calibration.q_pixel_size == pytest.approx(0.02)
+    assert d.calibration.scan_step_A == pytest.approx((5.0, 5.0)) and d.calibration.pixel_size_inv_A == pytest.approx(
+        0.02
+    )
     assert d.calibration.origin_px == (2.0, 2.0)
     shutil.copy(tmp_path / "g.h5", tmp_path / "scan.bin")  # no known extension: recognised by its signature
     assert analysis.load(tmp_path / "scan.bin").shape == arr.shape
@@ -470,7 +497,7 @@ def test_rsciio_hspy_calibration_conversion(tmp_path):
         c = d.calibration
         assert d.is_lazy and np.array_equal(np.asarray(d.data), arr)
         assert c.scan_step_A == pytest.approx((20.0, 25.0)) and c.energy_eV == 200e3 and c.semiangle_mrad == 1.5
-        assert c.q_pixel_size == pytest.approx(expect, rel=1e-5) and c.origin_px == pytest.approx((3.0, 4.0))
+        assert c.pixel_size_inv_A == pytest.approx(expect, rel=1e-5) and c.origin_px == pytest.approx((3.0, 4.0))
         assert c.source["axes"][2]["units"] == units
 
 
@@ -487,7 +514,7 @@ def test_rsciio_stack_needs_scan_shape():
     with pytest.raises(AnalysisError, match="scan_shape"):
         cube_from_signals([sig], "f.dm4", "digitalmicrograph")
     d = cube_from_signals([sig], "f.dm4", "digitalmicrograph", scan_shape=(2, 3))
-    assert d.shape == (2, 3, 4, 4) and d.calibration.q_pixel_size == pytest.approx(0.1)
+    assert d.shape == (2, 3, 4, 4) and d.calibration.pixel_size_inv_A == pytest.approx(0.1)
     mapped = {
         **sig,
         "data": np.zeros((2, 3, 4, 4)),
@@ -502,11 +529,11 @@ def test_unit_conversions():
     assert length_to_A(1.5, "nm") == 15.0 and length_to_A(2, "µm") == 2e4 and length_to_A(3, "Å") == 3.0
     assert length_to_A(0.1, "A") == 0.1 and length_to_A(1, "1/nm") is None and length_to_A(1, "") is None
     for unit in ("1/nm", "nm^-1", "nm⁻¹", "1 / nm"):
-        assert reciprocal_to_invA(0.5, unit) == pytest.approx(0.05)
+        assert reciprocal_to_inv_A(0.5, unit) == pytest.approx(0.05)
     for unit in ("1/Å", "Å^-1", "A^-1", "1/A"):
-        assert reciprocal_to_invA(0.5, unit) == pytest.approx(0.5)
-    assert reciprocal_to_invA(1.0, "mrad", 100e3) == pytest.approx(1e-3 / LAMBDA_100KEV_A, rel=1e-5)
-    assert reciprocal_to_invA(1.0, "mrad") is None and reciprocal_to_invA(1.0, "cm") is None
+        assert reciprocal_to_inv_A(0.5, unit) == pytest.approx(0.5)
+    assert reciprocal_to_inv_A(1.0, "mrad", 100e3) == pytest.approx(1e-3 / LAMBDA_100KEV_A, rel=1e-5)
+    assert reciprocal_to_inv_A(1.0, "mrad") is None and reciprocal_to_inv_A(1.0, "cm") is None
     assert math.isclose(Calibration(energy_eV=200e3).wavelength_A, LAMBDA_200KEV_A, rel_tol=1e-5)
 
 

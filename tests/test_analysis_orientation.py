@@ -239,7 +239,7 @@ def test_bad_inputs_are_refused(si_lib):
     R = zone_axis_rotation("Si", (0, 0, 1))
     bv = kinematic_bragg_vectors("Si", R[None, None], E, _detector_px(1.5), k_max=1.5)
     uncal = BraggVectors(bv.scan_shape, bv.detector_shape, bv.peaks, Calibration())
-    with pytest.raises(AnalysisError, match="q_pixel_size"):
+    with pytest.raises(AnalysisError, match="pixel_size_inv_A"):
         orientation_map(uncal, si_lib, progress=False)
     other_energy = BraggVectors(bv.scan_shape, bv.detector_shape, bv.peaks, bv.calibration.with_(energy_eV=300e3))
     with pytest.raises(AnalysisError, match="300 keV"):
@@ -280,9 +280,9 @@ def _dynamical_bragg_vectors(cases, thickness_A, semiangle_mrad=2.0):
             spec, optics, np.array(spec.extent_A) / 2 + 0.3, [thickness_A], sampling_A=0.14
         )
         image = resample(pats, resampling_matrix(pats.shape[1:], sampling, det, phi), det)[0]
-        per[(0, k)] = flat_disk_peaks(image, semiangle_mrad * 1e-3 / optics.wavelength_A / det.pixel_size)
+        per[(0, k)] = flat_disk_peaks(image, semiangle_mrad * 1e-3 / optics.wavelength_A / det.pixel_size_inv_A)
         truth.append(_rz(phi) @ spec.rotation)  # the sim labels' rotation
-    cal = Calibration(q_pixel_size=det.pixel_size, energy_eV=E, origin_px=(32.0, 32.0))
+    cal = Calibration(pixel_size_inv_A=det.pixel_size_inv_A, energy_eV=E, origin_px=(32.0, 32.0))
     return BraggVectors.from_lists((1, len(cases)), det.shape, per, cal), np.stack(truth)
 
 

@@ -118,7 +118,7 @@ def test_bad_inputs(libs):
     with pytest.raises(AnalysisError, match="k_max"):
         phase_map(bv, {"Si": libs["Si"], "Cu": coarse}, progress=False)
     uncal = BraggVectors(bv.scan_shape, bv.detector_shape, bv.peaks, Calibration())
-    with pytest.raises(AnalysisError, match="q_pixel_size"):
+    with pytest.raises(AnalysisError, match="pixel_size_inv_A"):
         phase_map(uncal, {"Si": libs["Si"]}, progress=False)
     hot = BraggVectors(bv.scan_shape, bv.detector_shape, bv.peaks, bv.calibration.with_(energy_eV=80e3))
     with pytest.raises(AnalysisError, match="80 keV"):

@@ -231,7 +231,7 @@ def test_dataset_round_trip_and_preview_png(tmp_path):
     back = augment.read_samples(path, [1, 2])
     assert np.array_equal(back[0]["pattern"], samples[1]["pattern"])
     assert back[1]["num_reflections"] == samples[2]["num_reflections"]
-    assert back[0]["calibration"]["pixel_size"] == 0.04
+    assert back[0]["calibration"]["pixel_size_inv_A"] == 0.04
 
     from stemforge.augment import preview as augment_preview
 

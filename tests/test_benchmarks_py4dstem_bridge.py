@@ -22,7 +22,7 @@ def test_py4dstem_peaks_become_bragg_vectors_with_qx_as_row():
     qx = np.array([10.25, 20.0, 30.5, 40.0, 41.0, 42.0, 50.0])
     qy = np.array([60.75, 70.0, 5.0, 6.0, 7.0, 8.0, 9.5])
     inten = np.arange(7, dtype=float) + 1
-    cal = Calibration(q_pixel_size=0.03, origin_px=(64.0, 64.0))
+    cal = Calibration(pixel_size_inv_A=0.03, origin_px=(64.0, 64.0))
     bv = aa.py4dstem_to_bragg((2, 3), (128, 96), counts, qx, qy, inten, cal, {"source": "test"})
     assert bv.scan_shape == (2, 3) and bv.detector_shape == (128, 96) and bv.method == "py4dstem"
     np.testing.assert_array_equal(bv.counts(), counts.reshape(2, 3))
@@ -36,7 +36,7 @@ def test_py4dstem_peaks_become_bragg_vectors_with_qx_as_row():
     np.testing.assert_allclose(bv.at(0, 2)["col"], [5.0])
     np.testing.assert_allclose(bv.at(1, 2)[["row", "col"]].tolist(), [(50.0, 9.5)])
     assert len(bv.at(0, 1)) == 0 and len(bv.at(1, 0)) == 0
-    assert bv.calibration.q_pixel_size == 0.03 and bv.info["source"] == "test"
+    assert bv.calibration.pixel_size_inv_A == 0.03 and bv.info["source"] == "test"
 
 
 def test_converted_peaks_score_against_truth_in_col_row_order():

@@ -25,7 +25,7 @@ def dataset(tmp_path_factory):
             "structure.names=[Si,Cu]",
             "sampling=fast",
             "detector.shape=[32,32]",
-            "detector.pixel_size=0.06",
+            "detector.pixel_size_inv_A=0.06",
             "dataset.num_patterns=24",
             "dataset.chunk_runs=2",
             "orientation.random_fraction=0.5",

@@ -45,8 +45,8 @@ def run(args, cache=None, extra_env=None, **kw):
     )
 
 
-def cli(*args, cache=None):
-    return run(["-m", "stemforge.registry", *map(str, args)], cache=cache)
+def cli(*args, cache=None, extra_env=None):
+    return run(["-m", "stemforge.registry", *map(str, args)], cache=cache, extra_env=extra_env)
 
 
 def publish_script(*args):
@@ -77,7 +77,7 @@ def trained(tmp_path_factory):
             "sampling.thicknesses_nm=[1.0,2.0]",
             "sampling.slice_thickness_A=4.0",
             "detector.shape=[32,32]",
-            "detector.pixel_size=0.06",
+            "detector.pixel_size_inv_A=0.06",
             "dataset.num_patterns=8",
             "dataset.chunk_runs=2",
             f"dataset.path={data}",
@@ -171,6 +171,11 @@ def truncate(path: Path, keep: float = 0.5):
     path.write_bytes(data[: int(len(data) * keep)])
 
 
+def cached_version(cache: Path, url: str, version: str = "1.0.0") -> Path:
+    """The cache folder of NAME ``version`` pulled from the store at ``url``."""
+    return cache / "models" / registry.download.store_key(registry.Store(url)) / NAME / version
+
+
 def cached_files(cache: Path):
     return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
 
@@ -256,7 +261,7 @@ def test_http_pull_by_second_process_then_run(published, trained, tmp_path):
     proc = cli("pull", f"{NAME}:1.0.0", "--store", url, cache=cache)
     assert proc.returncode == 0, proc.stderr
     assert "verified" in proc.stdout
-    folder = "models/bragg-unet/1.0.0"
+    folder = f"models/{registry.download.store_key(registry.Store(url))}/bragg-unet/1.0.0"
     assert {f"{folder}/model.safetensors", f"{folder}/card.json"} <= set(cached_files(cache))
     script = (
         "import sys, numpy as np, stemforge.registry\n"
@@ -280,17 +285,18 @@ def test_offline_loads_from_cache(published, tmp_path):
     cache = tmp_path / "cache"
     live = registry.load(NAME, version="1.0.0", store=published["url"], cache=cache)
     assert not live.offline
-    # the store at a dead loopback port: an explicit version loads from the verified cache
-    model = registry.load(NAME, version="1.0.0", store=dead_url(), cache=cache)
-    assert model.offline and model.version == "1.0.0" and not model.net.training
-    x = np.random.default_rng(0).random((32, 32))
-    assert torch.equal(model(x, x + 0.5), live(x, x + 0.5))
-    # an alias needs the cached index of that very store
+    # another store (a dead loopback port) never served this model: the cached copy is not its to serve
+    with pytest.raises(StoreUnreachableError, match="not in the cache"):
+        registry.load(NAME, version="1.0.0", store=dead_url(), cache=cache)
     with pytest.raises(StoreUnreachableError, match="no cached index"):
         registry.load(f"{NAME}:stable", store=dead_url(), cache=cache)
-    # the store's own URL with the network off: aliases resolve through its cached index
+    # the store's own URL with the network off: the verified copy, aliases through its cached index
     os.environ["STEMFORGE_OFFLINE"] = "1"
     try:
+        model = registry.load(NAME, version="1.0.0", store=published["url"], cache=cache)
+        assert model.offline and model.version == "1.0.0" and not model.net.training
+        x = np.random.default_rng(0).random((32, 32))
+        assert torch.equal(model(x, x + 0.5), live(x, x + 0.5))
         model = registry.load(f"{NAME}:stable", store=published["url"], cache=cache)
         assert model.offline and model.version == "1.0.0"
         with pytest.raises(StoreUnreachableError, match="no version or alias '9.9.9'"):
@@ -312,19 +318,19 @@ def test_corrupt_store_files_are_refused(published, served, damage, tmp_path):
     proc = cli("pull", f"{NAME}:1.0.0", "--store", url, cache=cache)
     line = one_error_line(proc, fname, "does not match the registry index", "refused")
     assert ("truncated" in line) == damage.startswith("truncate")
-    assert not (cache / "models" / NAME / "1.0.0" / fname).exists()
+    assert not (cached_version(cache, url) / fname).exists()
     assert not [f for f in cached_files(cache) if f.endswith(".tmp") or "/tmp" in f]
-    assert not (cache / "models" / NAME / "1.0.0" / "manifest.json").exists()
+    assert not (cached_version(cache, url) / "manifest.json").exists()
     # and through the file:// store (fsspec downloader)
     with pytest.raises(IntegrityError, match="does not match"):
         registry.pull(f"{NAME}:1.0.0", store=store.as_uri(), cache=tmp_path / "cache2")
-    assert not (tmp_path / "cache2" / "models" / NAME / "1.0.0" / fname).exists()
+    assert not (cached_version(tmp_path / "cache2", store.as_uri()) / fname).exists()
 
 
 @pytest.mark.parametrize("damage", [flip_byte, truncate], ids=["tampered", "truncated"])
 def test_corrupt_cache_files_are_refused_or_replaced(published, damage, tmp_path, caplog):
     cache = tmp_path / "cache"
-    cached = cache / "models" / NAME / "1.0.0" / "model.safetensors"
+    cached = cached_version(cache, published["url"]) / "model.safetensors"
     registry.pull(f"{NAME}:1.0.0", store=published["url"], cache=cache)
     good = cached.read_bytes()
     # store reachable: the corrupt cached file is discarded (warning) and downloaded again
@@ -332,42 +338,64 @@ def test_corrupt_cache_files_are_refused_or_replaced(published, damage, tmp_path
     with caplog.at_level("WARNING", logger="registry"):
         model = registry.load(f"{NAME}:1.0.0", store=published["url"], cache=cache)
     assert "failed verification" in caplog.text and cached.read_bytes() == good and model.version == "1.0.0"
-    # store unreachable: refused with a clear message, and the corrupt file is not kept
+    # store unreachable (offline): refused with a clear message, and the corrupt file is not kept
     damage(cached)
-    with pytest.raises(IntegrityError, match="missing or corrupt .*tampered or truncated"):
-        registry.load(f"{NAME}:1.0.0", store=dead_url(), cache=cache)
+    os.environ["STEMFORGE_OFFLINE"] = "1"
+    try:
+        with pytest.raises(IntegrityError, match="missing or corrupt .*tampered or truncated"):
+            registry.load(f"{NAME}:1.0.0", store=published["url"], cache=cache)
+    finally:
+        del os.environ["STEMFORGE_OFFLINE"]
     assert not cached.exists()
     # the CLI says so in one line (the deletion warning is not printed on top of the error)
     registry.pull(f"{NAME}:1.0.0", store=published["url"], cache=cache)
     damage(cached)
-    proc = cli("pull", f"{NAME}:1.0.0", "--store", dead_url(), cache=cache)
+    proc = cli("pull", f"{NAME}:1.0.0", "--store", published["url"], cache=cache, extra_env={"STEMFORGE_OFFLINE": "1"})
     one_error_line(proc, "model.safetensors of bragg-unet 1.0.0 is missing or corrupt", "pull it again when online")
     assert not cached.exists()
     proc = cli("pull", f"{NAME}:1.0.0", "--store", published["url"], cache=cache)  # heals when online
     assert proc.returncode == 0 and cached.read_bytes() == good, proc.stderr
 
 
-def test_same_version_from_another_store_replaces_the_cached_copy_quietly(published, trained, tmp_path, caplog):
-    """Two stores holding the same name and version with different files (two clones' `make run`): loading from
-    the second replaces the cached copy of the first without a tampering warning."""
+def test_same_version_from_two_stores_never_serves_the_other_stores_weights(published, trained, tmp_path, caplog):
+    """Two stores holding the same name and version with different weights (two clones' `make run`): the cache
+    keeps one copy per store, each load gets its own store's weights, online and offline, with no tampering
+    warning and no download when the copy is already there."""
     ckpt, _ = trained
+    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    key = next(k for k in state["state_dict"] if k.startswith("net.") and state["state_dict"][k].is_floating_point())
+    state["state_dict"][key] = state["state_dict"][key] + 0.5  # other weights under the same name and version
+    (tmp_path / "run2" / "checkpoints").mkdir(parents=True)
+    other_ckpt = tmp_path / "run2" / "checkpoints" / "last.ckpt"
+    torch.save(state, other_ckpt)
     other = tmp_path / "other"
     proc = publish_script(
-        f"ckpt={ckpt}",
-        f"name={NAME}",
-        "version=1.0.0",
-        f"store={other.as_uri()}",
-        "description=published again elsewhere",
+        f"ckpt={other_ckpt}", f"name={NAME}", "version=1.0.0", f"store={other.as_uri()}", "alias=stable"
     )
     assert proc.returncode == 0, proc.stderr
     cache = tmp_path / "cache"
-    first = registry.pull(f"{NAME}:1.0.0", store=published["url"], cache=cache)
     with caplog.at_level("INFO", logger="registry"):
-        second = registry.pull(f"{NAME}:1.0.0", store=other.as_uri(), cache=cache)
-    assert "failed verification" not in caplog.text and "replacing the cached" in caplog.text
-    assert second.card["description"] == "published again elsewhere" != first.card.get("description")
-    manifest = json.loads((cache / "models" / NAME / "1.0.0" / "manifest.json").read_text())
-    assert manifest["store"] == other.as_uri()
+        first = registry.load(f"{NAME}:1.0.0", store=published["url"], cache=cache)
+        second = registry.load(f"{NAME}:1.0.0", store=other.as_uri(), cache=cache)
+    assert "failed verification" not in caplog.text
+    w1, w2 = (dict(m.net.named_parameters())[key[len("net.") :]].detach() for m in (first, second))
+    assert torch.allclose(w2, w1 + 0.5)
+    folders = {registry.download.store_key(registry.Store(u)) for u in (published["url"], other.as_uri())}
+    assert len(folders) == 2 and {p.name for p in (cache / "models").iterdir()} == folders
+    assert first.files["model.safetensors"] != second.files["model.safetensors"]
+    mtime = first.files["model.safetensors"].stat().st_mtime_ns
+    again = registry.load(f"{NAME}:1.0.0", store=published["url"], cache=cache)  # cached: not downloaded again
+    assert again.files["model.safetensors"].stat().st_mtime_ns == mtime
+    os.environ["STEMFORGE_OFFLINE"] = "1"
+    try:
+        for url, expect in ((published["url"], w1), (other.as_uri(), w2), (published["url"], w1)):
+            for ref in (f"{NAME}:1.0.0", f"{NAME}:stable"):
+                m = registry.load(ref, store=url, cache=cache)
+                assert m.offline and torch.equal(dict(m.net.named_parameters())[key[len("net.") :]].detach(), expect)
+        with pytest.raises(StoreUnreachableError, match="not in the cache"):
+            registry.load(f"{NAME}:1.0.0", store=(tmp_path / "third").as_uri(), cache=cache)
+    finally:
+        del os.environ["STEMFORGE_OFFLINE"]
 
 
 def test_versions_are_immutable(published, trained):

@@ -5,13 +5,14 @@ import math
 import numpy as np
 import pytest
 
+from stemforge.core.units import wavelength_A
 from stemforge.sim.detector import Detector, resample, resampling_matrix
 from stemforge.sim.labels import kinematic_reflections, structure_factors
 from stemforge.sim.multislice import Phonons, coherence_offsets, simulate_cbed, vacuum_probe
-from stemforge.sim.optics import Optics, probe_spread_radius_A, wavelength_A
+from stemforge.sim.optics import Optics, probe_spread_radius_A
 from stemforge.sim.specimen import oriented_box_specimen, orthogonal_lattice_basis, zone_axis_specimen
 
-DET = Detector(shape=(96, 96), pixel_size=0.03, supersample=4)
+DET = Detector(shape=(96, 96), pixel_size_inv_A=0.03, supersample=4)
 
 
 def test_wavelength_300kev():
@@ -59,7 +60,7 @@ def test_resampling_conserves_intensity_and_rotates():
     rng = np.random.default_rng(0)
     native = rng.random((150, 140))
     sampling = (0.021, 0.019)
-    det = Detector(shape=(64, 64), pixel_size=0.03, supersample=4)
+    det = Detector(shape=(64, 64), pixel_size_inv_A=0.03, supersample=4)
     inside = np.zeros_like(native)
     # a pattern fully inside the detector field keeps its whole intensity, for any rotation
     ky = (np.arange(150) - 75) * sampling[0]
@@ -113,7 +114,7 @@ def test_bragg_disks_match_kinematic_g(silicon, thin_si110):
         @ spec.rotation
     )
     refl = kinematic_reflections(silicon, rot, optics.wavelength_A, DET)
-    radius = optics.aperture_radius_inv_A / DET.pixel_size
+    radius = optics.aperture_radius_inv_A / DET.pixel_size_inv_A
     # strong zero-order-Laue-zone disks well inside the field
     zolz = np.abs(refl["g"][:, 2]) < 1e-6
     centre = np.array(DET.center_px)[::-1]
@@ -148,7 +149,7 @@ def test_intensity_conserved_through_simulation_and_detector(thin_si110):
     det_img = resample(patterns[-1], resampling_matrix(patterns.shape[1:], sampling, DET, 0.0), DET)
     ky = (np.arange(patterns.shape[1]) - patterns.shape[1] // 2) * sampling[0]
     kx = (np.arange(patterns.shape[2]) - patterns.shape[2] // 2) * sampling[1]
-    half = DET.pixel_size * (DET.shape[0] // 2 - 1)
+    half = DET.pixel_size_inv_A * (DET.shape[0] // 2 - 1)
     inner = (np.abs(ky)[:, None] < half) & (np.abs(kx)[None, :] < half)
     assert det_img.sum() >= patterns[-1][inner].sum() * (1 - 1e-6)
     assert det_img.sum() <= patterns[-1].sum() + 1e-6

@@ -42,7 +42,7 @@ def chunk_files(path: Path) -> dict:
     [
         ("optics.energy=-1", "optics.energy"),
         ("sampling.thicknesses_nm=[-5]", "thicknesses_nm"),
-        ("detector.pixel_size=0.2", "antialiasing limit"),
+        ("detector.pixel_size_inv_A=0.2", "antialiasing limit"),
         ("structure.names=[Unobtainium]", "Unobtainium"),
         ("optics.semiangle_mrad={min:3,max:1}", "min"),
     ],

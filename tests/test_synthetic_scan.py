@@ -23,7 +23,7 @@ TINY = [
     "scan.thickness_nm=[1.0,2.0]",
     "sampling=fast",
     "detector.shape=[64,64]",
-    "detector.pixel_size=0.04",
+    "detector.pixel_size_inv_A=0.04",
     "scan.progress=false",
 ]
 C = np.array([32.0, 32.0])  # k = 0 (x=col, y=row)
@@ -73,7 +73,7 @@ def test_maps_equal_the_profile(scan):
     np.testing.assert_array_equal(gt["zone_axis"], np.broadcast_to([1, 1, 0], (3, 2, 3)))
     assert cube.shape == (3, 2, 64, 64) and cube.probe.shape == (64, 64) and cube.data.dtype == np.float32
     assert cube.metadata["phases"] == ["Si"] and cube.calibration.energy_eV == 300e3
-    assert cube.calibration.origin_px == (32.0, 32.0) and cube.calibration.q_pixel_size == 0.04
+    assert cube.calibration.origin_px == (32.0, 32.0) and cube.calibration.pixel_size_inv_A == 0.04
     assert 0.5 < cube.data.sum(axis=(2, 3)).min() <= cube.data.sum(axis=(2, 3)).max() <= 1.0 + 1e-6
     assert not np.array_equal(cube.data[0, 0], cube.data[0, 1])  # thickness differs along columns
 
@@ -202,7 +202,7 @@ def test_grains_through_the_script(tmp_path):
         "scan.thickness_nm=[1.0]",
         "sampling=fast",
         "detector.shape=[48,48]",
-        "detector.pixel_size=0.06",
+        "detector.pixel_size_inv_A=0.06",
     ]
     proc = simulate(*args, f"scan.path={tmp_path / 'g.zarr'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

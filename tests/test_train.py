@@ -41,7 +41,7 @@ def tiny_dataset(tmp_path_factory):
             "structure.names=[Si,Cu]",
             "sampling=fast",
             "detector.shape=[32,32]",
-            "detector.pixel_size=0.06",
+            "detector.pixel_size_inv_A=0.06",
             "dataset.num_patterns=16",
             "dataset.chunk_runs=2",
             f"dataset.path={out}",

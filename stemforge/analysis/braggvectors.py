@@ -97,17 +97,15 @@ class BraggVectors:
     def q_invA(self, peaks: np.ndarray | None = None, origin_px=None) -> np.ndarray:
         """Peak positions as ``(kx, ky)`` in Å⁻¹ relative to the origin (calibrated, else the detector centre).
 
-        Needs ``calibration.q_pixel_size``; rows of the result follow ``peaks`` (default: all peaks).
+        Needs ``calibration.pixel_size_inv_A``; rows of the result follow ``peaks`` (default: all peaks).
         """
         p = self.peaks if peaks is None else peaks
-        if self.calibration.q_pixel_size is None:
-            raise AnalysisError("the Bragg vectors carry no Å⁻¹/px calibration (calibration.q_pixel_size is None)")
+        s = self.calibration.check_pixel_size()
         if origin_px is None:
             origin_px = self.calibration.origin_px or (self.detector_shape[0] // 2, self.detector_shape[1] // 2)
         o = np.broadcast_to(np.asarray(origin_px, dtype=np.float64), (*np.shape(origin_px)[:-1], 2))
         if o.ndim == 3:  # per-position origin map (Rx, Ry, 2)
             o = o[p["rx"], p["ry"]]
-        s = float(self.calibration.q_pixel_size)
         return np.stack([(p["col"] - o[..., 1]) * s, (p["row"] - o[..., 0]) * s], axis=-1)
 
     def __repr__(self) -> str:

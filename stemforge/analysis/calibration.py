@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from stemforge.core.streaming import stream_scan
+from stemforge.core.subpixel import parabola_offset
+
 from .braggvectors import BraggVectors
 from .datacube import AnalysisError, Calibration, as_datacube
-from .streaming import check_finite, iter_scan_blocks
 
 
 def origin_map(
@@ -40,8 +42,6 @@ def origin_map(
     probe : array (H, W), optional
         Vacuum probe for ``correlation`` (default ``data.probe``, else the direct beam of the mean pattern).
     """
-    from tqdm.auto import tqdm
-
     from .virtual import mean_pattern
 
     cube = as_datacube(data)
@@ -60,16 +60,13 @@ def origin_map(
     if method == "correlation":
         import scipy.fft
 
-        from .disks import _parabola
         from .probe import probe_from_data, probe_template
 
         if probe is None:
             probe = cube.probe if cube.probe is not None else probe_from_data(cube)
         tft = np.conj(scipy.fft.rfft2(probe_template(probe, "flat")))
     out = np.full((*cube.scan_shape, 2), np.nan)
-    bar = tqdm(total=int(np.prod(cube.scan_shape)), desc="origin", unit="pattern", disable=not progress)
-    for (r0, r1, c0, c1), block in iter_scan_blocks(cube.data):
-        check_finite(block, r0, c0)
+    for (r0, r1, c0, c1), block in stream_scan(cube.data, progress=progress, desc="origin"):
         flat = block.reshape(-1, H, W)
         if method == "com":
             w = flat * mask
@@ -82,12 +79,10 @@ def origin_map(
             corr = scipy.fft.irfft2(scipy.fft.rfft2(flat) * tft, s=(H, W))
             i, j = np.unravel_index(np.where(mask, corr, -np.inf).reshape(len(corr), -1).argmax(1), (H, W))
             b = np.arange(len(corr))
-            di = _parabola(corr[b, (i - 1) % H, j], corr[b, i, j], corr[b, (i + 1) % H, j])
-            dj = _parabola(corr[b, i, (j - 1) % W], corr[b, i, j], corr[b, i, (j + 1) % W])
+            di = parabola_offset(corr[b, (i - 1) % H, j], corr[b, i, j], corr[b, (i + 1) % H, j])
+            dj = parabola_offset(corr[b, i, (j - 1) % W], corr[b, i, j], corr[b, i, (j + 1) % W])
             o = np.stack([i + di, j + dj], -1)
         out[r0:r1, c0:c1] = o.reshape(r1 - r0, c1 - c0, 2)
-        bar.update(len(flat))
-    bar.close()
     return out
 
 

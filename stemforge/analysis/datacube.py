@@ -1,89 +1,30 @@
 """The 4D-STEM data type of the analysis stage: a (lazy) array with its calibration.
 
-Conventions (the same as :mod:`stemforge.sim.detector`)
----------------------------------------------
+Conventions (those of :mod:`stemforge.core.calibration`)
+-------------------------------------------------------
 A :class:`DataCube` holds ``data`` of shape ``(Rx, Ry, H, W)``: two scan axes (``Rx`` = scan rows, ``Ry`` = scan
 columns) then a detector image indexed ``[row, col]``. Detector pixel ``(row, col)`` maps to the spatial
-frequency ``k = ((col - origin_col)·p, (row - origin_row)·p)`` in Å⁻¹ with ``p`` = ``q_pixel_size`` Å⁻¹/px.
-Simulated data from :mod:`sim` has its origin at ``(H//2, W//2)``; experimental data has it wherever the
+frequency ``k = ((col - origin_col)·p, (row - origin_row)·p)`` in Å⁻¹ with ``p`` = ``pixel_size_inv_A`` Å⁻¹/px.
+Simulated data from :mod:`stemforge.sim` has its origin at ``(H//2, W//2)``; experimental data has it wherever the
 beam fell, found by :func:`stemforge.analysis.calibration` functions. ``data`` may be a numpy or a dask array; every
 function of the analysis stage accepts both and streams dask arrays chunk by chunk.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from stemforge.core.calibration import Calibration
+from stemforge.core.errors import DataError
 
-class AnalysisError(ValueError):
-    """Bad input to an analysis function (message is one line)."""
+__all__ = ["AnalysisError", "Calibration", "DataCube", "as_datacube"]
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """What a scan's numbers mean. ``None`` marks a value the file did not record.
-
-    Parameters
-    ----------
-    q_pixel_size : float or None
-        Detector pixel size in Å⁻¹/px (at the specimen).
-    energy_eV : float or None
-        Beam energy in eV.
-    semiangle_mrad : float or None
-        Probe convergence semi-angle α in mrad.
-    scan_step_A : tuple of float or None
-        Probe step ``(row, col)`` between scan positions in Å.
-    origin_px : tuple of float or None
-        ``(row, col)`` of the undiffracted beam on the detector (px); ``None``: not yet calibrated.
-    ellipticity : tuple of float or None
-        ``(a, b, theta_rad)`` of the detector's elliptical distortion (semi-axes ratio as a/b; angle of a from
-        the column axis), ``None`` when not measured.
-    rotation_deg : float
-        Rotation of the detector's axes relative to the scan axes (degrees).
-    source : dict
-        What the file recorded, in its own units (format, axes, header values); not compared, not in the repr.
-    """
-
-    q_pixel_size: float | None = None
-    energy_eV: float | None = None
-    semiangle_mrad: float | None = None
-    scan_step_A: tuple[float, float] | None = None
-    origin_px: tuple[float, float] | None = None
-    ellipticity: tuple[float, float, float] | None = None
-    rotation_deg: float = 0.0
-    source: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def with_(self, **changes) -> Calibration:
-        """A copy with some values changed."""
-        return replace(self, **changes)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("scan_step_A", "origin_px", "ellipticity"):
-            if d[k] is not None:
-                d[k] = [float(v) for v in d[k]]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Calibration:
-        d = dict(d)
-        for k in ("scan_step_A", "origin_px", "ellipticity"):
-            if d.get(k) is not None:
-                d[k] = tuple(float(v) for v in d[k])
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    @property
-    def wavelength_A(self) -> float | None:
-        """Relativistic electron wavelength in Å, or ``None`` without an energy."""
-        if self.energy_eV is None:
-            return None
-        m0c2, hc = 510998.95, 12398.419843
-        e = float(self.energy_eV)
-        return hc / math.sqrt(e * (2 * m0c2 + e))
+#: Bad input to an analysis function (message is one line): :class:`stemforge.core.errors.DataError` by the name
+#: the analysis stage has always used, so ``except AnalysisError`` also catches what the shared streamer raises.
+AnalysisError = DataError
 
 
 @dataclass

@@ -21,9 +21,11 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
+from stemforge.core.streaming import stream_scan
+from stemforge.core.subpixel import parabola_offset, refine_maxima
+
 from .braggvectors import PEAK_DTYPE, BraggVectors
 from .datacube import AnalysisError, as_datacube
-from .streaming import check_finite, iter_scan_blocks
 
 SUBPIXEL = ("parabola", "upsample", "com", "none")
 
@@ -152,7 +154,6 @@ def find_bragg_disks_classical(
     if template.shape != (H, W):
         raise AnalysisError(f"template shape {template.shape} differs from the detector {(H, W)}")
     tft = scipy.fft.rfft2(template)
-    from tqdm.auto import tqdm
 
     opts = dict(
         rel=float(min_relative_intensity),
@@ -164,9 +165,8 @@ def find_bragg_disks_classical(
         up=int(upsample_factor),
     )
     parts = []
-    bar = tqdm(total=int(np.prod(cube.scan_shape)), desc="classical disks", unit="pattern", disable=not progress)
-    for (r0, r1, c0, c1), block in iter_scan_blocks(cube.data, max(int(batch_size), 1)):
-        check_finite(block, r0, c0)
+    blocks = stream_scan(cube.data, max(int(batch_size), 1), progress=progress, desc="classical disks")
+    for (r0, r1, c0, c1), block in blocks:
         flat = block.reshape(-1, H, W)
         pos = [(i, j) for i in range(r0, r1) for j in range(c0, c1)]
         for s in range(0, len(flat), max(int(batch_size), 1)):
@@ -175,8 +175,6 @@ def find_bragg_disks_classical(
                 corr = ndimage.gaussian_filter(corr, (0, sigma_px, sigma_px))
                 spec = None  # the smoothed map is no longer the spectrum's transform
             parts.extend(_peaks_batch(corr, spec, pos[s : s + batch_size], opts))
-            bar.update(len(corr))
-    bar.close()
     peaks = np.concatenate(parts) if parts else np.zeros(0, PEAK_DTYPE)
     return BraggVectors(
         cube.scan_shape,
@@ -229,13 +227,6 @@ def _spaced(rr, cc, spacing, max_peaks):
     return np.asarray(keep, dtype=int)
 
 
-def _parabola(fm, f0, fp):
-    den = fm - 2 * f0 + fp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        off = np.where(den < 0, 0.5 * (fm - fp) / np.where(den < 0, den, -1.0), 0.0)
-    return np.clip(off, -0.5, 0.5)
-
-
 def _refine(c, spec, rr, cc, vals, o):
     H, W = c.shape
     if not len(rr) or o["subpixel"] == "none":
@@ -248,8 +239,7 @@ def _refine(c, spec, rr, cc, vals, o):
         tot = np.maximum(wgt.sum((1, 2)), 1e-30)
         return rr + (wgt * dy).sum((1, 2)) / tot, cc + (wgt * dx).sum((1, 2)) / tot
     # neighbours wrap around (the correlation is periodic), so peaks at the edge are refined too
-    row = rr + _parabola(c[(rr - 1) % H, cc], c[rr, cc], c[(rr + 1) % H, cc])
-    col = cc + _parabola(c[rr, (cc - 1) % W], c[rr, cc], c[rr, (cc + 1) % W])
+    row, col = refine_maxima(c, rr, cc, wrap=True)
     if o["subpixel"] == "upsample" and spec is not None:
         row, col = _upsampled(spec, (H, W), row, col, o["up"])
     return row, col
@@ -276,8 +266,8 @@ def _upsampled(spec, shape, row, col, up):
     ia, ib = np.unravel_index(flat, (n, n))
     ia, ib = np.clip(ia, 1, n - 2), np.clip(ib, 1, n - 2)
     p = np.arange(P)
-    dy = _parabola(loc[p, ia - 1, ib], loc[p, ia, ib], loc[p, ia + 1, ib])
-    dx = _parabola(loc[p, ia, ib - 1], loc[p, ia, ib], loc[p, ia, ib + 1])
+    dy = parabola_offset(loc[p, ia - 1, ib], loc[p, ia, ib], loc[p, ia + 1, ib])
+    dx = parabola_offset(loc[p, ia, ib - 1], loc[p, ia, ib], loc[p, ia, ib + 1])
     return row + (ia - n // 2 + dy) / up, col + (ib - n // 2 + dx) / up
 
 
@@ -307,12 +297,8 @@ def flat_disk_peaks(pattern: np.ndarray, radius_px: float, rel: float = 1e-4) ->
         np.asarray(pattern, dtype=float), (np.hypot(yy, xx) <= radius_px).astype(float), mode="constant"
     )
     peak = (c == ndimage.maximum_filter(c, size=int(2 * radius_px) + 1)) & (c > rel * c.max())
-    out = []
-    for i, j in np.argwhere(peak):
-        if 0 < i < c.shape[0] - 1 and 0 < j < c.shape[1] - 1:
-            sub = [
-                _parabola(m, z, p)
-                for m, z, p in ((c[i - 1, j], c[i, j], c[i + 1, j]), (c[i, j - 1], c[i, j], c[i, j + 1]))
-            ]
-            out.append((i + sub[0], j + sub[1], c[i, j]))
-    return np.array(out).reshape(-1, 3)
+    i, j = np.argwhere(peak).T
+    inside = (i > 0) & (i < c.shape[0] - 1) & (j > 0) & (j < c.shape[1] - 1)
+    i, j = i[inside], j[inside]
+    row, col = refine_maxima(c, i, j)
+    return np.stack([row, col, c[i, j]], 1).reshape(-1, 3)

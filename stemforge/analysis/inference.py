@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stemforge.core.streaming import stream_patterns
+from stemforge.core.subpixel import refine_maxima
+
 from .braggvectors import PEAK_DTYPE, BraggVectors
 from .datacube import AnalysisError, Calibration, DataCube, as_datacube
 
@@ -59,9 +62,9 @@ class GridMap:
     """
 
     model_shape: tuple[int, int]
-    model_pixel: float
+    model_pixel_size_inv_A: float
     data_shape: tuple[int, int]
-    data_pixel: float
+    data_pixel_size_inv_A: float
     origin_px: tuple[float, float]
 
     @property
@@ -69,14 +72,14 @@ class GridMap:
         hm, wm = self.model_shape
         return (
             self.model_shape == self.data_shape
-            and math.isclose(self.model_pixel, self.data_pixel, rel_tol=1e-6)
+            and math.isclose(self.model_pixel_size_inv_A, self.data_pixel_size_inv_A, rel_tol=1e-6)
             and np.allclose(self.origin_px, (hm // 2, wm // 2), atol=1e-6)
         )
 
     @property
     def scale(self) -> float:
         """Scan pixels per model pixel."""
-        return self.model_pixel / self.data_pixel
+        return self.model_pixel_size_inv_A / self.data_pixel_size_inv_A
 
     def model_to_data(self, row, col):
         """Model-grid pixel positions → scan detector pixel positions."""
@@ -128,11 +131,7 @@ def check_calibration(cube: DataCube, model, allow_out_of_range: bool = False) -
             f"model card of {getattr(model, 'name', 'model')} records no input shape / "
             "pixel_size_inv_A; cannot match the scan's calibration to it"
         )
-    if cal.q_pixel_size is None:
-        raise AnalysisError(
-            "the scan has no detector calibration (Å⁻¹/px); set it, e.g. "
-            "cube.calibration = cube.calibration.with_(q_pixel_size=0.03)"
-        )
+    data_pixel = cal.check_pixel_size()
     name = getattr(model, "name", "the model")
     for key, value, unit in (("energy_eV", cal.energy_eV, "eV"), ("semiangle_mrad", cal.semiangle_mrad, "mrad")):
         rng = spec.get(key)
@@ -149,7 +148,7 @@ def check_calibration(cube: DataCube, model, allow_out_of_range: bool = False) -
         shape,
         float(spec["pixel_size_inv_A"]),
         cube.detector_shape,
-        float(cal.q_pixel_size),
+        data_pixel,
         tuple(float(v) for v in cube.origin_px),
     )
 
@@ -178,35 +177,6 @@ def _probe_image(cube: DataCube, probe) -> np.ndarray:
     return probe
 
 
-def _batches(cube: DataCube, batch_size: int, progress: bool, desc: str):
-    """Yield ``(flat_indices, patterns (B, H, W) float32)`` row by row, in batches; the last may be partial."""
-    from tqdm.auto import tqdm
-
-    rx_n, ry_n = cube.scan_shape
-    buf, idx = [], []
-    bar = tqdm(total=rx_n * ry_n, desc=desc, unit="pattern", disable=not progress)
-    for rx in range(rx_n):
-        row = np.asarray(cube.data[rx], dtype=np.float32)  # one scan row at a time (dask: computes only this row)
-        for ry in range(ry_n):
-            buf.append(row[ry])
-            idx.append(rx * ry_n + ry)
-            if len(buf) == batch_size:
-                yield np.asarray(idx), np.stack(buf)
-                bar.update(len(buf))
-                buf, idx = [], []
-    if buf:
-        yield np.asarray(idx), np.stack(buf)
-        bar.update(len(buf))
-    bar.close()
-
-
-def _check_finite(stack: np.ndarray, idx: np.ndarray, scan_shape) -> None:
-    bad = ~np.isfinite(stack).all(axis=(1, 2))
-    if bad.any():
-        rx, ry = np.unravel_index(int(idx[np.argmax(bad)]), scan_shape)
-        raise AnalysisError(f"pattern at scan position ({rx}, {ry}) holds NaN or Inf; mask or replace it first")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Bragg disks
 # ----------------------------------------------------------------------------------------------------------------
@@ -227,25 +197,6 @@ def _sample_maps(model, pattern, probe, mc_samples: int):
                 return np.stack([net(pattern, probe).float()[:, 0].cpu().numpy() for _ in range(mc_samples)])
         finally:
             net.train(was_training)
-
-
-def _refine_at(maps: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-pixel positions of ``maps`` ``(n, H, W)`` around integer pixels: a 3-point parabola through the log
-    values per axis (exact for Gaussian blobs), clipped to ±0.5 px. Returns ``(n, P)`` row and column offsets."""
-    h, w = maps.shape[1:]
-    r = np.clip(rows, 1, h - 2)
-    c = np.clip(cols, 1, w - 2)
-
-    def offset(fm, f0, fp):
-        fm, f0, fp = (np.log(np.clip(v, 1e-12, None)) for v in (fm, f0, fp))
-        den = fm - 2 * f0 + fp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            off = np.where(den < 0, (fm - fp) / (2 * np.where(den < 0, den, -1.0)), 0.0)
-        return np.clip(off, -0.5, 0.5)
-
-    dy = offset(maps[:, r - 1, c], maps[:, r, c], maps[:, r + 1, c])
-    dx = offset(maps[:, r, c - 1], maps[:, r, c], maps[:, r, c + 1])
-    return r + dy, c + dx
 
 
 def find_bragg_disks_ml(
@@ -317,10 +268,8 @@ def find_bragg_disks_ml(
     n_mc = int(mc_samples)
     parts = []
     hm, wm = grid.model_shape
-    for idx, stack in _batches(
-        cube, int(batch_size), progress, f"ML disks ({reg.name if hasattr(reg, 'name') else 'model'})"
-    ):
-        _check_finite(stack, idx, cube.scan_shape)
+    desc = f"ML disks ({reg.name if hasattr(reg, 'name') else 'model'})"
+    for idx, stack in stream_patterns(cube.data, int(batch_size), progress=progress, desc=desc):
         pm = torch.from_numpy(_to_model_grid(stack, grid, matrix))
         pattern_t, probe_b = reg.preprocess(pm, probe_img)
         probe_b = probe_t.expand(pattern_t.shape[0], -1, -1, -1)  # a view: no per-pattern copy
@@ -348,7 +297,8 @@ def find_bragg_disks_ml(
             row, col = grid.model_to_data(pk[:, 1], pk[:, 0])
             p["row"], p["col"], p["intensity"] = row, col, pk[:, 2]
             if n_mc > 1 and len(pk):
-                rr, cc = _refine_at(maps[:, b], np.rint(pk[:, 1]).astype(int), np.rint(pk[:, 0]).astype(int))
+                rows, cols = np.rint(pk[:, 1]).astype(int), np.rint(pk[:, 0]).astype(int)
+                rr, cc = refine_maxima(maps[:, b], rows, cols, log=True)  # (n_mc, P): exact for Gaussian blobs
                 p["sigma_px"] = np.sqrt(rr.var(0) + cc.var(0)) * grid.scale
             else:
                 p["sigma_px"] = np.nan
@@ -358,7 +308,7 @@ def find_bragg_disks_ml(
         "model": f"{getattr(reg, 'name', '?')}:{getattr(reg, 'version', '?')}",
         "mc_samples": n_mc,
         "label": reg.card.get("labels", {}).get("definition"),
-        "model_pixel_size_inv_A": grid.model_pixel,
+        "model_pixel_size_inv_A": grid.model_pixel_size_inv_A,
         "resampled": not grid.identity,
     }
     return BraggVectors(cube.scan_shape, cube.detector_shape, peaks, cube.calibration, "ml", info)
@@ -402,14 +352,15 @@ def predict_property_map(
     matrix = None if grid.identity else grid.matrix()
     probe_img = _to_model_grid(_probe_image(cube, probe)[None], grid, matrix)
     _, probe_t = reg.preprocess(probe_img, probe_img)
-    outputs = []
-    for idx, stack in _batches(cube, int(batch_size), progress, f"ML {family}"):
-        _check_finite(stack, idx, cube.scan_shape)
+    y = None
+    for idx, stack in stream_patterns(cube.data, int(batch_size), progress=progress, desc=f"ML {family}"):
         pattern_t, _ = reg.preprocess(_to_model_grid(stack, grid, matrix), probe_img)
         with torch.no_grad():
-            y = reg.net(pattern_t, probe_t.expand(pattern_t.shape[0], -1, -1, -1)).float().cpu().numpy()
-        outputs.append(y)
-    y = np.concatenate(outputs).reshape(*cube.scan_shape, *outputs[0].shape[1:])
+            out = reg.net(pattern_t, probe_t.expand(pattern_t.shape[0], -1, -1, -1)).float().cpu().numpy()
+        if y is None:
+            y = np.empty((int(np.prod(cube.scan_shape)), *out.shape[1:]), np.float32)
+        y[idx] = out  # batches come in the scan's chunk order; idx places them
+    y = y.reshape(*cube.scan_shape, *y.shape[1:])
     if family == "thickness":
         return {"thickness_nm": y}
     if family == "phase":

@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from stemforge.core.jsonable import to_jsonable
+
 from .datacube import AnalysisError, Calibration, DataCube, as_datacube
-from .io_formats import FileArray, check_4d, jsonable, load_hdf5, scan_chunks
+from .io_formats import MAX_ATTR_ITEMS, FileArray, check_4d, load_hdf5, scan_chunks
 from .io_rsciio import load_rsciio
 
 FORMAT = "datacube/1"
@@ -298,10 +300,11 @@ def save(cube, path, *, overwrite: bool = False, progress: bool | None = None) -
         g.create_array("probe", data=np.asarray(cube.probe, dtype=np.float32))
     for name, arr in gt.items():
         g.create_array(f"ground_truth/{name}", data=arr)
-    attrs = {k: jsonable(cube.metadata[k]) for k in _SAVED_KEYS if k in cube.metadata}
-    attrs["calibration"] = jsonable(cube.calibration.as_dict())
-    attrs["saved_from"] = jsonable(
-        {k: cube.metadata.get(k) for k in ("path", "format", "dataset") if cube.metadata.get(k) is not None}
+    attrs = {k: to_jsonable(cube.metadata[k], MAX_ATTR_ITEMS) for k in _SAVED_KEYS if k in cube.metadata}
+    attrs["calibration"] = to_jsonable(cube.calibration.as_dict(), MAX_ATTR_ITEMS)
+    attrs["saved_from"] = to_jsonable(
+        {k: cube.metadata.get(k) for k in ("path", "format", "dataset") if cube.metadata.get(k) is not None},
+        MAX_ATTR_ITEMS,
     )
     g.attrs.update(attrs)
     g.attrs["complete"] = True

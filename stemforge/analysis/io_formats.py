@@ -16,23 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from stemforge.core.jsonable import to_jsonable
+from stemforge.core.units import length_to_A, reciprocal_to_inv_A, wavelength_A
+
 from .datacube import AnalysisError, Calibration, DataCube
 
-# length units -> Å
-_LENGTH_A = {
-    "pm": 0.01,
-    "a": 1.0,
-    "å": 1.0,
-    "ang": 1.0,
-    "angstrom": 1.0,
-    "nm": 10.0,
-    "µm": 1e4,
-    "um": 1e4,
-    "mm": 1e7,
-    "cm": 1e8,
-    "m": 1e10,
-}
-_ANGLE_RAD = {"mrad": 1e-3, "rad": 1.0, "µrad": 1e-6, "urad": 1e-6}
 CHUNK_BYTES = 32 * 2**20
 
 
@@ -41,54 +29,8 @@ def as_str(v) -> str:
     return v.decode(errors="replace") if isinstance(v, (bytes, np.bytes_)) else str(v)
 
 
-def _unit(unit) -> str:
-    u = as_str(unit if unit is not None else "").strip().lower()
-    u = u.replace(" ", "").replace("μ", "µ").replace("⁻¹", "^-1").replace("**", "^")
-    return u[1:-1] if u.startswith("[") and u.endswith("]") else u
-
-
-def length_to_A(value: float, unit) -> float | None:
-    """A length in ``unit`` (pm, Å/A, nm, µm, mm, cm, m) in Å; ``None`` when ``unit`` is not a length unit."""
-    f = _LENGTH_A.get(_unit(unit))
-    return None if f is None else float(value) * f
-
-
-def reciprocal_to_invA(value: float, unit, energy_eV: float | None = None) -> float | None:
-    """A spatial frequency (``1/nm``, ``nm^-1``, ``1/Å``, ``A^-1``...) or a scattering angle (mrad, rad) in Å⁻¹.
-
-    Angles become ``k = θ/λ`` with the relativistic wavelength λ (Å) of ``energy_eV``; ``None`` when the unit is
-    neither, or an angle is given without an energy.
-    """
-    u = _unit(unit)
-    length = u[2:] if u.startswith("1/") else u[:-3] if u.endswith("^-1") else None
-    if length is not None:
-        f = _LENGTH_A.get(length)
-        return None if f is None else float(value) / f
-    rad = _ANGLE_RAD.get(u)
-    if rad is None or not energy_eV:
-        return None
-    return float(value) * rad / Calibration(energy_eV=float(energy_eV)).wavelength_A
-
-
-def jsonable(obj, max_items: int = 4096):
-    """``obj`` with numpy scalars, small arrays, bytes and tuples turned into JSON types (for zarr attrs)."""
-    if isinstance(obj, dict):
-        return {as_str(k): jsonable(v, max_items) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v, max_items) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist(), max_items) if obj.size <= max_items else f"<array {obj.shape} {obj.dtype}>"
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    if isinstance(obj, (bytes, np.bytes_)):
-        return as_str(obj)
-    return str(obj)
+#: Arrays of more values than this are summarised (shape, dtype) when file metadata becomes JSON attributes.
+MAX_ATTR_ITEMS = 4096
 
 
 def one_pixel_size(values) -> float | None:
@@ -243,15 +185,17 @@ def _calibration_near(f, ds) -> tuple[Calibration, dict]:
     """The calibration of ``ds``: py4DSTEM/emdfile ``metadatabundle/calibration`` in its group or an ancestor,
     else its EMD ``dim`` vectors."""
     grp = ds.parent
-    dims = _dims_calibration(grp)
     node = grp
     while True:
         cal = node.get("metadatabundle/calibration")
-        if cal is not None:
-            return _emdfile_calibration(_scalars(cal), cal.name, dims), {"format": "emdfile"}
+        if cal is not None:  # its beam energy converts dimension vectors in mrad
+            c = _scalars(cal)
+            dims = _dims_calibration(grp, _beam_energy_eV(c))
+            return _emdfile_calibration(c, cal.name, dims), {"format": "emdfile"}
         if node.name == "/":
             break
         node = node.parent
+    dims = _dims_calibration(grp)
     if dims.source:
         return dims, {"format": "emd" if grp.attrs.get("emd_group_type") is not None else "hdf5"}
     return Calibration(source={"format": "hdf5"}), {"format": "hdf5"}
@@ -270,7 +214,8 @@ def _axis(vec) -> tuple[float | None, float | None]:
 
 def _dims_calibration(grp, energy_eV: float | None = None) -> Calibration:
     """Scan step (Å) and detector sampling (Å⁻¹/px, origin) from EMD dimension vectors ``dim0..dim3`` (emdfile)
-    or ``dim1..dim4`` (EMD 0.2) with ``units`` attributes."""
+    or ``dim1..dim4`` (EMD 0.2) with ``units`` attributes; detector vectors in mrad are converted with the
+    wavelength of ``energy_eV`` (left uncalibrated without one)."""
     start = 0 if "dim0" in grp else 1
     dims = [grp.get(f"dim{start + i}") for i in range(4)]
     if any(d is None or d.ndim != 1 or d.dtype.kind not in "iuf" for d in dims):
@@ -278,12 +223,12 @@ def _dims_calibration(grp, energy_eV: float | None = None) -> Calibration:
     steps, zeros = zip(*(_axis(d[:]) for d in dims))
     units = [as_str(d.attrs.get("units", "")) for d in dims]
     r = [None if s is None else length_to_A(s, u) for s, u in zip(steps[:2], units[:2])]
-    q = [None if s is None else reciprocal_to_invA(s, u, energy_eV) for s, u in zip(steps[2:], units[2:])]
+    q = [None if s is None else reciprocal_to_inv_A(s, u, energy_eV) for s, u in zip(steps[2:], units[2:])]
     origin = None  # a Q vector starting at 0 means "not calibrated"
     if None not in q and (zeros[2] != 0 or zeros[3] != 0):
         origin = (zeros[2], zeros[3])
     return Calibration(
-        q_pixel_size=one_pixel_size(q),
+        pixel_size_inv_A=one_pixel_size(q),
         scan_step_A=None if None in r else (r[0], r[1]),
         origin_px=origin,
         energy_eV=energy_eV,
@@ -291,28 +236,33 @@ def _dims_calibration(grp, energy_eV: float | None = None) -> Calibration:
     )
 
 
+def _beam_energy_eV(c: dict) -> float | None:
+    """The beam energy (eV) of py4DSTEM calibration metadata (``beam_energy``), if recorded."""
+    energy = num(c.get("beam_energy")) or num(c.get("energy_eV"))
+    return float(energy) if energy else None
+
+
 def _emdfile_calibration(c: dict, where: str, dims: Calibration) -> Calibration:
     """py4DSTEM Calibration metadata: ``Q_pixel_size`` in ``Q_pixel_units`` (A^-1, mrad, pixels), ``R_pixel_size``
     in ``R_pixel_units``, origin ``qx0_mean``/``qy0_mean`` (px; qx = detector rows), ``QR_rotation_degrees``,
     ``probe_convergence_semiangle_mrad``. The ellipse (a, b, theta) is kept in ``source`` only (py4DSTEM's angle
     convention differs)."""
-    energy = c.get("beam_energy") or c.get("energy_eV")
-    energy = float(energy) if energy else None
+    energy = _beam_energy_eV(c)
     qu, ru = as_str(c.get("Q_pixel_units", "pixels")), as_str(c.get("R_pixel_units", "pixels"))
-    q = reciprocal_to_invA(c["Q_pixel_size"], qu, energy) if "Q_pixel_size" in c else None
+    q = reciprocal_to_inv_A(c["Q_pixel_size"], qu, energy) if "Q_pixel_size" in c else None
     r = length_to_A(c["R_pixel_size"], ru) if "R_pixel_size" in c else None
     origin = None
     if num(c.get("qx0_mean")) is not None and num(c.get("qy0_mean")) is not None:
         origin = (num(c["qx0_mean"]), num(c["qy0_mean"]))
     alpha = num(c.get("probe_convergence_semiangle_mrad"))
     return Calibration(
-        q_pixel_size=q if q is not None else dims.q_pixel_size,
+        pixel_size_inv_A=q if q is not None else dims.pixel_size_inv_A,
         energy_eV=energy,
         semiangle_mrad=alpha,
         scan_step_A=(r, r) if r is not None else dims.scan_step_A,
         origin_px=origin or dims.origin_px,
         rotation_deg=num(c.get("QR_rotation_degrees")) or 0.0,
-        source={"format": "emdfile", "group": where, **jsonable(c)},
+        source={"format": "emdfile", "group": where, **to_jsonable(c, MAX_ATTR_ITEMS)},
     )
 
 
@@ -333,12 +283,12 @@ def _prismatic(f, p, depth: int) -> tuple[str, Calibration, dict]:
     i = int(depth) % len(cubes)
     grp = base[cubes[i]]
     pg = f.get("4DSTEM_simulation/metadata/metadata_0/original/simulation_parameters")
-    params = {k: jsonable(v) for k, v in (pg.attrs.items() if pg is not None else [])}
+    params = {k: to_jsonable(v, MAX_ATTR_ITEMS) for k, v in (pg.attrs.items() if pg is not None else [])}
     energy = float(params["E"]) * 1e3 if params.get("E") else None  # keV
     steps, origin = zip(*(_axis(grp[d][:]) for d in ("dim1", "dim2", "dim3", "dim4")))
     units = [as_str(grp[d].attrs.get("units", "")) for d in ("dim1", "dim2", "dim3", "dim4")]
     q = [
-        s if s is None or "mrad" not in u else reciprocal_to_invA(s, "mrad", energy)
+        s if s is None or "mrad" not in u else reciprocal_to_inv_A(s, "mrad", energy)
         for s, u in zip(steps[2:], units[2:])
     ]
     rx, ry = params.get("rx"), params.get("ry")  # probe steps (Å): the scan step of a single-position axis
@@ -350,9 +300,9 @@ def _prismatic(f, p, depth: int) -> tuple[str, Calibration, dict]:
     else:
         depth_A = None
     qp = one_pixel_size(q)
-    lam = Calibration(energy_eV=energy).wavelength_A
+    lam = wavelength_A(energy) if energy else None
     cal = Calibration(
-        q_pixel_size=qp,
+        pixel_size_inv_A=qp,
         energy_eV=energy,
         semiangle_mrad=float(params["sa"]) if params.get("sa") else None,
         scan_step_A=None if None in r else (r[0], r[1]),

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from stemforge.core.jsonable import to_jsonable
+from stemforge.core.units import length_to_A, reciprocal_to_inv_A, wavelength_A
+
 from .datacube import AnalysisError, Calibration, DataCube
-from .io_formats import check_4d, jsonable, length_to_A, num, one_pixel_size, reciprocal_to_invA
+from .io_formats import MAX_ATTR_ITEMS, check_4d, num, one_pixel_size
 
 RSCIIO_PLUGINS = {
     "merlin": "quantumdetector",
@@ -85,7 +88,8 @@ def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None, r
     scales = [num(a.get("scale", 1.0)) for a in axes]  # None: a non-uniform axis
     step = [None if sc is None else length_to_A(sc, a.get("units")) for sc, a in zip(scales[:2], axes[:2])]
     q = [
-        None if sc is None else reciprocal_to_invA(sc, a.get("units"), energy_eV) for sc, a in zip(scales[2:], axes[2:])
+        None if sc is None else reciprocal_to_inv_A(sc, a.get("units"), energy_eV)
+        for sc, a in zip(scales[2:], axes[2:])
     ]
     offsets = [num(a.get("offset")) or 0.0 for a in axes[2:]]
     origin = None  # k = 0 at index -offset/scale; a zero offset means "not calibrated"
@@ -93,20 +97,21 @@ def cube_from_signals(signals: list[dict], path, reader: str, scan_shape=None, r
         origin = (-offsets[0] / scales[2], -offsets[1] / scales[3])
     source = {
         "format": reader,
-        "axes": jsonable(
-            [{k: a.get(k) for k in ("name", "size", "scale", "offset", "units", "navigate")} for a in axes]
+        "axes": to_jsonable(
+            [{k: a.get(k) for k in ("name", "size", "scale", "offset", "units", "navigate")} for a in axes],
+            MAX_ATTR_ITEMS,
         ),
         "beam_energy_keV": energy,
         "convergence_angle_mrad": alpha,
-        "camera_length": jsonable(tem.get("camera_length")),
-        "scan_rotation_deg": jsonable(tem.get("rotation")),
+        "camera_length": to_jsonable(tem.get("camera_length"), MAX_ATTR_ITEMS),
+        "scan_rotation_deg": to_jsonable(tem.get("rotation"), MAX_ATTR_ITEMS),
     }
     if None in q and reader == "blockfile":
         q = _blockfile_q(s.get("original_metadata") or {}, scales[2:], axes[2:], energy_eV, source)
     if None in q and scales[3] is not None and axes[3].get("units"):
         source["detector_pixel"] = f"{scales[3]:.6g} {axes[3]['units']} (not converted to Å⁻¹)"
     cal = Calibration(
-        q_pixel_size=one_pixel_size(q),
+        pixel_size_inv_A=one_pixel_size(q),
         energy_eV=energy_eV,
         semiangle_mrad=alpha,
         scan_step_A=None if None in step else (step[0], step[1]),
@@ -134,13 +139,13 @@ def _blockfile_q(om: dict, scales, axes, energy_eV, source: dict) -> list:
     when the header lacks either or there is no beam energy."""
     header = om.get("blockfile_header") or {}
     cl_mm = (num(header.get("Camera_length")) or 0.0) / 10.0
-    lam = Calibration(energy_eV=energy_eV).wavelength_A if energy_eV else None
+    lam = wavelength_A(energy_eV) if energy_eV else None
     px_mm = [None if sc is None else length_to_A(sc, a.get("units")) for sc, a in zip(scales, axes)]
     if not cl_mm or not lam or None in px_mm:
         return [None, None]
     px_mm = [v * 1e-7 for v in px_mm]  # Å -> mm
     q = [v / cl_mm / lam for v in px_mm]
-    source["q_pixel_size_from"] = (
+    source["pixel_size_from"] = (
         f"camera-plane pixel {px_mm[1]:.6g} mm / nominal camera length {cl_mm:g} mm "
         f"= {px_mm[1] / cl_mm * 1e3:.6g} mrad/px at λ = {lam:.6g} Å"
     )

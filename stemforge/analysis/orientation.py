@@ -1,7 +1,7 @@
 """Orientation mapping (ACOM): match each pattern's Bragg vectors to a kinematic template library.
 
 For every scan position the measured peaks (from :class:`BraggVectors`, in px, calibrated to Å⁻¹ with
-``q_pixel_size`` and the origin) are correlated with every template of an :class:`OrientationLibrary` at every
+``pixel_size_inv_A`` and the origin) are correlated with every template of an :class:`OrientationLibrary` at every
 in-plane angle (one complex matrix product per Fourier coefficient along the angle and one inverse FFT, batched
 over patterns); the best (direction, angle) is then refined continuously by maximising the normalised
 kinematic score
@@ -35,6 +35,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from stemforge.core.subpixel import parabola_offset
+
 from .braggvectors import BraggVectors
 from .datacube import AnalysisError
 from .orientation_library import OrientationLibrary
@@ -66,13 +68,7 @@ def check_library_calibration(bragg_vectors, library, allow_energy_mismatch: boo
             f"got {type(library).__name__}"
         )
     cal = bragg_vectors.calibration
-    if cal.q_pixel_size is None:
-        raise AnalysisError(
-            "the Bragg vectors carry no Å⁻¹/px calibration (calibration.q_pixel_size is None); "
-            "calibrate the detector first"
-        )
-    if not (math.isfinite(float(cal.q_pixel_size)) and cal.q_pixel_size > 0):
-        raise AnalysisError(f"calibration.q_pixel_size must be a positive number (Å⁻¹/px), got {cal.q_pixel_size}")
+    cal.check_pixel_size()
     e = cal.energy_eV
     if (
         e is not None
@@ -486,7 +482,7 @@ def orientation_map(
     Parameters
     ----------
     bragg_vectors : BraggVectors
-        Peaks in px; needs ``calibration.q_pixel_size`` (Å⁻¹/px) and uses ``calibration.origin_px`` (else the
+        Peaks in px; needs ``calibration.pixel_size_inv_A`` (Å⁻¹/px) and uses ``calibration.origin_px`` (else the
         detector centre). Peaks with |q| outside [library.q_min, library.k_max] are ignored.
     library : OrientationLibrary
         From :func:`stemforge.analysis.build_orientation_library`, at the data's beam energy.
@@ -517,7 +513,7 @@ def orientation_map(
         raise AnalysisError(f"need 1 ≤ min_peaks ≤ max_peaks, got min_peaks={min_peaks}, max_peaks={max_peaks}")
     H, W = bragg_vectors.detector_shape
     o = bragg_vectors.calibration.origin_px or (H // 2, W // 2)
-    edge = float(bragg_vectors.calibration.q_pixel_size) * min(np.min(o), H - 1 - o[0], W - 1 - o[1])
+    edge = float(bragg_vectors.calibration.pixel_size_inv_A) * min(np.min(o), H - 1 - o[0], W - 1 - o[1])
     if edge < lib.k_max * 0.95:
         warnings.warn(
             f"the detector reaches only {edge:.2f} Å⁻¹ from the origin, less than the library's k_max "
@@ -552,8 +548,7 @@ def orientation_map(
         c0 = corr[np.arange(nb), di, ki]
         cm = corr[np.arange(nb), di, (ki - 1) % n_ang]
         cp = corr[np.arange(nb), di, (ki + 1) % n_ang]
-        den = cm - 2 * c0 + cp
-        delta = np.where(den < 0, np.clip(0.5 * (cm - cp) / np.where(den < 0, den, -1), -0.5, 0.5), 0.0)
+        delta = parabola_offset(cm, c0, cp)
         R_best = _rot_z((ki + delta) * step) @ lib.frames[di]
         # second best: local maxima along the angle of the best-scoring directions, > margin_deg away
         per_dir = corr.max(axis=2)

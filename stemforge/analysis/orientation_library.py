@@ -344,8 +344,8 @@ def build_orientation_library(
             return lib
 
     t0 = time.perf_counter()
+    from stemforge.core.units import wavelength_A
     from stemforge.sim.labels import structure_factors
-    from stemforge.sim.optics import wavelength_A
 
     lam = wavelength_A(energy_eV)
     ops = proper_point_group(st)
@@ -499,7 +499,7 @@ def kinematic_bragg_vectors(
     rotations,
     energy_eV: float,
     detector_shape=(128, 128),
-    q_pixel_size: float = 0.03,
+    pixel_size_inv_A: float = 0.03,
     *,
     sigma_excitation: float = 0.03,
     min_weight: float = 0.1,
@@ -516,12 +516,12 @@ def kinematic_bragg_vectors(
     exp(−s²/2σ²) (σ = ``sigma_excitation`` Å⁻¹) is at least ``min_weight``, with intensity |F_g|²·weight
     (|F| with Debye–Waller damping), optionally limited to |g_xy| ≤ ``k_max`` (Å⁻¹), moved by Gaussian position
     noise (``position_noise_px`` px per axis) and scaled by log-normal intensity noise (σ = ``intensity_noise``).
-    ``rotations`` is (Rx, Ry, 3, 3) or (n, 3, 3) (a 1 × n scan). The calibration records ``q_pixel_size``,
+    ``rotations`` is (Rx, Ry, 3, 3) or (n, 3, 3) (a 1 × n scan). The calibration records ``pixel_size_inv_A``,
     ``energy_eV`` and the origin (H//2, W//2).
     """
+    from stemforge.core.units import wavelength_A
     from stemforge.sim.detector import Detector
     from stemforge.sim.labels import kinematic_reflections
-    from stemforge.sim.optics import wavelength_A
     from stemforge.sim.structures import debye_waller_sigmas, load_structure
 
     from .braggvectors import BraggVectors
@@ -533,7 +533,7 @@ def kinematic_bragg_vectors(
         rot = rot[None]
     if rot.ndim != 4 or rot.shape[-2:] != (3, 3):
         raise AnalysisError(f"rotations must have shape (Rx, Ry, 3, 3) or (n, 3, 3), got {np.shape(rotations)}")
-    det = Detector(tuple(int(v) for v in detector_shape), float(q_pixel_size), 1)
+    det = Detector(tuple(int(v) for v in detector_shape), float(pixel_size_inv_A), 1)
     lam = wavelength_A(float(energy_eV))
     sigmas = debye_waller_sigmas(st) if debye_waller else None
     rng = np.random.default_rng(seed)
@@ -555,7 +555,7 @@ def kinematic_bragg_vectors(
                 inten = inten * rng.lognormal(0.0, intensity_noise, len(inten))
             per_position[(rx, ry)] = np.column_stack([px[:, 1], px[:, 0], inten])
     cal = Calibration(
-        q_pixel_size=float(q_pixel_size),
+        pixel_size_inv_A=float(pixel_size_inv_A),
         energy_eV=float(energy_eV),
         origin_px=(float(det.shape[0] // 2), float(det.shape[1] // 2)),
     )

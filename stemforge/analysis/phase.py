@@ -93,7 +93,7 @@ def phase_map(
     Parameters
     ----------
     bragg_vectors : BraggVectors
-        Calibrated peaks (``calibration.q_pixel_size`` needed).
+        Calibrated peaks (``calibration.pixel_size_inv_A`` needed).
     libraries : dict of name -> OrientationLibrary
         One library per candidate phase, built at the data's energy with the same matching settings (k_max,
         q_min, σ_q, σ_s, intensity and radial powers) so that their scores compare.

@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from stemforge.core.streaming import stream_scan
+
 from .datacube import AnalysisError, as_datacube
-from .streaming import iter_scan_blocks, region_mask
+from .streaming import region_mask
 
 
 def probe_from_data(data, region=None, threshold: float = 0.2, dilate_px: int = 2, align: bool = True) -> np.ndarray:
@@ -35,7 +37,7 @@ def probe_from_data(data, region=None, threshold: float = 0.2, dilate_px: int = 
     if region is not None:
         mask = region_mask(cube.scan_shape, region)
         acc, n, ref = np.zeros(cube.detector_shape), 0, None
-        for (r0, r1, c0, c1), block in iter_scan_blocks(cube.data):
+        for (r0, r1, c0, c1), block in stream_scan(cube.data, finite=False):  # only vacuum positions checked
             sel = mask[r0:r1, c0:c1]
             for pat in block[sel]:
                 if not np.isfinite(pat).all():

@@ -1,88 +1,13 @@
-"""Streaming a scan block by block (numpy, dask or any sliceable array) and selecting scan regions.
-
-Every classical function of the analysis stage reads the scan through :func:`iter_scan_blocks`, so a lazy scan larger
-than memory is read once, one block of scan positions at a time, with the next block read while the current one is
-processed.
-"""
+"""Selecting scan regions. The scan streaming itself (chunk-aligned blocks, progress, finite checks) lives in
+:mod:`stemforge.core.streaming`, shared with ML inference."""
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .datacube import AnalysisError
 
-
-def _is_dask(a) -> bool:
-    return type(a).__module__.split(".")[0] == "dask"
-
-
-def _groups(bounds: list[int], per_item: int, budget: int) -> list[tuple[int, int]]:
-    """Merge consecutive chunk intervals ``bounds`` (cumulative edges) while their size × ``per_item`` ≤ budget."""
-    out, start = [], bounds[0]
-    for i in range(1, len(bounds)):
-        nxt = bounds[i + 1] if i + 1 < len(bounds) else None
-        if nxt is None or (nxt - start) * per_item > budget:
-            out.append((start, bounds[i]))
-            start = bounds[i]
-    return out
-
-
-def scan_blocks(data, max_patterns: int = 256) -> list[tuple[int, int, int, int]]:
-    """Blocks ``(r0, r1, c0, c1)`` of scan positions covering the scan in row-major order.
-
-    For dask arrays the blocks follow the chunk grid of the scan axes (whole chunks, merged up to about
-    ``max_patterns`` patterns), so each chunk is read once; for other arrays they are runs of whole scan rows
-    (split along the columns when one row holds more than ``max_patterns``).
-    """
-    Rx, Ry = (int(v) for v in data.shape[:2])
-    if _is_dask(data):
-        re = list(np.cumsum((0, *data.chunks[0])))
-        ce = list(np.cumsum((0, *data.chunks[1])))
-    else:
-        re = list(range(Rx + 1))
-        ce = [0, Ry] if Ry <= max_patterns else list(range(0, Ry, max_patterns)) + [Ry]
-    cols = _groups(ce, 1, max_patterns)
-    if len(cols) == 1:  # whole rows: merge rows
-        return [(r0, r1, 0, Ry) for r0, r1 in _groups(re, Ry, max_patterns)]
-    rows = _groups(re, 1, 1)  # one chunk-row at a time, split into column groups
-    return [(r0, r1, c0, c1) for r0, r1 in rows for c0, c1 in cols]
-
-
-def iter_scan_blocks(data, max_patterns: int = 256, dtype=np.float64, prefetch: bool = True):
-    """Yield ``((r0, r1, c0, c1), block)`` with ``block`` a numpy array ``(r1-r0, c1-c0, H, W)`` of ``dtype``.
-
-    The next block is read (dask: computed) in a background thread while the caller works on the current one.
-    """
-    blocks = scan_blocks(data, max_patterns)
-
-    def load(b):
-        r0, r1, c0, c1 = b
-        part = data[r0:r1, c0:c1]
-        if _is_dask(part):
-            part = part.compute()
-        return np.asarray(part, dtype=dtype)
-
-    if not prefetch or len(blocks) < 2:
-        for b in blocks:
-            yield b, load(b)
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        fut = pool.submit(load, blocks[0])
-        for i, b in enumerate(blocks):
-            block = fut.result()
-            if i + 1 < len(blocks):
-                fut = pool.submit(load, blocks[i + 1])
-            yield b, block
-
-
-def check_finite(block: np.ndarray, r0: int, c0: int) -> None:
-    """Raise :class:`AnalysisError` naming the first scan position of ``block`` that holds NaN or Inf."""
-    bad = ~np.isfinite(block).all(axis=(-2, -1))
-    if bad.any():
-        i, j = np.argwhere(bad)[0]
-        raise AnalysisError(f"pattern at scan position ({r0 + i}, {c0 + j}) holds NaN or Inf; mask or replace it first")
+__all__ = ["region_mask"]
 
 
 def region_mask(scan_shape, region=None) -> np.ndarray:

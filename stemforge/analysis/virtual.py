@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from stemforge.core.streaming import stream_scan
+
 from .datacube import AnalysisError, as_datacube
-from .streaming import iter_scan_blocks
-
-
-def _bar(cube, progress, desc):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=int(np.prod(cube.scan_shape)), desc=desc, unit="pattern", disable=not progress)
 
 
 def mean_pattern(data, progress: bool = False) -> np.ndarray:
     """Mean diffraction pattern ``(H, W)`` over the scan (same units as the data)."""
     cube = as_datacube(data)
     acc = np.zeros(cube.detector_shape)
-    with _bar(cube, progress, "mean pattern") as bar:
-        for (r0, r1, c0, c1), block in iter_scan_blocks(cube.data):
-            acc += block.sum((0, 1))
-            bar.update((r1 - r0) * (c1 - c0))
+    for _, block in stream_scan(cube.data, progress=progress, desc="mean pattern", finite=False):
+        acc += block.sum((0, 1))
     return (acc / np.prod(cube.scan_shape)).astype(np.float32)
 
 
@@ -34,10 +27,8 @@ def max_pattern(data, progress: bool = False) -> np.ndarray:
     """Pixel-wise maximum ``(H, W)`` over the scan (shows weak reflections that appear anywhere)."""
     cube = as_datacube(data)
     acc = np.full(cube.detector_shape, -np.inf)
-    with _bar(cube, progress, "max pattern") as bar:
-        for (r0, r1, c0, c1), block in iter_scan_blocks(cube.data):
-            acc = np.maximum(acc, block.max((0, 1)))
-            bar.update((r1 - r0) * (c1 - c0))
+    for _, block in stream_scan(cube.data, progress=progress, desc="max pattern", finite=False):
+        acc = np.maximum(acc, block.max((0, 1)))
     return acc.astype(np.float32)
 
 
@@ -99,16 +90,14 @@ def virtual_image(
         raise AnalysisError("the virtual detector covers no pixel")
     out = np.zeros((Rx, Ry))
     rr, cc = np.mgrid[:H, :W]
-    with _bar(cube, progress, "virtual image") as bar:
-        for (r0, r1, c0, c1), block in iter_scan_blocks(cube.data):
-            if per_position is None:
-                out[r0:r1, c0:c1] = block[..., mask].sum(-1)
-            else:
-                o = per_position[r0:r1, c0:c1]
-                r = np.hypot(rr - o[..., 0, None, None], cc - o[..., 1, None, None])
-                m = (r >= inner_px) & (r < outer_px)
-                out[r0:r1, c0:c1] = (block * m).sum((-2, -1))
-            bar.update((r1 - r0) * (c1 - c0))
+    for (r0, r1, c0, c1), block in stream_scan(cube.data, progress=progress, desc="virtual image", finite=False):
+        if per_position is None:
+            out[r0:r1, c0:c1] = block[..., mask].sum(-1)
+        else:
+            o = per_position[r0:r1, c0:c1]
+            r = np.hypot(rr - o[..., 0, None, None], cc - o[..., 1, None, None])
+            m = (r >= inner_px) & (r < outer_px)
+            out[r0:r1, c0:c1] = (block * m).sum((-2, -1))
     return out
 
 

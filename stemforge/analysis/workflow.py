@@ -147,7 +147,7 @@ def report(results: dict[str, MethodResult], cube: DataCube) -> str:
     """A short plain-text comparison of the methods (and of each with the ground truth when there is one)."""
     lines = [
         f"scan {cube.scan_shape} x detector {cube.detector_shape}, calibration: "
-        f"{cube.calibration.q_pixel_size} Å⁻¹/px, {cube.calibration.energy_eV} eV, "
+        f"{cube.calibration.pixel_size_inv_A} Å⁻¹/px, {cube.calibration.energy_eV} eV, "
         f"{cube.calibration.semiangle_mrad} mrad"
         + (
             f", dose {cube.metadata['dose_e_per_pattern']:g} e⁻/pattern"

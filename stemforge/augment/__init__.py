@@ -33,7 +33,7 @@ and allocator tuning: call both in a DataLoader ``worker_init_fn``),
 Conventions: intensities are fractions of the incident beam per pixel; pixel
 coordinates are ``x = col, y = row`` with integers at pixel centres and the
 undiffracted beam at ``(W // 2, H // 2)``; reciprocal lengths in Å⁻¹ (the
-calibration ``pixel_size`` is Å⁻¹ per px); doses in electrons.
+calibration ``pixel_size_inv_A`` is Å⁻¹ per px); doses in electrons.
 
 All randomness comes from the generators that ``A.Compose(seed=...)`` hands to
 each transform (decorrelated per transform, see :mod:`stemforge.augment._base`), so a

@@ -4,7 +4,8 @@ A dataset is a zarr v3 group with ``patterns`` and ``probes`` (N, H, W) float32,
 ``labels/vg_map`` and ``labels/disk_map`` (N, H, W) float32,
 ``labels/reflections_px`` (N, R, 2) float32 (x = col, y = row, NaN padded),
 ``labels/num_reflections`` (N,) int32 and the group attribute ``calibration`` =
-``{"pixel_size": Å⁻¹ per px, "shape": [H, W], "center_px": [row, col]}``.
+``{"pixel_size_inv_A": Å⁻¹ per px, "shape": [H, W], "origin_px": [row, col]}`` (datasets written before 0.2.0 name
+them ``pixel_size`` and ``center_px``; they are read with today's names).
 Label arrays that are missing are simply left out of the samples.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stemforge.augment.pipeline import DEFAULT_LABEL_KEYS
+from stemforge.core.legacy import upgrade_calibration
 
 __all__ = ["read_samples", "write_samples"]
 
@@ -55,7 +57,7 @@ def read_samples(
     members = set(group.array_keys()) | set(group.group_keys())
     if not {"patterns", "probes"} <= members or "calibration" not in group.attrs:
         raise ValueError(f"{path}: not a stemforge dataset (needs patterns, probes and the calibration attribute)")
-    calibration = dict(group.attrs["calibration"])
+    calibration = upgrade_calibration(dict(group.attrs["calibration"]))
     patterns, probes = group["patterns"], group["probes"]
     if patterns.shape != probes.shape or patterns.ndim != 3:
         raise ValueError(f"{path}: patterns {patterns.shape} and probes {probes.shape} must both be (N, H, W)")

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 s["labels"],
                 s.get("reflections_px"),
                 s.get("num_reflections"),
-                pixel_size_inv_A=s["calibration"]["pixel_size"],
+                pixel_size_inv_A=s["calibration"]["pixel_size_inv_A"],
             )
         )
         infos.append(describe(pipeline))

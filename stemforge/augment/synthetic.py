@@ -13,7 +13,7 @@ simulator's data contract so the augmentation code can be exercised without it:
   radius at the Bragg positions);
 * ``reflections_px`` (R, 2) float32 (x = col, y = row; NaN padded) and
   ``num_reflections``; the 000 beam is reflection 0;
-* ``calibration`` {"pixel_size": Å⁻¹ per px, "shape": [H, W], "center_px": [row, col]}.
+* ``calibration`` {"pixel_size_inv_A": Å⁻¹ per px, "shape": [H, W], "origin_px": [row, col]}.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 from scipy.special import erfc
 
+from stemforge.core.units import wavelength_A
+
 __all__ = ["synthetic_sample"]
 
 #: Relativistic electron wavelength at 200 kV, in Å (for the disk radius from mrad).
-WAVELENGTH_200KV_A = 0.025079
+WAVELENGTH_200KV_A = wavelength_A(200e3)
 
 
 def _soft_disk(dx: np.ndarray, dy: np.ndarray, radius_px: float, edge_px: float) -> np.ndarray:
@@ -132,5 +134,5 @@ def synthetic_sample(
         "labels": {"vg_map": vg_map.astype(np.float32), "disk_map": disk_map.astype(np.float32)},
         "reflections_px": refl,
         "num_reflections": np.int32(len(pos)),
-        "calibration": {"pixel_size": float(pixel_size_inv_A), "shape": [h, w], "center_px": [cy, cx]},
+        "calibration": {"pixel_size_inv_A": float(pixel_size_inv_A), "shape": [h, w], "origin_px": [cy, cx]},
     }

@@ -75,7 +75,7 @@ class CBEDDataset(Dataset):
         augment=None,
         normalisation=None,
         max_peaks: int = 128,
-        pixel_size: float | None = None,
+        pixel_size_inv_A: float | None = None,
     ):
         self.path = str(path)
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -83,7 +83,7 @@ class CBEDDataset(Dataset):
         self.augment = augment
         self.normalisation = dict(normalisation or {"mode": "probe_max", "power": 1.0})
         self.max_peaks = int(max_peaks)
-        self.pixel_size = pixel_size
+        self.pixel_size_inv_A = pixel_size_inv_A
         self._group = None
         self._pid = None
         self._cache: dict = {}
@@ -122,7 +122,7 @@ class CBEDDataset(Dataset):
         if self.augment is not None:
             from stemforge.augment import augment_sample
 
-            out = augment_sample(self.augment, pattern, probe, maps, refl[:n], n, self.pixel_size)
+            out = augment_sample(self.augment, pattern, probe, maps, refl[:n], n, self.pixel_size_inv_A)
             pattern, probe, maps = out["pattern"], out["probe"], out["labels"]
             refl = np.concatenate([out["reflections_px"], refl[n:]])
         pattern, probe = normalise(pattern, probe, **self.normalisation)

@@ -81,12 +81,12 @@ class CBEDDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._sets:
             return
-        from stemforge.sim.dataset import open_dataset
+        from stemforge.sim.dataset import dataset_attrs, open_dataset
         from stemforge.sim.orientations import proper_point_group
         from stemforge.sim.structures import load_structure
 
         group, valid = open_dataset(self.path)
-        attrs = dict(group.attrs)
+        attrs = dataset_attrs(group)  # today's names, also for datasets written before 0.2.0
         names = [s["name"] for s in attrs["structures"]]
         structures = [load_structure(n) for n in names]
         symmetry = np.stack([padded_symmetry(proper_point_group(s)) for s in structures])
@@ -101,7 +101,7 @@ class CBEDDataModule(pl.LightningDataModule):
             "structures": names,
             "num_phases": len(names),
             "shape": list(calib["shape"]),
-            "pixel_size": calib["pixel_size"],
+            "pixel_size_inv_A": calib["pixel_size_inv_A"],
             "calibration": calib,
             "normalisation": self.normalisation,
             "split": {**self.split, "sizes": [len(train), len(val), len(test)]},
@@ -114,7 +114,7 @@ class CBEDDataModule(pl.LightningDataModule):
             symmetry=symmetry,
             normalisation=self.normalisation,
             max_peaks=self.max_peaks,
-            pixel_size=calib["pixel_size"],
+            pixel_size_inv_A=calib["pixel_size_inv_A"],
         )
         self._sets = {
             "train": CBEDDataset(self.path, train, augment=self.augment, **kw),

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from stemforge.core.subpixel import parabola_offset
+
 __all__ = ["find_peaks", "match_peaks"]
 
 Refine = Literal["gaussian", "parabola", "centroid", "none"]
@@ -30,19 +32,6 @@ def _as_maps(maps) -> tuple[Tensor, bool]:
     elif t.ndim != 3:
         raise ValueError(f"maps must be (H, W), (B, H, W) or (B, 1, H, W), got {tuple(t.shape)}")
     return t.float(), single
-
-
-def _subpixel(fm: Tensor, f0: Tensor, fp: Tensor, mode: Refine) -> Tensor:
-    """Offset in [-0.5, 0.5] px of the maximum of a 1-D 3-point profile (fm, f0, fp)."""
-    if mode == "gaussian":  # parabola through log values: exact for Gaussian blobs
-        ok = (fm > 0) & (f0 > 0) & (fp > 0)
-        lm, l0, lp = (torch.log(v.clamp_min(1e-30)) for v in (fm, f0, fp))
-        fm, f0, fp = torch.where(ok, lm, fm), torch.where(ok, l0, f0), torch.where(ok, lp, fp)
-    den = fm - 2 * f0 + fp
-    off = torch.where(
-        den < 0, (fm - fp) / (2 * torch.where(den < 0, den, -torch.ones_like(den))), torch.zeros_like(den)
-    )
-    return off.clamp(-0.5, 0.5)
 
 
 def find_peaks(
@@ -125,8 +114,10 @@ def find_peaks(
             dx = (wgt.sum(1) * grid).sum(1) / tot
             dy = (wgt.sum(2) * grid).sum(1) / tot
         else:
-            dx = _subpixel(nb[:, 1, 0], nb[:, 1, 1], nb[:, 1, 2], refine)
-            dy = _subpixel(nb[:, 0, 1], nb[:, 1, 1], nb[:, 2, 1], refine)
+            n = nb.double().numpy()
+            log = refine == "gaussian"
+            dx = torch.from_numpy(parabola_offset(n[:, 1, 0], n[:, 1, 1], n[:, 1, 2], log)).float()
+            dy = torch.from_numpy(parabola_offset(n[:, 0, 1], n[:, 1, 1], n[:, 2, 1], log)).float()
         out.append(torch.stack([xs.float() + dx, ys.float() + dy, vals], -1).float())
     return out[0] if single else out
 

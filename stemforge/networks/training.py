@@ -51,7 +51,7 @@ def model_card_facts(cfg: DictConfig, info: dict) -> dict:
         "model_config": resolve_model_config(cfg, info),
         "input": {
             "shape": info["shape"],
-            "pixel_size_inv_A": info["pixel_size"],
+            "pixel_size_inv_A": info["pixel_size_inv_A"],
             "normalisation": info["normalisation"],
             "probe_convention": "vacuum probe image on the same detector grid, centred at (H//2, W//2)",
             **_optics_ranges(info["dataset_config"]),

@@ -28,11 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+from stemforge.core.jsonable import to_jsonable
+from stemforge.core.legacy import upgrade_class_path, upgrade_config
 
 from .errors import RegistryError
 from .index import sha256_file, utc_now
@@ -49,7 +51,6 @@ __all__ = [
     "read_metrics",
     "task_family",
     "label_spec",
-    "jsonable",
     "upgrade_card",
 ]
 
@@ -79,54 +80,29 @@ _PACKAGES = (
 )
 
 
-def jsonable(obj):
-    """``obj`` as strict JSON values: non-finite floats become None, tuples lists, unknown types strings."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
-        return jsonable(obj.item())
-    if hasattr(obj, "tolist"):
-        return jsonable(obj.tolist())
-    return str(obj)
-
-
-_LEGACY_PACKAGES = ("sim", "augment", "datamodules", "networks", "registry", "analysis")
-_CLASS_PATH_KEYS = ("_target_", "module", "net_class")
-
-
-def _upgrade_path(value):
-    """``networks.fcunet.FCUNet`` (a class path from before the ``stemforge.*`` namespace) ->
-    ``stemforge.networks.fcunet.FCUNet``; anything else unchanged."""
-    if isinstance(value, str) and value.split(".", 1)[0] in _LEGACY_PACKAGES and "." in value:
-        return f"stemforge.{value}"
-    return value
-
-
-def upgrade_card(card):
-    """A card as this stemforge writes it, from one written by any earlier version (a new object; the input is
-    left alone).
+def upgrade_card(card: dict) -> dict:
+    """A card with today's names, whichever stemforge version wrote it (a new object; the input is left alone).
 
     Cards published before the ``stemforge.*`` namespace (``bragg-fcunet`` 2.0.0 and older) name their classes
-    ``networks.…``, ``sim.…`` and ``augment.…``: every ``_target_``, ``module`` and ``net_class`` value is mapped
-    onto ``stemforge.…``, so the loader's allow-list (``stemforge.networks.`` only) applies to them and a foreign
-    top-level ``networks`` package is never imported.
+    ``networks.…``, ``sim.…`` and ``augment.…`` and the detector's pixel size ``detector.pixel_size``: every
+    ``_target_``, ``architecture.module`` and ``architecture.net_class`` is mapped onto ``stemforge.…`` and the
+    pixel size onto ``pixel_size_inv_A`` (:mod:`stemforge.core.legacy`), so the loader's allow-list (classes of
+    ``stemforge.networks`` only) applies to them and a foreign top-level ``networks`` package is never imported.
     """
-    if isinstance(card, dict):
-        return {k: _upgrade_path(v) if k in _CLASS_PATH_KEYS else upgrade_card(v) for k, v in card.items()}
-    if isinstance(card, list):
-        return [upgrade_card(v) for v in card]
+    card = upgrade_config(card)
+    arch = card.get("architecture")
+    if isinstance(arch, dict):
+        card["architecture"] = {
+            k: upgrade_class_path(v) if k in ("module", "net_class") else v for k, v in arch.items()
+        }
     return card
 
 
 def canonical_json(obj) -> bytes:
     """Canonical JSON bytes (sorted keys, no whitespace, ASCII) for hashing."""
-    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    return json.dumps(
+        to_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode()
 
 
 def dataset_fingerprint(dataset_config: dict, versions: dict) -> str:
@@ -219,7 +195,7 @@ def _net_config(model_config: dict, structures: list, shape: list) -> dict:
     # as stemforge.networks.training.resolve_model_config (older checkpoints kept "auto" in their model_config)
     from stemforge.networks.autofill import dataset_auto_values, fill_auto
 
-    return jsonable(fill_auto(net, dataset_auto_values(len(structures), shape)))
+    return to_jsonable(fill_auto(net, dataset_auto_values(len(structures), shape)))
 
 
 def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
@@ -274,7 +250,7 @@ def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
 def _metrics(data: dict | None, ckpt_path: Path | None) -> dict:
     if data is None:
         return {"test": {}, "validation": {}, "source": None}
-    values = jsonable(data.get("metrics", {}))
+    values = to_jsonable(data.get("metrics", {}))
     tested = data.get("best_checkpoint")
     out = {
         "test": {k: v for k, v in values.items() if k.startswith("test/")},
@@ -322,14 +298,14 @@ def build_card(
     """
     validate_name(name)
     validate_version(version)
-    facts = ckpt["stemforge"]
+    facts = upgrade_config(ckpt["stemforge"])  # a checkpoint written before 0.2.0 names networks.… classes
     for key in ("task", "model_config", "input"):
         if key not in facts:
             raise RegistryError(f"checkpoint's stemforge facts lack {key!r}")
     structures = list(facts.get("structures") or [])
     model_config = facts["model_config"]
     net_cfg = _net_config(model_config, structures, list(facts["input"].get("shape") or []))
-    hparams = jsonable(dict(ckpt.get("hyper_parameters") or {}))
+    hparams = to_jsonable(upgrade_config(dict(ckpt.get("hyper_parameters") or {})))
     family = task_family(model_config.get("_target_", ""))
     weights = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
@@ -353,7 +329,7 @@ def build_card(
             "module_hyper_parameters": hparams,
         },
         "input": {
-            **jsonable(facts["input"]),
+            **to_jsonable(facts["input"]),
             "call": "net(pattern, probe) with (B, 1, H, W) float32 tensors, both normalised as 'normalisation' says",
         },
         "labels": label_spec(family, facts, hparams, net_cfg),
@@ -361,11 +337,11 @@ def build_card(
             "dataset_fingerprint": dataset_fingerprint(
                 facts.get("dataset_config") or {}, facts.get("dataset_versions") or {}
             ),
-            "dataset_config": jsonable(facts.get("dataset_config")),
-            "dataset_versions": jsonable(facts.get("dataset_versions")),
+            "dataset_config": to_jsonable(facts.get("dataset_config")),
+            "dataset_versions": to_jsonable(facts.get("dataset_versions")),
             "structures": structures,
-            "split": jsonable(facts.get("split")),
-            "augment": jsonable(facts.get("augment")),
+            "split": to_jsonable(facts.get("split")),
+            "augment": to_jsonable(facts.get("augment")),
             "epoch": ckpt.get("epoch"),
             "global_step": ckpt.get("global_step"),
             "checkpoint": checkpoint,

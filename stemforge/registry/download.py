@@ -1,12 +1,16 @@
 """Download published models into a user cache with pooch, verifying every file's sha256 and size.
 
 Cache layout (``cache_dir()``: ``$STEMFORGE_CACHE``, else ``$XDG_CACHE_HOME/stemforge``, else
-``~/.cache/stemforge``)::
+``~/.cache/stemforge``), keyed by store (``<store>`` = :func:`store_key`, the first 16 hex digits of the sha256 of
+the store's URL)::
 
-    models/<name>/<version>/model.safetensors
-    models/<name>/<version>/card.json
-    models/<name>/<version>/manifest.json   # sha256/size of both files + the store they came from
-    indexes/<sha256(store URL)[:16]>.json   # last index read from each store (resolves aliases offline)
+    models/<store>/<name>/<version>/model.safetensors
+    models/<store>/<name>/<version>/card.json
+    models/<store>/<name>/<version>/manifest.json   # sha256/size of both files + the store's URL
+    indexes/<store>.json                            # last index read from that store (resolves aliases offline)
+
+The same ``name:version`` published to two stores (two clones each running ``make run``, a mirror that was
+republished) is cached twice and never serves the other store's weights, online or offline.
 
 Guarantees
 ----------
@@ -41,7 +45,7 @@ from .index import check_index, resolve, sha256_file, utc_now
 from .naming import FILE_NAMES, parse_ref, validate_name, validate_version
 from .store import Store
 
-__all__ = ["cache_dir", "pull", "Pulled", "FsspecDownloader", "read_card"]
+__all__ = ["cache_dir", "store_key", "pull", "Pulled", "FsspecDownloader", "read_card"]
 
 log = logging.getLogger("registry")
 
@@ -146,8 +150,18 @@ def _write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
+def store_key(store: Store | str) -> str:
+    """The cache's name for a store: 16 hex digits of the sha256 of its URL."""
+    url = store.url if isinstance(store, Store) else str(store)
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
 def _index_copy(cache: Path, store: Store) -> Path:
-    return cache / "indexes" / f"{hashlib.sha256(store.url.encode()).hexdigest()[:16]}.json"
+    return cache / "indexes" / f"{store_key(store)}.json"
+
+
+def _model_folder(cache: Path, store: Store, name: str, version: str) -> Path:
+    return cache / "models" / store_key(store) / name / version
 
 
 def _check_cached(path: Path, record: dict, what: str) -> bool:
@@ -160,7 +174,7 @@ def _check_cached(path: Path, record: dict, what: str) -> bool:
     path.unlink(missing_ok=True)
     log.warning(
         "cached %s failed verification (sha256 %s..., %d bytes; expected %s..., %d bytes: tampered, "
-        "truncated or from another store); deleted it",
+        "truncated); deleted it",
         what,
         digest[:12],
         size,
@@ -168,31 +182,6 @@ def _check_cached(path: Path, record: dict, what: str) -> bool:
         record["size"],
     )
     return False
-
-
-def _drop_copy_from_another_store(folder: Path, records: dict, url: str, name: str, version: str) -> None:
-    """Delete a cached version whose manifest lists other files than this store's index.
-
-    The same name and version published to two stores (e.g. two clones each running ``make run``) differ in
-    their files; the cached copy of one is then replaced quietly (an info message) instead of being reported as
-    tampered. A copy whose manifest matches the index but whose files do not is left to :func:`_check_cached`.
-    """
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        cached = {f: (r["sha256"], r["size"]) for f, r in manifest["files"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return
-    if all(cached.get(f) == (r["sha256"], r["size"]) for f, r in records.items() if f in FILE_NAMES):
-        return
-    log.info(
-        "replacing the cached %s %s (from %s) with the files %s lists under the same name and version",
-        name,
-        version,
-        manifest.get("store", "another store"),
-        url,
-    )
-    for fname in (*FILE_NAMES, "manifest.json"):
-        (folder / fname).unlink(missing_ok=True)
 
 
 def _fetch(url: str, path: Path, record: dict, what: str) -> None:
@@ -257,8 +246,7 @@ def _pull_online(
 ) -> Pulled:
     version = resolve(index, name, target, store.url)
     records = index["models"][name]["versions"][version]["files"]
-    folder = cache / "models" / name / version
-    _drop_copy_from_another_store(folder, records, store.url, name, version)
+    folder = _model_folder(cache, store, name, version)
     files = {}
     for fname in only:
         path, record = folder / fname, records[fname]
@@ -277,7 +265,7 @@ def _pull_online(
 
 def _pull_offline(store: Store, cache: Path, name: str, target: str, reason: str) -> Pulled:
     copy = _index_copy(cache, store)
-    if not (cache / "models" / name / target / "manifest.json").exists() and copy.exists():
+    if not (_model_folder(cache, store, name, target) / "manifest.json").exists() and copy.exists():
         try:
             target = resolve(
                 check_index(json.loads(copy.read_text()), str(copy)), name, target, f"{store.url} (cached index)"
@@ -291,16 +279,18 @@ def _pull_offline(store: Store, cache: Path, name: str, target: str, reason: str
             f"{reason}; no cached index for this store to resolve {name}:{target} offline; give an explicit "
             "version that is in the cache"
         ) from None
-    folder = cache / "models" / name / target
+    folder = _model_folder(cache, store, name, target)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         records = manifest["files"]
-        if manifest.get("name") != name or manifest.get("version") != target:
-            raise ValueError("manifest names another model")
+        if manifest.get("name") != name or manifest.get("version") != target or manifest.get("store") != store.url:
+            raise ValueError("manifest names another model or store")
         for fname in FILE_NAMES:
             str(records[fname]["sha256"]), int(records[fname]["size"])
     except (OSError, ValueError, KeyError, TypeError):
-        raise StoreUnreachableError(f"{reason}; and {name} {target} is not in the cache {cache}") from None
+        raise StoreUnreachableError(
+            f"{reason}; and {name} {target} of {store.url} is not in the cache {cache}"
+        ) from None
     files = {}
     for fname in FILE_NAMES:
         path = folder / fname
@@ -312,7 +302,7 @@ def _pull_offline(store: Store, cache: Path, name: str, target: str, reason: str
         files[fname] = path
     card = read_card(files["card.json"], name, target, records["model.safetensors"])
     log.warning("%s; using the verified cached copy of %s %s", reason, name, target)
-    return Pulled(name, target, files, card, manifest.get("store", store.url), True, records)
+    return Pulled(name, target, files, card, store.url, True, records)
 
 
 def pull(

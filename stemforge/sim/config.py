@@ -63,7 +63,7 @@ class DetectorConfig:
 
     _target_: str = "stemforge.sim.detector.Detector"
     shape: list[int] = field(default_factory=lambda: [128, 128])
-    pixel_size: float = 0.03
+    pixel_size_inv_A: float = 0.03
     supersample: int = 4
 
 
@@ -285,7 +285,7 @@ def build_detector(d):
     from .detector import Detector
 
     return Detector(
-        shape=tuple(int(v) for v in d.shape), pixel_size=float(d.pixel_size), supersample=int(d.supersample)
+        shape=tuple(int(v) for v in d.shape), pixel_size_inv_A=float(d.pixel_size_inv_A), supersample=int(d.supersample)
     )
 
 

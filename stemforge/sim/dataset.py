@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stemforge.core.legacy import upgrade_calibration, upgrade_config
+
 
 class DatasetMismatch(RuntimeError):
     """The store at the path was written with a different configuration."""
@@ -57,7 +59,8 @@ class DatasetWriter:
         if self.path.exists():
             group = zarr.open_group(str(self.path), mode="r+")
             old = dict(group.attrs)
-            if _canonical(old.get("config")) != _canonical(attrs.get("config")):
+            # a dataset written before 0.2.0 names the pixel size detector.pixel_size: the same config
+            if _canonical(upgrade_config(old.get("config"))) != _canonical(attrs.get("config")):
                 raise DatasetMismatch(
                     f"{self.path} holds a dataset written with a different configuration; "
                     "choose another dataset.path or delete it"
@@ -102,6 +105,17 @@ class DatasetWriter:
     def finalize(self) -> None:
         if not self.missing_chunks() and self.group.attrs.get("status") != "complete":
             self.group.attrs["status"] = "complete"
+
+
+def dataset_attrs(group) -> dict:
+    """A dataset group's attributes with today's names: ``calibration`` and ``config`` of datasets written before
+    0.2.0 (``pixel_size``, ``center_px``, ``sim.detector.Detector``) are mapped (:mod:`stemforge.core.legacy`)."""
+    attrs = dict(group.attrs)
+    if "calibration" in attrs:
+        attrs["calibration"] = upgrade_calibration(attrs["calibration"])
+    if "config" in attrs:
+        attrs["config"] = upgrade_config(attrs["config"])
+    return attrs
 
 
 def open_dataset(path, require_complete: bool = False):

@@ -2,11 +2,10 @@
 
 Conventions
 -----------
-A detector image is indexed ``[row, col]`` = ``[ky, kx]``. Pixel ``(row, col)`` is centred on the spatial
-frequency ``k = ((col - W//2)·p, (row - H//2)·p)`` in Å⁻¹, where ``p`` is the pixel size in Å⁻¹/px; the
-undiffracted beam (k = 0) therefore falls on the centre of pixel ``(H//2, W//2)``, the same convention as
-``numpy.fft.fftshift``. Images hold the fraction of incident electrons per pixel, so their sum is the
-fraction of the beam that reaches the detector.
+Those of :mod:`stemforge.core.calibration`: a detector image is indexed ``[row, col]`` = ``[ky, kx]``; pixel
+``(row, col)`` is centred on ``k = ((col - W//2)·p, (row - H//2)·p)`` in Å⁻¹ with ``p`` = ``pixel_size_inv_A``, so the
+undiffracted beam (k = 0) falls on the centre of pixel ``(H//2, W//2)`` (``numpy.fft.fftshift``). Images hold the
+fraction of incident electrons per pixel, so their sum is the fraction of the beam that reaches the detector.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
+from stemforge.core.calibration import Calibration
 
 from .grids import antialias_limit
 
@@ -28,7 +29,7 @@ class Detector:
     ----------
     shape : tuple of int
         ``(H, W)`` pixels.
-    pixel_size : float
+    pixel_size_inv_A : float
         Å⁻¹ per pixel (at the specimen).
     supersample : int
         Each simulated pixel is split into ``supersample²`` sub-pixels when resampling; larger values
@@ -36,14 +37,14 @@ class Detector:
     """
 
     shape: tuple[int, int] = (128, 128)
-    pixel_size: float = 0.03
+    pixel_size_inv_A: float = 0.03
     supersample: int = 4
 
     def __post_init__(self):
         if len(self.shape) != 2 or min(self.shape) < 8:
             raise ValueError(f"detector.shape must be two sizes of at least 8 px, got {tuple(self.shape)}")
-        if not self.pixel_size > 0:
-            raise ValueError(f"detector.pixel_size must be positive (Å⁻¹/px), got {self.pixel_size}")
+        if not self.pixel_size_inv_A > 0:
+            raise ValueError(f"detector.pixel_size_inv_A must be positive (Å⁻¹/px), got {self.pixel_size_inv_A}")
         if self.supersample < 1:
             raise ValueError(f"detector.supersample must be ≥ 1, got {self.supersample}")
 
@@ -56,12 +57,12 @@ class Detector:
     def max_frequency(self) -> float:
         """Largest spatial frequency (Å⁻¹) on the detector: its farthest corner."""
         h, w = self.shape
-        return self.pixel_size * math.hypot(max(h // 2, h - h // 2), max(w // 2, w - w // 2))
+        return self.pixel_size_inv_A * math.hypot(max(h // 2, h - h // 2), max(w // 2, w - w // 2))
 
     def min_extent_A(self, k_oversample: float = 1.0) -> float:
         """Smallest simulation cell (Å) whose native reciprocal pixel (1/L) is ``k_oversample`` times finer than
         a detector pixel."""
-        return k_oversample / self.pixel_size
+        return k_oversample / self.pixel_size_inv_A
 
     def check_sampling(self, sampling_A: float) -> None:
         """Refuse a real-space sampling whose antialiasing limit does not reach the detector's corners."""
@@ -77,15 +78,21 @@ class Detector:
         """Convert spatial frequencies ``(..., 2)`` (kx, ky in Å⁻¹) to ``(..., 2)`` (col, row) pixel coordinates."""
         k_xy = np.asarray(k_xy, dtype=np.float64)
         cy, cx = self.center_px
-        return np.stack([k_xy[..., 0] / self.pixel_size + cx, k_xy[..., 1] / self.pixel_size + cy], axis=-1)
+        return np.stack([k_xy[..., 0] / self.pixel_size_inv_A + cx, k_xy[..., 1] / self.pixel_size_inv_A + cy], axis=-1)
+
+    @property
+    def calibration(self) -> Calibration:
+        """The detector as a :class:`~stemforge.core.calibration.Calibration`: pixel size and origin (k = 0)."""
+        return Calibration(pixel_size_inv_A=self.pixel_size_inv_A, origin_px=tuple(float(v) for v in self.center_px))
 
     def as_dict(self) -> dict:
+        """The ``calibration`` attribute of a dataset (earlier datasets are read through
+        :func:`stemforge.core.legacy.upgrade_calibration`)."""
         return {
             "shape": list(self.shape),
-            "pixel_size": self.pixel_size,
-            "pixel_size_unit": "1/Angstrom",
-            "center_px": list(self.center_px),
-            "max_frequency": self.max_frequency,
+            "pixel_size_inv_A": self.pixel_size_inv_A,
+            "origin_px": [float(v) for v in self.center_px],
+            "max_frequency_inv_A": self.max_frequency,
             "supersample": self.supersample,
             "convention": "image[row, col] = [ky, kx]; k=0 at the centre of pixel (H//2, W//2); "
             "values are fractions of the incident beam per pixel",
@@ -144,8 +151,8 @@ def resampling_matrix(
     rkx = c * KX - si * KY
     rky = si * KX + c * KY
     cy, cx = detector.center_px
-    col = np.floor(rkx / detector.pixel_size + cx + 0.5).astype(np.int64)
-    row = np.floor(rky / detector.pixel_size + cy + 0.5).astype(np.int64)
+    col = np.floor(rkx / detector.pixel_size_inv_A + cx + 0.5).astype(np.int64)
+    row = np.floor(rky / detector.pixel_size_inv_A + cy + 0.5).astype(np.int64)
     inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
     dst = (row * w + col)[inside]
     src = src[inside]

@@ -7,27 +7,11 @@ at that depth below the entrance surface.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
-# CODATA 2018
-_H = 6.62607015e-34  # J s
-_M0 = 9.1093837015e-31  # kg
-_E = 1.602176634e-19  # C
-_C = 299792458.0  # m / s
+from stemforge.core.units import mrad_to_inv_A, wavelength_A
 
-
-def wavelength_A(energy_eV: float) -> float:
-    """Relativistic electron wavelength in Å for an acceleration energy in eV."""
-    if energy_eV <= 0:
-        raise ValueError(f"energy must be positive (eV), got {energy_eV}")
-    e = energy_eV * _E
-    return _H / math.sqrt(2 * _M0 * e * (1 + e / (2 * _M0 * _C**2))) * 1e10
-
-
-def relativistic_mass_factor(energy_eV: float) -> float:
-    """γ = 1 + eU / (m₀c²)."""
-    return 1.0 + energy_eV * _E / (_M0 * _C**2)
+__all__ = ["Optics", "probe_spread_radius_A"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +50,7 @@ class Optics:
     @property
     def aperture_radius_inv_A(self) -> float:
         """Radius of the bright-field disk in Å⁻¹ (α / λ)."""
-        return self.semiangle_mrad * 1e-3 / self.wavelength_A
+        return mrad_to_inv_A(self.semiangle_mrad, self.energy)
 
     def as_dict(self) -> dict:
         d = asdict(self)

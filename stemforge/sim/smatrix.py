@@ -22,9 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stemforge.core.units import wavelength_A
+
 from .grids import grid_points
 from .multislice import exit_plane_indices
-from .optics import Optics, wavelength_A
+from .optics import Optics
 
 
 def beam_count(semiangle_mrad: float, extent_A: tuple[float, float], energy: float) -> int:

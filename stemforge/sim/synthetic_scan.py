@@ -43,6 +43,8 @@ import logging
 
 import numpy as np
 
+from stemforge.core.calibration import Calibration
+
 from .config import ConfigError, ScanConfig, build_detector, validate  # noqa: F401 (ScanConfig re-exported)
 from .generate import _rot_z, _versions
 from .scan_profiles import PROFILES, crystal_frame_strain, position_parameters, strain_tensor, validate_scan  # noqa: F401
@@ -319,15 +321,11 @@ def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
         g.create_array(f"ground_truth/{name}", data=arr)
     g.attrs.update(
         {
-            "calibration": {
-                "q_pixel_size": detector.pixel_size,
-                "energy_eV": float(sc.energy_eV),
-                "semiangle_mrad": float(sc.semiangle_mrad),
-                "scan_step_A": [float(sc.step_A)] * 2,
-                "origin_px": [float(H // 2), float(W // 2)],
-                "ellipticity": None,
-                "rotation_deg": 0.0,
-            },
+            "calibration": detector.calibration.with_(
+                energy_eV=float(sc.energy_eV),
+                semiangle_mrad=float(sc.semiangle_mrad),
+                scan_step_A=(float(sc.step_A), float(sc.step_A)),
+            ).as_dict(),
             "phases": [str(n) for n in sc.structures],
             "ground_truth_units": {
                 "exx": "1",
@@ -358,6 +356,7 @@ def scan_summary(path) -> str:
 
     g = zarr.open_group(str(path), mode="r")
     a, gt = dict(g.attrs), g["ground_truth"]
+    cal = Calibration.from_dict(a["calibration"])  # also a scan written before 0.2.0 (q_pixel_size)
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
     def span(name, scale=1.0, unit=""):
@@ -373,7 +372,6 @@ def scan_summary(path) -> str:
             [span("exx", 100, " %"), span("eyy", 100, " %"), span("exy", 100, " %"), span("theta_deg", 1, "°")]
         ),
         f"  thickness_A {sorted({float(t) for t in np.round(np.asarray(gt['thickness_A'][...], float), 2).ravel()})}, "
-        f"step {a['calibration']['scan_step_A'][0]:g} Å, detector {tuple(g['data'].shape[2:])} at "
-        f"{a['calibration']['q_pixel_size']:g} Å⁻¹/px",
+        f"step {cal.scan_step_A[0]:g} Å, detector {tuple(g['data'].shape[2:])} at {cal.pixel_size_inv_A:g} Å⁻¹/px",
     ]
     return "\n".join(lines)
