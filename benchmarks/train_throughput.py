@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
 
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
         "data.split.val_fraction=0.1",
         "data.split.test_fraction=0.0",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
     HydraConfig().set_config(cfg)
 
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
 def fit_and_compare(overrides, epochs: int, tmp: Path) -> None:
     """Train ``epochs`` epochs (the train app's code path) and compare the best validation peak F1 with chance."""
     import torch
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
@@ -170,7 +170,7 @@ def fit_and_compare(overrides, epochs: int, tmp: Path) -> None:
         f"paths.output_dir={tmp}/fit",
         f"callbacks.early_stopping.patience={epochs}",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
         cfg = compose(config_name="train", return_hydra_config=True, overrides=fit_overrides)
     HydraConfig().set_config(cfg)
     t0 = time.perf_counter()

@@ -230,3 +230,22 @@ def test_lazy_scan_gives_the_same_strain_and_origin_maps_are_used():
     lat = fit_lattice(bv, G1, G2, origin_px=origins)
     assert np.abs(lat["q0"]).max() < 0.05  # the origin map removed the shift
     assert np.abs(strain_map(lat)["exx"]).max() < 5e-4
+
+
+def test_lattice_indexing_is_written_once_and_exact():
+    """index_on_lattice / fit_basis (the one indexing used by choose_lattice_vectors, index_bragg_vectors and
+    fit_lattice): integer indices and distances of noisy lattice points, and the weighted refit of the basis."""
+    from stemforge.analysis.lattice import fit_basis, index_on_lattice
+
+    rng = np.random.default_rng(3)
+    basis, q0 = np.array([[10.0, 0.5], [3.0, 8.0]]), np.array([0.4, -0.3])
+    hk = np.array([(h, k) for h in range(-3, 4) for k in range(-3, 4)], float)
+    noise = rng.normal(0, 0.2, (len(hk), 2))
+    q = hk @ basis + q0 + noise
+    got, err = index_on_lattice(q, basis, q0)
+    np.testing.assert_array_equal(got, hk)
+    np.testing.assert_allclose(err, np.hypot(*noise.T))
+    fitted, fitted_q0 = fit_basis(hk, hk @ basis + q0, np.ones(len(hk)))
+    np.testing.assert_allclose(fitted, basis, atol=1e-12)
+    np.testing.assert_allclose(fitted_q0, q0, atol=1e-12)
+    assert index_on_lattice(np.zeros((0, 2)), basis)[0].shape == (0, 2)

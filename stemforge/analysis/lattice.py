@@ -13,8 +13,6 @@ from .braggvectors import BraggVectors
 from .datacube import AnalysisError
 from .streaming import region_mask
 
-_region_mask = region_mask  # older name, kept for callers
-
 
 def _origin(bv: BraggVectors, origin_px):
     if origin_px is None:
@@ -111,6 +109,41 @@ def _sine(u, v) -> float:
     return abs(u[0] * v[1] - u[1] * v[0]) / (np.linalg.norm(u) * np.linalg.norm(v))
 
 
+def index_on_lattice(q: np.ndarray, basis: np.ndarray, q0=(0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The one lattice indexing of stemforge: the nearest lattice point ``h g1 + k g2 + q0`` of every vector.
+
+    Parameters
+    ----------
+    q : array (N, 2)
+        Vectors ``(x, y)`` in px.
+    basis : array (2, 2)
+        Rows ``g1``, ``g2`` in px (not collinear).
+    q0 : array (2,)
+        Offset of the lattice (px).
+
+    Returns
+    -------
+    hk : array (N, 2) of float
+        Integer indices ``(h, k)`` (as floats).
+    error_px : array (N,)
+        Distance of each vector to its lattice point (px).
+    """
+    q = np.asarray(q, dtype=np.float64).reshape(-1, 2)
+    if not len(q):
+        return np.zeros((0, 2)), np.zeros(0)
+    basis, q0 = np.asarray(basis, dtype=np.float64), np.asarray(q0, dtype=np.float64)
+    hk = np.rint(np.linalg.solve(basis.T, (q - q0).T).T)
+    return hk, np.hypot(*(hk @ basis + q0 - q).T)
+
+
+def fit_basis(hk: np.ndarray, q: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares of ``q ≈ h g1 + k g2 + q0`` (``w``: weight of each row's residual); returns the basis
+    (rows g1, g2) and ``q0``, all in px."""
+    design = np.c_[hk, np.ones(len(hk))]
+    sol, *_ = np.linalg.lstsq(design * w[:, None], q * w[:, None], rcond=None)
+    return sol[:2], sol[2]
+
+
 def _index_and_refine(vec, w, basis, max_error_px: float, rounds: int = 2):
     """Index ``vec`` on ``basis`` (rows g1, g2) and refit ``q ≈ h g1 + k g2 + q0`` (weights ``w``) ``rounds`` times.
 
@@ -118,15 +151,14 @@ def _index_and_refine(vec, w, basis, max_error_px: float, rounds: int = 2):
     """
     basis, q0 = np.array(basis, dtype=np.float64), np.zeros(2)
     for it in range(rounds + 1):
-        hk = np.rint(np.linalg.solve(basis.T, (vec - q0).T).T)
-        ok = np.hypot(*(hk @ basis + q0 - vec).T) <= max_error_px
+        hk, err = index_on_lattice(vec, basis, q0)
+        ok = err <= max_error_px
         if it == rounds or ok.sum() < 3 or np.linalg.matrix_rank(hk[ok]) < 2:
             break
-        sw = np.sqrt(w[ok])[:, None]
-        sol, *_ = np.linalg.lstsq(np.c_[hk[ok], np.ones(ok.sum())] * sw, vec[ok] * sw, rcond=None)
-        if abs(np.linalg.det(sol[:2])) < 1e-9:
+        new_basis, new_q0 = fit_basis(hk[ok], vec[ok], np.sqrt(w[ok]))
+        if abs(np.linalg.det(new_basis)) < 1e-9:
             break
-        basis, q0 = sol[:2], sol[2]
+        basis, q0 = new_basis, new_q0
     return basis, q0, hk, ok
 
 
@@ -313,15 +345,8 @@ def choose_lattice_vectors(
             else:
                 raise AnalysisError("all recurring reflections are collinear; cannot choose a second lattice vector")
     g1, g2 = np.array(g1, dtype=np.float64), np.array(g2, dtype=np.float64)
-    if refine:
-        basis = np.stack([g1, g2])
-        hk = np.rint(np.linalg.solve(basis.T, vec.T).T)
-        ok = np.hypot(*(hk @ basis - vec).T) <= max_error_px
-        if ok.sum() >= 3 and np.linalg.matrix_rank(hk[ok]) == 2:
-            sw = np.sqrt(w[ok])[:, None]
-            design = np.c_[hk[ok], np.ones(ok.sum())]
-            sol, *_ = np.linalg.lstsq(design * sw, vec[ok] * sw, rcond=None)
-            g1, g2 = sol[0], sol[1]
+    if refine:  # one least-squares refinement on the candidates the basis indexes
+        (g1, g2), *_ = _index_and_refine(vec, w, np.stack([g1, g2]), max_error_px, rounds=1)
     if g1[0] * g2[1] - g1[1] * g2[0] < 0:  # right-handed in (x, y)
         g2 = -g2
     return g1, g2
@@ -336,9 +361,7 @@ def index_bragg_vectors(bv: BraggVectors, g1, g2, origin_px=None, max_error_px: 
     basis = np.stack([np.asarray(g1, float), np.asarray(g2, float)])
     if abs(np.linalg.det(basis)) < 1e-9:
         raise AnalysisError("g1 and g2 are collinear")
-    q = relative_xy(bv, origin_px=origin_px)
-    hk = np.rint(np.linalg.solve(basis.T, q.T).T) if len(q) else np.zeros((0, 2))
-    err = np.hypot(*(hk @ basis - q).T) if len(q) else np.zeros(0)
+    hk, err = index_on_lattice(relative_xy(bv, origin_px=origin_px), basis)
     return {"h": hk[:, 0].astype(int), "k": hk[:, 1].astype(int), "error_px": err, "indexed": err <= max_error_px}
 
 
@@ -413,15 +436,13 @@ def fit_lattice(
         basis, q0 = np.stack([g1, g2]), np.zeros(2)
         ok = np.zeros(len(q), bool)
         for _ in range(iterations + 1):
-            hk = np.rint(np.linalg.solve(basis.T, (q - q0).T).T)
-            ok = (np.hypot(*(hk @ basis + q0 - q).T) <= max_error_px) & (w > 0)
+            hk, err = index_on_lattice(q, basis, q0)
+            ok = (err <= max_error_px) & (w > 0)
             for _ in range(8):  # fit, then leave out outliers and refit
-                design = np.c_[hk[ok], np.ones(ok.sum())]
-                if ok.sum() < min_peaks or np.linalg.matrix_rank(design) < 3:
+                if ok.sum() < min_peaks or np.linalg.matrix_rank(np.c_[hk[ok], np.ones(ok.sum())]) < 3:
                     ok[:] = False
                     break
-                sol, *_ = np.linalg.lstsq(design * w[ok, None], q[ok] * w[ok, None], rcond=None)
-                basis, q0 = sol[:2], sol[2]
+                basis, q0 = fit_basis(hk[ok], q[ok], w[ok])
                 if reject_sigma is None:
                     break
                 res = np.hypot(*(hk @ basis + q0 - q).T)
