@@ -11,8 +11,8 @@ made noisy at a low dose and analysed by both methods through :func:`stemforge.a
 * patterns per second of each disk finder on this machine.
 
 The ML method uses ``--model`` (default ``bragg-fcunet:stable``) from ``--store`` (default ``$STEMFORGE_STORE`` or
-the default store, seeded with the pretrained model shipped in ``registry/pretrained``). Without a loadable model
-the script stops with one line before simulating anything.
+the default store, seeded with the pretrained model shipped in ``stemforge/registry/pretrained``). Without a
+loadable model the script stops with one line before simulating anything.
 
 With ``--py4dstem-python PATH`` (default ``$STEMFORGE_PY4DSTEM_PYTHON``) py4DSTEM's classical ``find_Bragg_disks``
 runs side by side on exactly the same noisy scan: py4DSTEM 0.14 needs numpy<2, so it runs in a separate environment

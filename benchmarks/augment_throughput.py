@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of the augmentation pipeline: patterns per second per CPU core.
 
-Builds the preset ``conf/augment/<preset>.yaml`` through Hydra (exactly what a
+Builds the preset ``stemforge/conf/augment/<preset>.yaml`` through Hydra (exactly what a
 training run instantiates), feeds it 256 x 256 samples (stand-ins from
 :func:`stemforge.augment.synthetic_sample`, or the first patterns of a ``--dataset`` zarr
 group) through :func:`stemforge.augment.augment_sample` on one thread (OpenCV, BLAS and
@@ -19,7 +19,7 @@ OpenMP pools limited to 1), and reports
 
 The process is set up with :func:`stemforge.augment.configure_worker` exactly as a training
 DataLoader worker should be (one thread for OpenCV and BLAS/OpenMP; glibc malloc
-thresholds raised, see ``augment/runtime.py``); ``--default-malloc`` measures
+thresholds raised, see ``stemforge/augment/runtime.py``); ``--default-malloc`` measures
 without the malloc tuning.  ShotNoise's sampler uses its numba backend when numba
 imports (compiled or loaded from its cache during the warm-up).
 
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the report; the last line is the RESULT line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short run (< 1 min): 3 x 400 patterns")
-    ap.add_argument("--preset", default="default", help="conf/augment/<preset>.yaml (default: default)")
+    ap.add_argument("--preset", default="default", help="stemforge/conf/augment/<preset>.yaml (default: default)")
     ap.add_argument("--dataset", default=None, help="zarr group of the simulator (default: synthetic stand-ins)")
     ap.add_argument("--size", type=int, default=256, help="pattern side in px for synthetic samples (default 256)")
     ap.add_argument("--samples", type=int, default=16, help="distinct samples cycled through (default 16)")

@@ -21,7 +21,7 @@ targets and pass reflections as ``keypoints`` in ``xy`` format):
   when it imports, with identical counts);
 * :class:`HotPixels` -- hot and dead detector pixels (pattern only).
 
-Pipeline helpers: :func:`build_pipeline` (Hydra target of ``conf/augment/*.yaml``;
+Pipeline helpers: :func:`build_pipeline` (Hydra target of ``stemforge/conf/augment/*.yaml``;
 presets ``none``, ``crystal4d``, ``counting`` = ``default``), :func:`load_preset` /
 :func:`preset_config` (a preset instantiated / resolved without a running Hydra
 app), :func:`augment_sample` (one sample of the simulator's data contract in and

@@ -1,7 +1,7 @@
 """Assemble the augmentation chain and apply it to one sample of the data contract.
 
 :func:`build_pipeline` returns an ``albumentations.Compose``; its keyword
-arguments are exactly the keys of ``conf/augment/<preset>.yaml`` (which carry
+arguments are exactly the keys of ``stemforge/conf/augment/<preset>.yaml`` (which carry
 ``_target_: stemforge.augment.build_pipeline``), so ``hydra.utils.instantiate(cfg.augment)``
 builds it.  :func:`augment_sample` feeds it one sample (pattern, probe, label maps,
 NaN-padded reflections) and returns the same structure.
@@ -274,7 +274,7 @@ def _nonzero(value: Any) -> bool:
 
 
 def preset_config(preset: str = "default", conf_dir: str | Path | None = None) -> Any:
-    """The ``conf/augment/<preset>.yaml`` node as Hydra composes it (``defaults`` lists resolved).
+    """The ``stemforge/conf/augment/<preset>.yaml`` node as Hydra composes it (``defaults`` lists resolved).
 
     Uses plain OmegaConf, not Hydra's global state, so it also works inside a
     running Hydra application.  Entries of a ``defaults`` list name other presets
@@ -283,7 +283,7 @@ def preset_config(preset: str = "default", conf_dir: str | Path | None = None) -
     Parameters
     ----------
     preset : str
-        Preset name (file stem in ``conf/augment/``).
+        Preset name (file stem in ``stemforge/conf/augment/``).
     conf_dir : str or Path, optional
         Hydra config directory; default :data:`CONF_DIR`.
 
@@ -320,12 +320,12 @@ def preset_config(preset: str = "default", conf_dir: str | Path | None = None) -
 
 
 def load_preset(preset: str = "default", conf_dir: str | Path | None = None, **overrides: Any) -> A.Compose:
-    """Instantiate ``conf/augment/<preset>.yaml`` with ``hydra.utils.instantiate``, as a training run would.
+    """Instantiate ``stemforge/conf/augment/<preset>.yaml`` with ``hydra.utils.instantiate``, as a training run would.
 
     Parameters
     ----------
     preset : str
-        Preset name (file stem in ``conf/augment/``).
+        Preset name (file stem in ``stemforge/conf/augment/``).
     conf_dir : str or Path, optional
         Hydra config directory; default :data:`CONF_DIR`.
     **overrides

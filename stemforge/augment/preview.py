@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, augment the samples and write the PNG."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default=None, help="zarr group of the simulator (default: synthetic stand-ins)")
-    ap.add_argument("--preset", default="default", help="conf/augment/<preset>.yaml (default: default)")
+    ap.add_argument("--preset", default="default", help="stemforge/conf/augment/<preset>.yaml (default: default)")
     ap.add_argument("--rows", type=int, default=4, help="number of samples (rows)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the pipeline and of the sample choice")
     ap.add_argument("--out", default="outputs/augment_preview.png", help="PNG path")

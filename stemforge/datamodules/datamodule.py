@@ -36,7 +36,7 @@ class CBEDDataModule(pl.LightningDataModule):
     split : dict
         Keyword arguments of :func:`stemforge.datamodules.splits.split_indices` (``method``, fractions, holdouts, seed).
     augment : albumentations.Compose or None
-        Training-time augmentation (``conf/augment``); applied to validation too when ``augment_val``.
+        Training-time augmentation (``stemforge/conf/augment``); applied to validation too when ``augment_val``.
     augment_val : bool
         Augment validation/test data with a fixed seed (to measure on realistic detector data).
     normalisation : dict

@@ -290,7 +290,8 @@ def build_detector(d):
 
 
 def register_configs() -> None:
-    """Register the schema with Hydra's ConfigStore (``conf/simulate.yaml`` starts from ``simulate_schema``)."""
+    """Register the schema with Hydra's ConfigStore (``stemforge/conf/simulate.yaml`` starts from
+    ``simulate_schema``)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="simulate_schema", node=SimulateConfig)
