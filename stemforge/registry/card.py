@@ -57,7 +57,8 @@ __all__ = [
 log = logging.getLogger("registry")
 
 CARD_SCHEMA = "stemforge-model-card/1"
-ROOT = Path(__file__).resolve().parents[1]
+#: the source checkout when stemforge runs from one (editable install); a wheel in site-packages has none
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 _FAMILIES = {
     "BraggMapModule": "bragg",
@@ -114,12 +115,18 @@ def dataset_fingerprint(dataset_config: dict, versions: dict) -> str:
 
 
 def _git_commit() -> dict:
+    """stemforge's own commit, only when running from its checkout (never the commit of a repository that merely
+    holds a virtual environment with stemforge installed)."""
+    if not ((CHECKOUT / ".git").exists() and (CHECKOUT / "pyproject.toml").exists()):
+        return {}
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        head = subprocess.run(
+            ["git", "-C", str(CHECKOUT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if head.returncode != 0:
             return {}
         dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(CHECKOUT), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             timeout=10,
