@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from stemforge.core.provenance import package_versions
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
@@ -79,7 +81,6 @@ def parse_results(text: str) -> dict:
 
 def machine() -> dict:
     """CPU model, cores, memory, GPU and package versions of this machine."""
-    import importlib.metadata as md
 
     cpu = platform.processor() or "unknown CPU"
     try:
@@ -103,12 +104,7 @@ def machine() -> dict:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     except Exception:  # noqa: BLE001 - any torch problem just means no GPU to report
         gpu = "none"
-    versions = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = "not installed"
+    versions = package_versions(PACKAGES)
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory": mem, "gpu": gpu, "versions": versions}
 
 

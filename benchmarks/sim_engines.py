@@ -57,17 +57,11 @@ def main() -> None:
 
 
 def group_timing(args) -> dict:
+    from stemforge.sim.chunks import build_catalog, group_specimen, plan_run, probe_position_A, simulate_group
     from stemforge.sim.config import build_detector
-    from stemforge.sim.engine import GroupRun, choose_group_engine, uses_frozen_phonons
-    from stemforge.sim.generate import (
-        build_catalog,
-        group_specimen,
-        plan_run,
-        probe_position_A,
-        simulate_group,
-        simulation_frame_optics,
-    )
-    from stemforge.sim.multislice import configure_abtem
+    from stemforge.sim.engine import GroupRun, choose_group_engine
+    from stemforge.sim.frames import simulation_frame_optics
+    from stemforge.sim.setup import configure_abtem, uses_frozen_phonons
     from stemforge.sim.smatrix import commensurate_sampling
 
     k = args.group_size

@@ -18,8 +18,9 @@ def main() -> None:
     from pymatgen.core import Lattice, Structure
 
     from stemforge.sim.detector import Detector, resample, resampling_matrix
-    from stemforge.sim.multislice import Phonons, configure_abtem, simulate_cbed
+    from stemforge.sim.multislice import simulate_cbed
     from stemforge.sim.optics import Optics
+    from stemforge.sim.setup import Phonons, configure_abtem
     from stemforge.sim.specimen import zone_axis_specimen
 
     configure_abtem(fftw_threads=2)

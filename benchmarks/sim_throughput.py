@@ -40,15 +40,9 @@ def main() -> None:
     from pymatgen.core import Lattice, Structure
 
     from stemforge.sim.detector import Detector, resample, resampling_matrix
-    from stemforge.sim.multislice import configure_abtem
     from stemforge.sim.optics import Optics
-    from stemforge.sim.smatrix import (
-        beam_count,
-        build_smatrix,
-        choose_engine,
-        commensurate_sampling,
-        slicing,
-    )
+    from stemforge.sim.setup import configure_abtem, slicing
+    from stemforge.sim.smatrix import beam_count, build_smatrix, choose_engine, commensurate_sampling
     from stemforge.sim.specimen import zone_axis_specimen
 
     energy, alpha = 300e3, 2.0

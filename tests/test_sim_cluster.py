@@ -168,13 +168,13 @@ def test_failed_chunk_is_one_line_error_and_resumable(tmp_path):
     driver = f"""
 import logging, runpy, sys
 import distributed
-import stemforge.sim.generate
-real = stemforge.sim.generate.simulate_chunk
+import stemforge.sim.chunks
+real = stemforge.sim.chunks.simulate_chunk
 def flaky(cfg, catalog, detector, c, length, *a, **k):
     if c == 1:
         raise RuntimeError("injected failure")
     return real(cfg, catalog, detector, c, length, *a, **k)
-stemforge.sim.generate.simulate_chunk = flaky
+stemforge.sim.chunks.simulate_chunk = flaky
 # the worker runs in this process (threads); a real worker logs in its own process, not on the client's stderr
 for name in ("distributed", "distributed.worker", "distributed.core", "distributed.scheduler"):
     logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -199,3 +199,35 @@ finally:
 
     g = zarr.open_group(str(out), mode="r")
     assert g.attrs["status"] != "complete" and list(g["chunk_complete"][:]) == [True, False]
+
+
+def test_cluster_does_not_import_generate():
+    """Workers import stemforge.sim.cluster (and through it stemforge.sim.chunks), never the dataset orchestration."""
+    code = (
+        "import sys, stemforge.sim.cluster, stemforge.sim.chunks\n"
+        "assert 'stemforge.sim.generate' not in sys.modules, sorted(m for m in sys.modules if 'stemforge' in m)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_only_orchestration_imports_generate():
+    """No module of stemforge.sim imports stemforge.sim.generate (it orchestrates; nothing under it may need it)."""
+    import ast
+
+    sim = ROOT / "stemforge" / "sim"
+    offenders = []
+    for path in sorted(sim.glob("*.py")):
+        if path.name == "generate.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                names = {a.name for a in node.names}
+                relative_hit = node.level == 1 and (module == "generate" or (not module and "generate" in names))
+                absolute_hit = module == "stemforge.sim.generate" or (module == "stemforge.sim" and "generate" in names)
+                if relative_hit or absolute_hit:
+                    offenders.append(f"{path.name}:{node.lineno}")
+            elif isinstance(node, ast.Import) and any(a.name == "stemforge.sim.generate" for a in node.names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders

@@ -1,4 +1,4 @@
-"""Specimen groups and the engine choice (stemforge.sim.engine, stemforge.sim.generate): shared specimens, S-matrix =
+"""Specimen groups and the engine choice (stemforge.sim.engine, stemforge.sim.chunks): shared specimens, S-matrix =
 multislice,
 batched multislice = one multislice per run, the automatic choice picks the faster path, refusals."""
 
@@ -31,7 +31,7 @@ _CATALOGS = {}
 
 def catalog_of(cfg):
     """build_catalog, cached per structure list and zone-axis setting (loading the library takes seconds)."""
-    from stemforge.sim.generate import build_catalog
+    from stemforge.sim.chunks import build_catalog
 
     key = (tuple(cfg.structure.names), tuple(cfg.orientation.zone_axes), cfg.orientation.max_index)
     if key not in _CATALOGS:
@@ -40,7 +40,7 @@ def catalog_of(cfg):
 
 
 def group(cfg, g=0):
-    from stemforge.sim.generate import optics_per_specimen, plan_run
+    from stemforge.sim.chunks import optics_per_specimen, plan_run
 
     catalog = catalog_of(cfg)
     k = optics_per_specimen(cfg)
@@ -48,7 +48,7 @@ def group(cfg, g=0):
 
 
 def test_runs_of_a_group_share_the_specimen_and_draw_their_own_optics():
-    from stemforge.sim.generate import plan_run
+    from stemforge.sim.chunks import plan_run
 
     cfg = compose(
         *TINY,
@@ -84,8 +84,8 @@ def test_runs_of_a_group_share_the_specimen_and_draw_their_own_optics():
 
 def test_k1_draws_everything_from_the_run_stream():
     """k = 1 keeps today's draws: every value comes from default_rng([seed, r]) in the original order."""
+    from stemforge.sim.chunks import plan_run
     from stemforge.sim.config import draw
-    from stemforge.sim.generate import plan_run
 
     cfg = compose(*TINY, "orientation.mistilt_max_mrad=0.7", "optics.energy=[200e3,300e3]")
     catalog = catalog_of(cfg)
@@ -115,7 +115,7 @@ def _compare_groups(a, b, rel=1e-3):
 @pytest.mark.parametrize("zone", ["100", "110"])
 def test_smatrix_group_equals_multislice(zone):
     """One S-matrix for a group of 4 optics settings / positions: patterns within 1e-3, labels identical."""
-    from stemforge.sim.generate import simulate_group
+    from stemforge.sim.chunks import simulate_group
 
     cfg = compose(
         *TINY,
@@ -134,7 +134,7 @@ def test_smatrix_group_equals_multislice(zone):
 
 def test_smatrix_group_with_one_frozen_phonon_configuration_equals_multislice():
     """frozen_phonons = 1: the S-matrix is built on abTEM's displaced atoms of the run group's seed."""
-    from stemforge.sim.generate import simulate_group
+    from stemforge.sim.chunks import simulate_group
 
     cfg = compose(
         *TINY,
@@ -214,7 +214,7 @@ def test_auto_picks_the_faster_engine(overrides, expected):
 def _auto_choice(cfg, catalog, specs, det):
     import logging
 
-    from stemforge.sim.generate import simulate_group
+    from stemforge.sim.chunks import simulate_group
 
     records = []
 
@@ -222,7 +222,7 @@ def _auto_choice(cfg, catalog, specs, det):
         def emit(self, record):
             records.append(record.getMessage())
 
-    logger = logging.getLogger("stemforge.sim.generate")
+    logger = logging.getLogger("stemforge.sim.chunks")
     handler, level = Grab(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
@@ -237,8 +237,8 @@ def _auto_choice(cfg, catalog, specs, det):
 
 def test_choice_rules():
     """Without measuring: blockers force multislice, k = 1 never takes the S-matrix, explicit requests win."""
+    from stemforge.sim.chunks import group_specimen
     from stemforge.sim.engine import GroupRun, choose_group_engine
-    from stemforge.sim.generate import group_specimen
     from stemforge.sim.optics import Optics
     from stemforge.sim.smatrix import commensurate_sampling
 
@@ -350,3 +350,114 @@ def test_grouped_dataset_is_deterministic(tmp_path):
         assert ga[name][:].tobytes() == gb[name][:].tobytes(), name
     p = ga["patterns"][:]
     assert np.isfinite(p).all() and len({float(v) for v in ga["labels/defocus_A"][:]}) == 4
+
+
+def _slab(thickness_A: float, period_A: float | None):
+    """A 6 × 6 Å Si column of ``thickness_A`` (periodic along the beam with ``period_A`` when given)."""
+    from ase import Atoms
+
+    from stemforge.sim.specimen import Specimen
+
+    atoms = Atoms("Si", positions=[(3.0, 3.0, 0.3)], cell=[6.0, 6.0, thickness_A], pbc=True)
+    return Specimen(atoms, np.eye(3), periodic=period_A is not None, period_A=period_A)
+
+
+@pytest.mark.parametrize(
+    "thickness_A, period_A, target_A, dz_A, num_slices",
+    [
+        (10.0, None, 2.0, 2.0, 5),  # box: ceil(10 / 2) = 5 slices of 2 Å (not 6)
+        (9.0, None, 2.0, 1.8, 5),  # box: ceil(9 / 2) = 5 slices of 1.8 Å
+        (4 * 5.431, 5.431, 2.0, 5.431 / 3, 12),  # period / target = 2.7: 3 slices per period, not a 2 Å remainder
+        (3 * 3.8403, 3.8403, 2.0, 3.8403 / 2, 6),  # t / dz = 6.000000000000001: still 6 slices
+        (3 * 1.5, 1.5, 2.0, 1.5, 3),  # a period thinner than the target: one slice per period
+    ],
+)
+def test_slicing_rule(thickness_A, period_A, target_A, dz_A, num_slices):
+    """The one slicing rule (stemforge.sim.setup.slicing) and the potential that every engine builds from it."""
+    from stemforge.sim.setup import build_potential, simulation_setup, slicing
+
+    spec = _slab(thickness_A, period_A)
+    dz, n = slicing(spec, target_A)
+    assert dz == pytest.approx(dz_A, rel=1e-12) and n == num_slices
+    setup = simulation_setup(spec, [thickness_A], sampling_A=0.5, slice_thickness_A=target_A)
+    assert (setup.slice_thickness_A, setup.num_slices, setup.planes) == (dz, n, (n - 1,))
+    assert build_potential(spec.atoms, setup).num_slices == num_slices
+
+
+def test_explicit_slices_avoid_abtems_extra_slice():
+    """Why the potential gets explicit slices: abTEM 1.0.11 makes ceil(t / dz) slices, one too many here."""
+    import abtem
+
+    from stemforge.sim.setup import build_potential, simulation_setup
+
+    spec = _slab(3 * 3.8403, 3.8403)
+    setup = simulation_setup(spec, [spec.thickness_A], sampling_A=0.5)
+    assert spec.thickness_A / setup.slice_thickness_A > 6
+    assert abtem.Potential(spec.atoms, gpts=setup.gpts, slice_thickness=setup.slice_thickness_A).num_slices == 7
+    assert build_potential(spec.atoms, setup).num_slices == setup.num_slices == 6
+
+
+def test_setup_exit_planes():
+    """Exit planes keep the request order; repeated and out-of-order thicknesses map onto the unique planes."""
+    from stemforge.sim.setup import simulation_setup
+
+    setup = simulation_setup(_slab(9.0, None), [9.0, 4.0, 0.0, 9.0], sampling_A=0.5)
+    assert setup.planes == (4, 1, -1, 4) and setup.unique_planes == (-1, 1, 4)
+    assert setup.plane_rows == [2, 1, 0, 2]
+    assert np.array_equal(setup.thicknesses_A, [9.0, 3.6, 0.0, 9.0])
+    assert setup.gpts == (12, 12) and setup.sampling_A == (0.5, 0.5)
+    with pytest.raises(ValueError, match="exceeds the specimen"):
+        simulation_setup(_slab(9.0, None), [12.0], sampling_A=0.5)
+
+
+@pytest.mark.parametrize("kind", ["zone_axis", "box"])
+def test_engines_share_one_setup(kind, silicon, monkeypatch):
+    """simulate_cbed, multislice_group, build_smatrix and vacuum_probe simulate the same grid, slices and exit planes:
+    those of stemforge.sim.setup.simulation_setup, down to the arguments abTEM's potential gets."""
+    import abtem
+
+    from stemforge.sim.engine import GroupRun, multislice_group
+    from stemforge.sim.multislice import simulate_cbed, vacuum_probe
+    from stemforge.sim.optics import Optics
+    from stemforge.sim.orientations import zone_axis_rotation
+    from stemforge.sim.setup import simulation_setup
+    from stemforge.sim.smatrix import build_smatrix
+    from stemforge.sim.specimen import oriented_box_specimen, zone_axis_specimen
+
+    if kind == "zone_axis":
+        spec = zone_axis_specimen(silicon, (1, 0, 0), thickness_A=12.0, min_extent_A=10.0)
+        assert spec.periodic
+    else:
+        spec = oriented_box_specimen(silicon, zone_axis_rotation(silicon, (1, 1, 2)), (10.0, 10.0, 9.0))
+        assert not spec.periodic
+    thicknesses, sampling = [9.0, 4.0], 0.4
+    expected = simulation_setup(spec, thicknesses, sampling_A=sampling, slice_thickness_A=2.0)
+
+    potentials = []
+    real = abtem.Potential
+
+    def spy(*args, **kwargs):
+        potentials.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(abtem, "Potential", spy)
+    optics = [Optics(300e3, 1.0, defocus_A=20.0), Optics(300e3, 1.5)]
+    runs = [GroupRun(o, np.array([3.0, 4.0])) for o in optics]
+    kw = dict(sampling_A=sampling, slice_thickness_A=2.0)
+    _, one_sampling, one_t, one_grid = simulate_cbed(spec, optics[0], runs[0].position_A, thicknesses, **kw)
+    _, group_sampling, group_t, group_grid = multislice_group(spec, runs, thicknesses, **kw)
+    S = build_smatrix(spec, 300e3, 1.5, thicknesses, bloch=False, **kw)
+    assert len(potentials) == 3
+    for p in potentials:
+        assert p["gpts"] == expected.gpts
+        assert p["slice_thickness"] == (expected.slice_thickness_A,) * expected.num_slices
+    assert [p["exit_planes"] for p in potentials] == [expected.unique_planes, expected.unique_planes, None]
+
+    assert S.setup == expected
+    for grid, t in [(one_grid, one_t), (group_grid, group_t), (S.grid, S.thicknesses_A)]:
+        assert grid["gpts"] == list(expected.gpts) and grid["sampling_A"] == list(expected.sampling_A)
+        assert (grid["slice_thickness_A"], grid["num_slices"]) == (expected.slice_thickness_A, expected.num_slices)
+        assert np.array_equal(t, expected.thicknesses_A)
+    assert one_sampling == group_sampling == S.sampling == (1 / expected.extent_A[1], 1 / expected.extent_A[0])
+    probe, probe_sampling = vacuum_probe(optics[0], spec.extent_A, sampling)
+    assert probe.shape == expected.gpts[::-1] and probe_sampling == one_sampling

@@ -190,7 +190,7 @@ def test_grains_through_the_script(tmp_path):
     exits 2 with one line and writes nothing."""
     from stemforge import analysis
     from stemforge.sim.config import ScanConfig
-    from stemforge.sim.generate import _rot_z
+    from stemforge.sim.frames import rotation_z as _rot_z
     from stemforge.sim.scan_profiles import position_parameters
     from stemforge.sim.specimen import zone_axis_specimen
     from stemforge.sim.structures import load_structure

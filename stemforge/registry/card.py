@@ -28,13 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
 from stemforge.core.jsonable import to_jsonable
 from stemforge.core.legacy import upgrade_class_path, upgrade_config
+from stemforge.core.provenance import checkout_commit, package_versions
 
 from .errors import RegistryError
 from .index import sha256_file, utc_now
@@ -57,8 +55,6 @@ __all__ = [
 log = logging.getLogger("registry")
 
 CARD_SCHEMA = "stemforge-model-card/1"
-#: the source checkout when stemforge runs from one (editable install); a wheel in site-packages has none
-CHECKOUT = Path(__file__).resolve().parents[2]
 
 _FAMILIES = {
     "BraggMapModule": "bragg",
@@ -114,38 +110,10 @@ def dataset_fingerprint(dataset_config: dict, versions: dict) -> str:
     return "sha256:" + hashlib.sha256(canonical_json({"config": dataset_config, "versions": versions})).hexdigest()
 
 
-def _git_commit() -> dict:
-    """stemforge's own commit, only when running from its checkout (never the commit of a repository that merely
-    holds a virtual environment with stemforge installed)."""
-    if not ((CHECKOUT / ".git").exists() and (CHECKOUT / "pyproject.toml").exists()):
-        return {}
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(CHECKOUT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        if head.returncode != 0:
-            return {}
-        dirty = subprocess.run(
-            ["git", "-C", str(CHECKOUT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return {"git_commit": head.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {}
-
-
 def software_versions() -> dict:
     """Versions of stemforge (and its git commit when run from a checkout), python and key dependencies."""
-    out = {"python": platform.python_version()}
-    for pkg in ("stemforge", *_PACKAGES):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    out.update({f"stemforge_{k}": v for k, v in _git_commit().items()})
-    return out
+    versions = package_versions(("stemforge", *_PACKAGES))
+    return {**versions, **{f"stemforge_{k}": v for k, v in checkout_commit().items()}}
 
 
 def load_checkpoint(path: str | Path) -> dict:

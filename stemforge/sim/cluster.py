@@ -3,9 +3,9 @@
 ``python scripts/simulate.py cluster.address=tcp://HOST:PORT`` connects a client to the scheduler and submits
 one task per missing chunk: a work unit of ``dataset.chunk_runs`` consecutive runs (whole specimen groups), so
 a worker keeps its FFTW plans and abTEM caches warm from one run to the next. Each task runs
-:func:`stemforge.sim.generate.simulate_chunk`, the function the local path runs, in the worker process with abTEM
+:func:`stemforge.sim.chunks.simulate_chunk`, the function the local path runs, in the worker process with abTEM
 configured as locally (``sampling.fftw_threads`` FFTW threads, FFTW_ESTIMATE planning:
-:func:`stemforge.sim.multislice.configure_abtem`). The client gathers results as they complete and writes each chunk and
+:func:`stemforge.sim.setup.configure_abtem`). The client gathers results as they complete and writes each chunk and
 its "complete" marker exactly as the local path does, so resuming, crash safety and the bytes of every chunk
 are the same wherever a chunk was computed (every random draw comes from ``default_rng([seed, r])``).
 
@@ -108,15 +108,15 @@ def worker_payload(cfg) -> dict:
 def chunk_task(payload: dict, catalog: list, c: int, length: int) -> dict:
     """Compute chunk ``c`` (``length`` patterns) in a worker process; returns the arrays to write.
 
-    ``catalog`` is the client's structure catalogue (:func:`stemforge.sim.generate.build_catalog`, broadcast once to the
+    ``catalog`` is the client's structure catalogue (:func:`stemforge.sim.chunks.build_catalog`, broadcast once to the
     workers). The first task of a configuration in a worker applies abTEM's configuration; later tasks reuse
     it (and the FFTW plans abTEM keeps).
     """
     from omegaconf import OmegaConf
 
+    from . import chunks
     from .config import build_detector
-    from .generate import simulate_chunk
-    from .multislice import configure_abtem
+    from .setup import configure_abtem
 
     key = json.dumps(payload, sort_keys=True, default=str)
     state = _WORKER_STATE.get(key)
@@ -127,7 +127,7 @@ def chunk_task(payload: dict, catalog: list, c: int, length: int) -> dict:
         _WORKER_STATE.clear()
         _WORKER_STATE[key] = state
     cfg, detector = state
-    return simulate_chunk(cfg, catalog, detector, c, length)
+    return chunks.simulate_chunk(cfg, catalog, detector, c, length)
 
 
 def run_chunks(client, cfg, catalog: list, writer, missing: list[int], progress=None) -> None:

@@ -82,9 +82,7 @@ class SamplingConfig:
     max_excitation_error: float = 0.1
     max_reflections: int = 256
     blob_sigma_px: float = 1.0
-    optics_per_specimen: int = (
-        1  # runs sharing one specimen (optics/positions reused; stemforge.sim.generate docstring)
-    )
+    optics_per_specimen: int = 1  # runs sharing one specimen (optics/positions reused; stemforge.sim.chunks)
     engine: str = "auto"  # auto | multislice | smatrix, per specimen group (stemforge.sim.engine)
 
 

@@ -4,7 +4,7 @@ Layout of a dataset group::
 
     patterns              (N, H, W) float32   CBED, fraction of the incident beam per pixel (NaN until written)
     probes                (N, H, W) float32   vacuum probe image on the same grid (sum 1)
-    labels/<name>         (N, ...)            per-pattern labels (see ``stemforge.sim.generate.LABEL_SPECS``)
+    labels/<name>         (N, ...)            per-pattern labels (see ``stemforge.sim.generate.array_specs``)
     chunk_complete        (C,) bool           True once every array of chunk c is written
     attrs: config, versions, calibration, seed, created, structures, status ("incomplete" | "complete")
 

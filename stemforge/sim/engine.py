@@ -25,8 +25,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .grids import grid_points
 from .optics import Optics
+from .setup import (
+    Phonons,
+    build_potential,
+    build_probe,
+    ensure_abtem,
+    grid_gpts,
+    phonon_source,
+    simulation_setup,
+)
 
 ENGINES = ("auto", "multislice", "smatrix")
 #: largest S-matrix (cropped Fourier exit planes, complex64) the automatic choice accepts, in bytes; a constant, so
@@ -54,11 +62,6 @@ class EngineChoice:
     num_beams: int = 0
     beam_cost: float = 1.0
     bytes: int = 0
-
-
-def uses_frozen_phonons(num_configs: int, sigmas: dict | None) -> bool:
-    """Whether :func:`stemforge.sim.multislice.simulate_cbed` displaces atoms (``num_configs > 0`` and a sigma > 0)."""
-    return bool(num_configs > 0 and sigmas and any(v > 0 for v in sigmas.values()))
 
 
 def smatrix_blockers(runs, frozen_phonons: int) -> list[str]:
@@ -126,7 +129,7 @@ def choose_group_engine(
     lam = runs[0].optics.wavelength_A
     margin_mrad = lam * max(1.0 / lx, 1.0 / ly) * 1e3
     beams = beam_count(alpha + margin_mrad, (lx, ly), energy)
-    gpts = (grid_points(lx, sampling_A), grid_points(ly, sampling_A))
+    gpts = grid_gpts((lx, ly), sampling_A)
     reps = bloch_repetitions(specimen, gpts) if static_lattice else None
     beam_cost = 1.0 / (reps[0] * reps[1]) if reps else 1.0
     h = crop_half_px(detector, (lx, ly))
@@ -139,15 +142,6 @@ def choose_group_engine(
         return EngineChoice("multislice", f"S-matrix would take {size / 2**30:.1f} GiB", beams, beam_cost, size)
     engine = choose_engine(beams, patterns, num_thicknesses, beam_cost=beam_cost)
     return EngineChoice(engine, f"{beams} beams × {beam_cost:.3g} vs {len(runs)} passes", beams, beam_cost, size)
-
-
-def _slicing_and_planes(specimen, thicknesses_A, slice_thickness_A):
-    from .multislice import exit_plane_indices
-    from .smatrix import slicing
-
-    dz, num_slices = slicing(specimen, slice_thickness_A)
-    planes, exact_t = exit_plane_indices(thicknesses_A, dz, num_slices)
-    return dz, num_slices, planes, exact_t
 
 
 def multislice_group(
@@ -184,7 +178,7 @@ def multislice_group(
 
     from . import multislice as ms
 
-    phonons = phonons or ms.Phonons()
+    phonons = phonons or Phonons()
     if len(runs) == 1:
         r = runs[0]
         p, sampling, exact_t, grid = ms.simulate_cbed(
@@ -200,32 +194,15 @@ def multislice_group(
             coherence_order=coherence_order,
         )
         return [p], sampling, exact_t, grid
-    if not ms._ABTEM_CONFIGURED:
-        ms.configure_abtem()
-    lx, ly = specimen.extent_A
-    gpts = (grid_points(lx, sampling_A), grid_points(ly, sampling_A))
-    dz, num_slices, planes, exact_t = _slicing_and_planes(specimen, thicknesses_A, slice_thickness_A)
-    unique_planes = tuple(sorted(set(planes)))
-    use_fp = uses_frozen_phonons(phonons.num_configs, phonons.sigmas)
-    source = (
-        abtem.FrozenPhonons(
-            specimen.atoms, num_configs=phonons.num_configs, sigmas=dict(phonons.sigmas), seed=phonons.seed
-        )
-        if use_fp
-        else specimen.atoms
-    )
-    potential = abtem.Potential(
-        source,
-        gpts=gpts,
-        slice_thickness=(dz,) * num_slices,
-        exit_planes=unique_planes,
-        projection="infinite",
-        parametrization=parametrization,
-        device=device,
+    ensure_abtem(device)
+    setup = simulation_setup(specimen, thicknesses_A, sampling_A, slice_thickness_A)
+    potential = build_potential(
+        phonon_source(specimen.atoms, phonons), setup, parametrization, device, exit_planes=True
     )
     tilts = sorted({tuple(float(v) for v in r.optics.tilt_mrad) for r in runs})
-    configs = phonons.num_configs if use_fp else 1
-    if len(tilts) > 1 and configs * num_slices * gpts[0] * gpts[1] * 4 <= POTENTIAL_CACHE_BYTES:
+    configs = max(1, phonons.active_configs)
+    gpts = setup.gpts
+    if len(tilts) > 1 and configs * setup.num_slices * gpts[0] * gpts[1] * 4 <= POTENTIAL_CACHE_BYTES:
         potential = potential.build(lazy=False)  # same slices, computed once for every tilt
 
     offsets_weights = [ms.coherence_offsets(r.optics.source_size_A, coherence_order) for r in runs]
@@ -235,16 +212,7 @@ def multislice_group(
         members = [i for i, r in enumerate(runs) if tuple(float(v) for v in r.optics.tilt_mrad) == tilt]
         arrays, counts, metadata = [], [], None
         for i in members:
-            o = runs[i].optics
-            probe = abtem.Probe(
-                energy=o.energy,
-                semiangle_cutoff=o.semiangle_mrad,
-                defocus=o.defocus_A,
-                aberrations={k: float(v) for k, v in o.aberrations_A.items()},
-                tilt=tilt,
-                device=device,
-            )
-            probe.grid.match(potential)
+            probe = build_probe(runs[i].optics, device, potential=potential)
             positions = np.asarray(runs[i].position_A, dtype=float)[None, :] + offsets_weights[i][0]
             waves = probe.build(scan=positions, lazy=False)
             arrays.append(waves.array.reshape(len(positions), *gpts))
@@ -254,14 +222,13 @@ def multislice_group(
         waves = abtem.Waves(
             stacked,
             energy=runs[members[0]].optics.energy,
-            extent=(lx, ly),
+            extent=setup.extent_A,
             ensemble_axes_metadata=[OrdinalAxis(label="probe", values=tuple(range(len(stacked))))],
             metadata=metadata,
         )
         dp = waves.multislice(potential).diffraction_patterns(max_angle=None)
         arr = ms.exit_plane_stack(dp)
-        lookup = {p: j for j, p in enumerate(unique_planes)}
-        arr = arr[[lookup[p] for p in planes]]  # (T, probes, nx, ny)
+        arr = arr[setup.plane_rows]  # (T, probes, nx, ny)
         start = 0
         for i, n in zip(members, counts):
             w = offsets_weights[i][1]
@@ -269,15 +236,11 @@ def multislice_group(
             out[i] = np.moveaxis(pat, -1, -2)  # -> [ky, kx]
             start += n
         sampling = (float(dp.sampling[1]), float(dp.sampling[0]))
-    grid = ms.grid_facts(
-        gpts,
-        (lx, ly),
-        dz,
-        num_slices,
-        int(phonons.num_configs) if use_fp else 0,
-        max(len(ow[1]) for ow in offsets_weights),
+    grid = setup.grid_facts(
+        frozen_phonon_configs=phonons.active_configs,
+        coherence_points=max(len(ow[1]) for ow in offsets_weights),
     )
-    return out, sampling, exact_t, grid
+    return out, sampling, setup.thicknesses_A, grid
 
 
 def _concat_device(arrays):  # pragma: no cover - GPU only
@@ -306,25 +269,19 @@ def smatrix_group(
     (:func:`crop_half_px`). Returns what :func:`multislice_group` returns, patterns of shape
     ``(T, 2·crop_half + 1, 2·crop_half + 1)`` (or the full grid when that is smaller).
     """
-    import abtem
-
-    from . import multislice as ms
     from .smatrix import build_smatrix
 
-    phonons = phonons or ms.Phonons()
-    blockers = smatrix_blockers(
-        runs, phonons.num_configs if uses_frozen_phonons(phonons.num_configs, phonons.sigmas) else 0
-    )
+    phonons = phonons or Phonons()
+    blockers = smatrix_blockers(runs, phonons.active_configs)
     if blockers:
         raise ValueError(f"the S-matrix engine cannot simulate {', '.join(blockers)}")
     energies = {float(r.optics.energy) for r in runs}
     if len(energies) != 1:
         raise ValueError(f"an S-matrix group needs one energy, got {sorted(energies)} eV")
     target = specimen
-    use_fp = uses_frozen_phonons(phonons.num_configs, phonons.sigmas)
-    if use_fp:
-        fp = abtem.FrozenPhonons(specimen.atoms, num_configs=1, sigmas=dict(phonons.sigmas), seed=phonons.seed)
-        target = replace(specimen, atoms=next(iter(fp)), repeat_cell=None)  # displaced: supercell path
+    if phonons.active:  # one configuration (more are blockers)
+        snapshot = next(iter(phonon_source(specimen.atoms, phonons)))
+        target = replace(specimen, atoms=snapshot, repeat_cell=None)  # displaced: supercell path
     alpha = max(r.optics.semiangle_mrad for r in runs)
     S = build_smatrix(
         target,
@@ -339,14 +296,10 @@ def smatrix_group(
     )
     # one run at a time: a (1 × beams) product, so a run's bytes never depend on the other runs of its group
     out = [S.patterns(r.optics, np.asarray(r.position_A, dtype=float)[None])[:, 0] for r in runs]
-    grid = {
-        "gpts": list(S.gpts),
-        "sampling_A": list(S.grid["sampling_A"]),
-        "slice_thickness_A": S.grid["slice_thickness_A"],
-        "num_slices": S.grid["num_slices"],
-        "frozen_phonon_configs": 1 if use_fp else 0,
-        "coherence_points": 1,
-        "num_beams": S.num_beams,
-        "bloch_repetitions": S.grid["bloch_repetitions"],
-    }
+    grid = S.setup.grid_facts(
+        frozen_phonon_configs=phonons.active_configs,
+        coherence_points=1,
+        num_beams=S.num_beams,
+        bloch_repetitions=S.grid["bloch_repetitions"],
+    )
     return out, S.sampling, S.thicknesses_A, grid

@@ -1,49 +1,27 @@
 """Dynamical CBED by abTEM multislice, a whole thickness series from one pass.
 
+Grid, slices, exit planes, potential and probe come from :mod:`stemforge.sim.setup`, as for every engine.
 Units: lengths in Å, angles in mrad, energy in eV. Returned patterns are indexed ``[..., ky, kx]`` with
 k = 0 at ``(ny//2, nx//2)`` and hold the fraction of the incident beam per native pixel.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
-from .grids import grid_points
 from .optics import Optics
+from .setup import (
+    Phonons,
+    build_potential,
+    build_probe,
+    configure_abtem,
+    ensure_abtem,
+    grid_gpts,
+    phonon_source,
+    simulation_setup,
+)
 
-_ABTEM_CONFIGURED = False
-
-
-def configure_abtem(fftw_threads: int = 2, deterministic: bool = True) -> None:
-    """Set abTEM's FFT options once per process.
-
-    ``FFTW_ESTIMATE`` planning picks the same FFT algorithm on every run, so the same inputs give the same
-    bytes; ``FFTW_MEASURE`` times candidate algorithms and can pick a different one from run to run.
-    """
-    global _ABTEM_CONFIGURED
-    import abtem
-
-    abtem.config.set(
-        {
-            "fftw.threads": int(fftw_threads),
-            "fftw.planning_effort": "FFTW_ESTIMATE" if deterministic else "FFTW_MEASURE",
-            "diagnostics.progress_bar": False,
-        }
-    )
-    _ABTEM_CONFIGURED = True
-
-
-@dataclass(frozen=True)
-class Phonons:
-    """Frozen-phonon settings: ``num_configs`` snapshots (0 = static lattice), per-element RMS displacement
-    ``sigmas`` in Å along each axis, and the snapshot seed."""
-
-    num_configs: int = 1
-    sigmas: dict | None = None
-    seed: int = 0
+__all__ = ["Phonons", "coherence_offsets", "configure_abtem", "exit_plane_stack", "simulate_cbed", "vacuum_probe"]
 
 
 def coherence_offsets(source_size_A: float, order: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -59,30 +37,6 @@ def coherence_offsets(source_size_A: float, order: int = 3) -> tuple[np.ndarray,
     X, Y = np.meshgrid(x * source_size_A, x * source_size_A, indexing="ij")
     W = np.outer(w, w)
     return np.stack([X.ravel(), Y.ravel()], axis=1), W.ravel()
-
-
-def exit_plane_indices(thicknesses_A, slice_thickness_A: float, num_slices: int) -> tuple[tuple[int, ...], np.ndarray]:
-    """abTEM exit-plane indices (−1 = entrance surface) nearest to the requested thicknesses, and the exact
-    thicknesses (Å) they stand for. Requested values beyond the specimen are refused."""
-    t = np.asarray(thicknesses_A, dtype=float)
-    idx = np.rint(t / slice_thickness_A).astype(int) - 1
-    if idx.max() > num_slices - 1:
-        raise ValueError(f"thickness {t.max():.1f} Å exceeds the specimen ({num_slices * slice_thickness_A:.1f} Å)")
-    return tuple(int(i) for i in idx), (idx + 1) * slice_thickness_A
-
-
-def grid_facts(
-    gpts, extent_A, slice_thickness_A: float, num_slices: int, frozen_phonon_configs: int, coherence_points: int
-) -> dict:
-    """The simulation-grid facts recorded with every pattern (grid points, Å per point, slicing, ensembles)."""
-    return {
-        "gpts": list(gpts),
-        "sampling_A": [extent_A[0] / gpts[0], extent_A[1] / gpts[1]],
-        "slice_thickness_A": slice_thickness_A,
-        "num_slices": num_slices,
-        "frozen_phonon_configs": frozen_phonon_configs,
-        "coherence_points": coherence_points,
-    }
 
 
 def exit_plane_stack(dp) -> np.ndarray:
@@ -115,7 +69,7 @@ def simulate_cbed(
     thicknesses_A,
     sampling_A: float = 0.1,
     slice_thickness_A: float = 2.0,
-    phonons: Phonons = Phonons(),
+    phonons: Phonons | None = None,
     parametrization: str = "lobato",
     device: str = "cpu",
     coherence_order: int = 3,
@@ -132,11 +86,13 @@ def simulate_cbed(
     thicknesses_A : sequence of float
         Thicknesses (Å) to record; each is rounded to the nearest slice boundary (see the returned values).
     sampling_A : float
-        Upper bound on the real-space sampling; the grid is the smallest 2ᵃ3ᵇ5ᶜ7ᵈ size reaching it.
+        Upper bound on the real-space sampling in Å; the grid is the smallest 2ᵃ3ᵇ5ᶜ7ᵈ size reaching it
+        (:func:`stemforge.sim.setup.grid_gpts`).
     slice_thickness_A : float
-        Target slice thickness; for periodic specimens it divides the beam period exactly.
-    phonons : Phonons
-        Frozen-phonon configurations, averaged incoherently.
+        Target slice thickness in Å; for periodic specimens it divides the beam period exactly
+        (:func:`stemforge.sim.setup.slicing`).
+    phonons : Phonons, optional
+        Frozen-phonon configurations, averaged incoherently (None: static lattice).
     device : {"cpu", "gpu"}
         abTEM device; "gpu" needs CuPy.
 
@@ -149,57 +105,16 @@ def simulate_cbed(
     thicknesses : ndarray
         Exact thickness of each pattern in Å.
     grid : dict
-        Grid facts (gpts, real-space sampling, slice thickness, number of slices).
+        Grid facts (:meth:`stemforge.sim.setup.SimulationSetup.grid_facts`: gpts, real-space sampling in Å, slice
+        thickness in Å, number of slices) with ``frozen_phonon_configs`` and ``coherence_points``.
     """
-    import abtem
-
-    if device == "gpu":
-        try:
-            import cupy  # noqa: F401
-        except ImportError as err:  # pragma: no cover - depends on the machine
-            raise RuntimeError("sim device 'gpu' needs CuPy (pip install cupy-cuda12x)") from err
-    if not _ABTEM_CONFIGURED:
-        configure_abtem()
-
-    lx, ly = specimen.extent_A
-    gpts = (grid_points(lx, sampling_A), grid_points(ly, sampling_A))
-    if specimen.periodic and specimen.period_A:
-        per_period = max(1, round(specimen.period_A / slice_thickness_A))
-        dz = specimen.period_A / per_period
-    else:
-        dz = specimen.thickness_A / max(1, math.ceil(specimen.thickness_A / slice_thickness_A))
-    num_slices = int(round(specimen.thickness_A / dz))
-    planes, exact_t = exit_plane_indices(thicknesses_A, dz, num_slices)
-    unique_planes = tuple(sorted(set(planes)))
-
-    atoms = specimen.atoms
-    use_fp = phonons.num_configs > 0 and phonons.sigmas and any(v > 0 for v in phonons.sigmas.values())
-    if use_fp:
-        source = abtem.FrozenPhonons(
-            atoms, num_configs=phonons.num_configs, sigmas=dict(phonons.sigmas), seed=phonons.seed
-        )
-    else:
-        source = atoms
-    # explicit slices: abTEM would make ceil(t/dz) slices, one extra when t/dz rounds to n + 1e-15
-    potential = abtem.Potential(
-        source,
-        gpts=gpts,
-        slice_thickness=(dz,) * num_slices,
-        exit_planes=unique_planes,
-        projection="infinite",
-        parametrization=parametrization,
-        device=device,
+    phonons = phonons or Phonons()
+    ensure_abtem(device)
+    setup = simulation_setup(specimen, thicknesses_A, sampling_A, slice_thickness_A)
+    potential = build_potential(
+        phonon_source(specimen.atoms, phonons), setup, parametrization, device, exit_planes=True
     )
-    aberrations = {k: float(v) for k, v in optics.aberrations_A.items()}
-    probe = abtem.Probe(
-        energy=optics.energy,
-        semiangle_cutoff=optics.semiangle_mrad,
-        defocus=optics.defocus_A,
-        aberrations=aberrations,
-        tilt=tuple(optics.tilt_mrad),
-        device=device,
-    )
-    probe.grid.match(potential)
+    probe = build_probe(optics, device, potential=potential)
 
     offsets, weights = coherence_offsets(optics.source_size_A, coherence_order)
     positions = np.asarray(position_A, dtype=float)[None, :] + offsets
@@ -209,22 +124,18 @@ def simulate_cbed(
     # arr: (planes, positions, nx, ny) -> weighted incoherent sum over source positions
     arr = np.tensordot(arr, weights, axes=([1], [0]))
     arr = np.moveaxis(arr, -1, -2)  # -> [ky, kx]
-    lookup = {p: i for i, p in enumerate(unique_planes)}
-    patterns = arr[[lookup[p] for p in planes]]
+    patterns = arr[setup.plane_rows]
     sampling = (float(dp.sampling[1]), float(dp.sampling[0]))
-    grid = grid_facts(gpts, (lx, ly), dz, num_slices, int(phonons.num_configs) if use_fp else 0, len(weights))
-    return patterns, sampling, exact_t, grid
+    grid = setup.grid_facts(frozen_phonon_configs=phonons.active_configs, coherence_points=len(weights))
+    return patterns, sampling, setup.thicknesses_A, grid
 
 
 def vacuum_probe(optics: Optics, extent_A: tuple[float, float], sampling_A: float, device: str = "cpu"):
     """Diffraction image of the probe in vacuum on the same native grid as :func:`simulate_cbed`
     (``[ky, kx]``, sum 1 inside the aperture); aberrations do not change it, only α does."""
-    import abtem
-
-    gpts = (grid_points(extent_A[0], sampling_A), grid_points(extent_A[1], sampling_A))
-    probe = abtem.Probe(
-        energy=optics.energy, semiangle_cutoff=optics.semiangle_mrad, extent=tuple(extent_A), gpts=gpts, device=device
-    )
+    ensure_abtem(device)
+    gpts = grid_gpts(extent_A, sampling_A)
+    probe = build_probe(optics, device, extent_A=extent_A, gpts=gpts, phase=False)
     dp = probe.build(lazy=False).diffraction_patterns(max_angle=None)
     arr = np.asarray(dp.array, dtype=np.float64)
     return np.swapaxes(arr, -1, -2), (float(dp.sampling[1]), float(dp.sampling[0]))

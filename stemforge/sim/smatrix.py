@@ -24,9 +24,8 @@ import numpy as np
 
 from stemforge.core.units import wavelength_A
 
-from .grids import grid_points
-from .multislice import exit_plane_indices
 from .optics import Optics
+from .setup import SimulationSetup, build_potential, build_probe, ensure_abtem, grid_gpts, simulation_setup
 
 
 def beam_count(semiangle_mrad: float, extent_A: tuple[float, float], energy: float) -> int:
@@ -57,16 +56,6 @@ def choose_engine(num_beams: int, num_patterns: int, num_thicknesses: int = 1, b
     return "smatrix" if smatrix < passes else "multislice"
 
 
-def slicing(specimen, slice_thickness_A: float) -> tuple[float, int]:
-    """Slice thickness and count exactly as :func:`stemforge.sim.multislice.simulate_cbed` chooses them."""
-    if specimen.periodic and specimen.period_A:
-        per_period = max(1, round(specimen.period_A / slice_thickness_A))
-        dz = specimen.period_A / per_period
-    else:
-        dz = specimen.thickness_A / max(1, math.ceil(specimen.thickness_A / slice_thickness_A))
-    return dz, round(specimen.thickness_A / dz)
-
-
 @dataclass
 class ThicknessSMatrix:
     """Fourier-space exit planes of a plane-wave set; see the module docstring.
@@ -79,6 +68,8 @@ class ThicknessSMatrix:
         Their frequencies (kx, ky) in Å⁻¹.
     planes : ndarray, complex64, (T, B, ny_c, nx_c)
         ``fftshift(fft2(S_k))`` at each thickness, cropped around k = 0 and in detector orientation [ky, kx].
+    setup : SimulationSetup
+        Grid, slicing and exit planes it was propagated with (:func:`stemforge.sim.setup.simulation_setup`).
     """
 
     energy: float
@@ -92,6 +83,7 @@ class ThicknessSMatrix:
     sampling: tuple[float, float]
     grid: dict
     device: str = "cpu"
+    setup: SimulationSetup | None = None
 
     @property
     def num_beams(self) -> int:
@@ -99,8 +91,6 @@ class ThicknessSMatrix:
 
     def coefficients(self, optics: Optics) -> np.ndarray:
         """Probe Fourier coefficients ``a_k`` at the origin for the beams (abTEM's own probe; complex128)."""
-        import abtem
-
         if abs(optics.energy - self.energy) > 1e-6 * self.energy:
             raise ValueError(f"optics energy {optics.energy} eV differs from the S-matrix's {self.energy} eV")
         if optics.semiangle_mrad > self.max_semiangle_mrad * (1 + 1e-9):
@@ -111,16 +101,7 @@ class ThicknessSMatrix:
             raise NotImplementedError("beam tilt is not supported by the S-matrix engine; use multislice")
         if optics.source_size_A > 0:
             raise NotImplementedError("partial spatial coherence is not supported by the S-matrix engine")
-        aberrations = {k: float(v) for k, v in optics.aberrations_A.items()}
-        probe = abtem.Probe(
-            energy=optics.energy,
-            semiangle_cutoff=optics.semiangle_mrad,
-            defocus=optics.defocus_A,
-            aberrations=aberrations,
-            extent=self.extent_A,
-            gpts=self.gpts,
-            device=self.device,
-        )
+        probe = build_probe(optics, self.device, extent_A=self.extent_A, gpts=self.gpts)
         arr = probe.build(scan=np.zeros((1, 2)), lazy=False).array
         arr = arr.get() if hasattr(arr, "get") else arr
         a0 = np.fft.fft2(np.asarray(arr, dtype=np.complex128).reshape(self.gpts))
@@ -162,10 +143,12 @@ def build_smatrix(
 ) -> ThicknessSMatrix:
     """Propagate every plane wave within ``max_semiangle_mrad`` once and keep each requested exit plane.
 
-    Grid, slicing and potential are exactly those of :func:`stemforge.sim.multislice.simulate_cbed` with the same
-    arguments (static lattice). ``crop_half_px`` keeps only native frequencies within that many pixels of
-    k = 0 on each axis (``2·h + 1`` pixels; None keeps the full grid). ``fft_timer``, if a list, receives
-    ``[FFT seconds, propagation seconds]`` (Bloch path: every FFT; supercell path: the exit-plane FFTs only).
+    Grid, slicing, exit planes and potential are those of :func:`stemforge.sim.multislice.simulate_cbed` with the
+    same arguments (static lattice): one :func:`stemforge.sim.setup.simulation_setup`. Energy in eV, semi-angle in
+    mrad, thicknesses, sampling and slice thickness in Å. ``crop_half_px`` keeps only native frequencies within that
+    many pixels of k = 0 on each axis (``2·h + 1`` pixels; None keeps the full grid). ``fft_timer``, if a list,
+    receives ``[FFT seconds, propagation seconds]`` (Bloch path: every FFT; supercell path: the exit-plane FFTs
+    only).
 
     ``bloch`` (default: automatic) propagates each plane wave ``exp(2πi k·r) u_k(r)`` on ONE repeat cell of a
     periodic zone-axis specimen when the grid is a whole multiple of the lateral repetitions (Bloch's theorem:
@@ -180,26 +163,14 @@ def build_smatrix(
     from abtem.antialias import AntialiasAperture
     from abtem.multislice import FresnelPropagator, conventional_multislice_step
 
-    from . import multislice as ms
-
-    if not ms._ABTEM_CONFIGURED:
-        ms.configure_abtem()
-    lx, ly = specimen.extent_A
-    gpts = (grid_points(lx, sampling_A), grid_points(ly, sampling_A))
-    dz, num_slices = slicing(specimen, slice_thickness_A)
-    planes_idx, exact_t = exit_plane_indices(thicknesses_A, dz, num_slices)
-    wanted = sorted(set(planes_idx))
-    potential = abtem.Potential(
-        specimen.atoms,
-        gpts=gpts,
-        slice_thickness=(dz,) * num_slices,
-        projection="infinite",
-        parametrization=parametrization,
-        device=device,
-    )
+    ensure_abtem(device)
+    setup = simulation_setup(specimen, thicknesses_A, sampling_A, slice_thickness_A)
+    lx, ly = setup.extent_A
+    gpts = setup.gpts
+    wanted = setup.unique_planes
 
     # plane waves inside the aperture (with one pixel of margin for abTEM's soft aperture edge)
-    sx, sy = lx / gpts[0], ly / gpts[1]
+    sx, sy = setup.sampling_A
     fx, fy = np.fft.fftfreq(gpts[0], sx), np.fft.fftfreq(gpts[1], sy)
     kmax = max_semiangle_mrad * 1e-3 / wavelength_A(energy) + 1.0 * max(1 / lx, 1 / ly)
     IX, IY = np.meshgrid(np.arange(gpts[0]), np.arange(gpts[1]), indexing="ij")
@@ -229,7 +200,7 @@ def build_smatrix(
         raise ValueError("bloch=True needs a periodic zone-axis specimen whose grid is a multiple of its repetitions")
     if reps is not None:
         stored, fft_seconds, prop_seconds = _propagate_bloch(
-            specimen, reps, gpts, (sx, sy), dz, wanted, energy, beams, parametrization, device, rx, ry
+            specimen, setup, reps, energy, beams, parametrization, device, rx, ry
         )
     else:
         x = np.arange(gpts[0]) * sx
@@ -249,6 +220,7 @@ def build_smatrix(
         stored = {}
         if -1 in wanted:
             stored[-1] = keep(waves.array)
+        potential = build_potential(specimen.atoms, setup, parametrization, device)
         propagator, aperture = FresnelPropagator(), AntialiasAperture()
         last = max(wanted)
         prop_seconds = 0.0
@@ -262,15 +234,8 @@ def build_smatrix(
                 stored[i] = keep(waves.array)
     if fft_timer is not None:
         fft_timer[:] = [fft_seconds, prop_seconds]
-    planes = np.stack([stored[p] for p in planes_idx])
-    grid = {
-        "gpts": list(gpts),
-        "sampling_A": [sx, sy],
-        "slice_thickness_A": dz,
-        "num_slices": num_slices,
-        "num_beams": len(beams),
-        "bloch_repetitions": None if reps is None else list(reps),
-    }
+    planes = np.stack([stored[p] for p in setup.planes])
+    grid = setup.grid_facts(num_beams=len(beams), bloch_repetitions=None if reps is None else list(reps))
     return ThicknessSMatrix(
         energy=float(energy),
         max_semiangle_mrad=float(max_semiangle_mrad),
@@ -279,10 +244,11 @@ def build_smatrix(
         beams=beams,
         k_beams=k_beams,
         planes=planes,
-        thicknesses_A=exact_t,
+        thicknesses_A=setup.thicknesses_A,
         sampling=(1 / ly, 1 / lx),
         grid=grid,
         device=device,
+        setup=setup,
     )
 
 
@@ -303,10 +269,10 @@ def commensurate_sampling(specimen, sampling_A: float) -> float:
         return sampling_A
     lx, ly = specimen.extent_A
     nx, ny = specimen.info["repetitions"][:2]
-    n0 = grid_points(lx, sampling_A)
+    n0 = grid_gpts((lx, ly), sampling_A)[0]
     for n in range(n0, 2 * n0):
         s = lx / n
-        g = (grid_points(lx, s), grid_points(ly, s))
+        g = grid_gpts((lx, ly), s)
         if g[0] % nx == 0 and g[1] % ny == 0:
             return s
     return sampling_A
@@ -325,27 +291,25 @@ def _antialias(q: np.ndarray, sampling: tuple[float, float]) -> np.ndarray:
     return (q < cutoff).astype(float)
 
 
-def _propagate_bloch(specimen, reps, gpts, sampling, dz, wanted, energy, beams, parametrization, device, rx, ry):
+def _propagate_bloch(
+    specimen, setup: SimulationSetup, reps: tuple[int, int], energy: float, beams, parametrization, device, rx, ry
+):
+    """Propagate the plane waves ``beams`` (FFT indices on ``setup.gpts``) through one repeat column of a periodic
+    zone-axis specimen (see :func:`build_smatrix`); returns the cropped Fourier exit planes (``setup``'s exit
+    planes, -1 = entrance surface) and the FFT and propagation seconds."""
     import time
 
-    import abtem
     import scipy.fft
     from abtem.antialias import AntialiasAperture
 
-    sx, sy = sampling
+    gpts, (sx, sy), dz = setup.gpts, setup.sampling_A, setup.slice_thickness_A
+    wanted = setup.unique_planes
     cg = (gpts[0] // reps[0], gpts[1] // reps[1])
     # one lateral repeat cell over the full depth, with the specimen's own z coordinates: abTEM assigns atoms
-    # lying on slice boundaries by rounding, so only the specimen's exact coordinates slice exactly as it does
+    # lying on slice boundaries by rounding, so only the specimen's exact coordinates slice exactly as it does;
+    # the set-up's slices on the repeat cell's own grid
     cell = specimen.repeat_cell.repeat((1, 1, int(specimen.info["repetitions"][2])))
-    num_slices = round(specimen.thickness_A / dz)  # explicit slices, as stemforge.sim.multislice.simulate_cbed
-    potential = abtem.Potential(
-        cell,
-        gpts=cg,
-        slice_thickness=(dz,) * num_slices,
-        projection="infinite",
-        parametrization=parametrization,
-        device=device,
-    )
+    potential = build_potential(cell, setup, parametrization, device, gpts=cg)
     aperture = AntialiasAperture()
 
     def transmission(sl):

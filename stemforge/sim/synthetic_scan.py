@@ -46,7 +46,8 @@ import numpy as np
 from stemforge.core.calibration import Calibration
 
 from .config import ConfigError, ScanConfig, build_detector, validate  # noqa: F401 (ScanConfig re-exported)
-from .generate import _rot_z, _versions
+from .frames import rotation_z
+from .provenance import software_versions as _versions  # module attribute: tests interrupt the write here
 from .scan_profiles import PROFILES, crystal_frame_strain, position_parameters, strain_tensor, validate_scan  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def position_labels(cfg, structure, sigmas, Q, U, theta_deg: float, detector):
     """Crystal → lab rotation ``Rz(θ)·Q`` and the kinematic reflections of the strained, rotated crystal."""
     from .labels import disk_visible, kinematic_reflections
 
-    rotation = _rot_z(theta_deg) @ Q
+    rotation = rotation_z(theta_deg) @ Q
     refl = kinematic_reflections(
         strained_structure(structure, Q, U),
         rotation,
