@@ -213,3 +213,17 @@ def test_compose_api_defaults_are_valid():
             compose(config_name="simulate", overrides=["optics.not_a_key=1"])
         cfg2 = compose(config_name="simulate", overrides=["detector=256px", "structure=si"])
         assert list(cfg2.detector.shape) == [256, 256]
+
+
+def test_compose_simulate_adds_a_users_config_folder(tmp_path):
+    """compose_simulate(config_dir=...) searches a user's folder beside the shipped stemforge.conf."""
+    from stemforge.sim.config import compose_simulate, validate
+
+    (tmp_path / "detector").mkdir()
+    (tmp_path / "detector" / "tiny.yaml").write_text(
+        "_target_: stemforge.sim.detector.Detector\nshape: [48, 48]\npixel_size_inv_A: 0.05\nsupersample: 2\n"
+    )
+    cfg = compose_simulate("detector=tiny", "structure=si", config_dir=str(tmp_path))
+    validate(cfg)
+    assert list(cfg.detector.shape) == [48, 48] and cfg.detector.pixel_size_inv_A == 0.05
+    assert list(compose_simulate("structure=si").detector.shape) == [128, 128]

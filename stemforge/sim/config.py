@@ -303,7 +303,8 @@ def compose_simulate(*overrides: str, config_dir: str | None = None):
     *overrides : str
         Hydra overrides, e.g. ``"structure=si"``, ``"dataset.num_patterns=8"``.
     config_dir : str, optional
-        Folder holding ``simulate.yaml`` (default: the repository's ``conf/``).
+        A folder of configs searched beside the shipped ones (:mod:`stemforge.conf`), as ``--config-dir`` does
+        for the apps.
 
     Returns
     -------
@@ -312,9 +313,10 @@ def compose_simulate(*overrides: str, config_dir: str | None = None):
     """
     from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     register_configs()
-    config_dir = config_dir or str(Path(__file__).resolve().parents[1] / "conf")
-    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+    if config_dir is not None:
+        overrides = (f"hydra.searchpath=[file://{Path(config_dir).resolve()}]", *overrides)
+    with initialize_config_module(config_module="stemforge.conf", version_base="1.3"):
         return compose(config_name="simulate", overrides=list(overrides))
