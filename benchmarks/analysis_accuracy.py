@@ -1,14 +1,20 @@
 """Accuracy and speed of Bragg disk finding, strain and orientation mapping: ML versus classical, side by side.
 
-Held-out synthetic scans (``stemforge.sim.synthetic_scan``: a Si [110] multilayer, thicker than anything in the default
-training set — 50 nm quick, 50 and 80 nm full — with ground-truth strain, rotation and reflection positions) are
-made noisy at a low dose and analysed by both methods through :func:`stemforge.analysis.workflow.analyse`:
+Held-out synthetic scans (``stemforge.sim.synthetic_scan``, ``multilayer`` profile) of the structures no shipped
+training set contains (``stemforge.sim.structures.HELD_OUT_STRUCTURES``: Au [110], Al2O3 [0001], MoS2-2H [0001]
+— fcc cubic, trigonal, hexagonal layered) at 300 kV and α = 2 mrad, with two strain bands along the scan rows (0
+and +1 % εxx) and thickness steps along the columns (20–150 nm; one multislice pass records them all), are made
+noisy at 1e3, 1e4 and 1e5 electrons per pattern and analysed by both methods through
+:func:`stemforge.analysis.workflow.analyse`. For every (structure, thickness, dose) the table gives:
 
-* disk F1 and position RMSE (px) against the kinematic reflections of the strained crystal
-  (``ground_truth/reflections_visible``, matched within 2 px);
-* strain RMSE (εxx, εyy, εxy together, dimensionless) against the ground-truth maps, reference = the first band;
-* orientation error (degrees, mean misorientation with symmetry) of ACOM on the classical Bragg vectors;
-* patterns per second of each disk finder on this machine.
+* disk F1, precision, recall, position RMSE (px) and the mean radial offset (px, found − true along g) against the
+  reflections *present* in the dynamical pattern at that dose (:func:`stemforge.analysis.validation.
+  true_reflections`; matched within 2 px; ``--truth kinematic`` scores against the earlier kinematic flag);
+* strain RMSE (εxx, εyy, εxy together, %) against the ground-truth maps, the reference being the unstrained band
+  of the same thickness step;
+* patterns per second of each disk finder on this machine;
+
+and the scan's orientation error (degrees, mean misorientation with symmetry, ACOM on the classical peaks).
 
 The ML method uses ``--model`` (default ``bragg-fcunet:stable``) from ``--store`` (default ``$STEMFORGE_STORE`` or
 the default store, seeded with the pretrained model shipped in ``stemforge/registry/pretrained``). Without a
@@ -26,11 +32,12 @@ an environment with::
     python -m venv /work/py4dstem-venv
     /work/py4dstem-venv/bin/pip install "py4DSTEM==0.14.18" "numpy<2"
 
-Usage: ``python benchmarks/analysis_accuracy.py [--quick] [--dose E] [--model REF] [--store URL]
-[--py4dstem-python PATH]``; the last line is ``RESULT ml_f1=… classical_f1=… ml_pos_rmse_px=…
-classical_pos_rmse_px=… ml_strain_rmse=… classical_strain_rmse=… orientation_err_deg=… ml_patterns_per_s=…
-classical_patterns_per_s=…``, followed with py4DSTEM by ``py4dstem_f1=… py4dstem_pos_rmse_px=…
-py4dstem_strain_rmse=… py4dstem_patterns_per_s=…``.
+Usage: ``python benchmarks/analysis_accuracy.py [--quick] [--doses E ...] [--model REF] [--store URL]
+[--truth present|kinematic] [--py4dstem-python PATH]``; the last line is ``RESULT ml_f1=… classical_f1=…
+ml_pos_rmse_px=… classical_pos_rmse_px=… ml_strain_rmse=… classical_strain_rmse=… orientation_err_deg=…
+ml_patterns_per_s=… classical_patterns_per_s=… ml_radial_offset_px=… classical_radial_offset_px=…`` (means over
+every condition), followed with py4DSTEM by ``py4dstem_f1=… py4dstem_pos_rmse_px=… py4dstem_strain_rmse=…
+py4dstem_patterns_per_s=…``. ``--quick`` (three thicknesses, 4×6 scans) runs in about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -51,16 +58,20 @@ CLASSICAL = {"min_relative_intensity": 0.02, "min_spacing_px": 4}
 PY4DSTEM_SIDE = ROOT / "benchmarks" / "py4dstem_side.py"
 
 
-def make_scan(path: Path, shape, thickness_nm: float, strain_percent) -> Path:
-    """Simulate the held-out scan once (scripts/simulate.py resumes / skips a complete identical scan)."""
+def make_scan(path: Path, shape, thickness_nm, strain_percent, structure: str = "Si", zone: str = "[110]") -> Path:
+    """Simulate a held-out scan once (``stemforge-simulate`` skips a complete identical scan)."""
     cmd = [
         sys.executable,
-        str(ROOT / "scripts" / "simulate.py"),
+        "-m",
+        "stemforge.cli.simulate",
         "scan=multilayer",
         f"scan.path={path}",
         f"scan.scan_shape=[{shape[0]},{shape[1]}]",
-        f"scan.thickness_nm=[{thickness_nm}]",
+        f"scan.thickness_nm=[{','.join(f'{t:g}' for t in thickness_nm)}]",
         f"scan.band_strain_percent=[{','.join(str(v) for v in strain_percent)}]",
+        f"scan.structures=[{structure}]",
+        f"scan.zone_axis='{zone}'",
+        "scan.progress=false",
         f"hydra.run.dir={path.parent}/hydra",
     ]
     t0 = time.perf_counter()
@@ -195,10 +206,38 @@ def run_py4dstem(python: str, cube, params: dict):
     return bv, timings, info
 
 
+def score_condition(res: dict, cube, positions, reference, dose: float, truth: str) -> dict:
+    """Per-method scores of ``res`` (``analyse`` results) on the scan ``positions`` of one thickness step: disks
+    against the reflections ``truth`` counts at ``dose``, strain against the ground truth with ``reference`` (the
+    step's unstrained band) as the reference."""
+    from stemforge.analysis.datacube import AnalysisError
+    from stemforge.analysis.strain import strain_map
+    from stemforge.analysis.validation import disk_scores, strain_scores, true_reflections
+
+    gt = cube.ground_truth
+    mask, meaning = true_reflections(gt, dose, truth)
+    out = {}
+    for name, r in res.items():
+        d = disk_scores(r.bragg, gt["reflections_px"], mask, 2.0, positions=positions)
+        row = {**d, "truth": meaning, "patterns_per_s": r.timings["patterns_per_s"], "strain_rmse": float("nan")}
+        if r.lattice is not None:
+            try:
+                s = strain_scores(strain_map(r.lattice, reference=reference), gt, mask=positions)
+                row["strain_rmse"] = s["rmse"]
+            except AnalysisError as err:
+                row["strain_error"] = str(err)
+        out[name] = row
+    return out
+
+
 def main(argv=None) -> int:
+    from stemforge.sim.structures import HELD_OUT_STRUCTURES
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="one 8x8 scan at 50 nm (< 10 min on 2 cores)")
-    ap.add_argument("--dose", type=float, default=2e4, help="electrons per pattern (default 2e4: low dose)")
+    ap.add_argument("--quick", action="store_true", help="4x6 scans at 20, 60 and 150 nm (about 5 min on 2 cores)")
+    ap.add_argument("--doses", type=float, nargs="+", default=[1e3, 1e4, 1e5], help="electrons per pattern")
+    ap.add_argument("--structures", nargs="+", default=list(HELD_OUT_STRUCTURES), help="held-out structures")
+    ap.add_argument("--truth", default="present", choices=["present", "kinematic"], help="which reflections count")
     ap.add_argument("--model", default="bragg-fcunet:stable")
     ap.add_argument("--store", default=None, help="registry store (default: $STEMFORGE_STORE or the default store)")
     ap.add_argument("--mc-samples", type=int, default=4)
@@ -207,7 +246,7 @@ def main(argv=None) -> int:
         "--py4dstem-python",
         default=os.environ.get("STEMFORGE_PY4DSTEM_PYTHON") or None,
         help="python of a separate environment with py4DSTEM 0.14 (numpy<2): also run its "
-        "find_Bragg_disks on the same scan (default: $STEMFORGE_PY4DSTEM_PYTHON; else skipped)",
+        "find_Bragg_disks on the same scans (default: $STEMFORGE_PY4DSTEM_PYTHON; else skipped)",
     )
     ap.add_argument(
         "--py4dstem-subpixel",
@@ -216,6 +255,9 @@ def main(argv=None) -> int:
         help="py4DSTEM's sub-pixel refinement (default multicorr, upsample factor 16)",
     )
     args = ap.parse_args(argv)
+    unknown = [s for s in args.structures if s not in HELD_OUT_STRUCTURES]
+    if unknown:
+        sys.exit(f"error: {unknown} are not held-out structures; choose from {list(HELD_OUT_STRUCTURES)}")
     py4d_version = check_py4dstem(args.py4dstem_python) if args.py4dstem_python else None
 
     import numpy as np
@@ -224,7 +266,7 @@ def main(argv=None) -> int:
     from stemforge import analysis
     from stemforge.analysis.datacube import AnalysisError
     from stemforge.analysis.inference import load_model
-    from stemforge.analysis.workflow import add_dose_noise, analyse, report
+    from stemforge.analysis.workflow import MethodResult, _rect, add_dose_noise, analyse, score_disks_and_strain
 
     try:
         model = load_model(args.model, store=args.store)  # fail before minutes of simulation
@@ -235,73 +277,133 @@ def main(argv=None) -> int:
         )
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    cases = [((8, 8), 50.0)] if args.quick else [((16, 16), 50.0), ((16, 16), 80.0)]
-    strain = [0.0, 1.0, 0.0, -0.5]
-    totals: dict[str, list] = {}
-    for shape, t_nm in cases:
-        path = make_scan(work / f"multilayer_{shape[0]}x{shape[1]}_{t_nm:g}nm.zarr", shape, t_nm, strain)
-        cube = add_dose_noise(analysis.load(path, lazy=False), args.dose, seed=0)
-        print(f"\n=== {path.name}: {cube.shape}, {t_nm:g} nm, dose {args.dose:g} e⁻/pattern", flush=True)
-        torch.manual_seed(0)  # the MC-dropout masks: the same numbers on every run
-        reference = [0, max(1, shape[0] // 4), None, None]
-        res = analyse(
-            cube,
-            ["classical", "ml"],
-            classical=dict(CLASSICAL),
-            ml={"model": model, "mc_samples": args.mc_samples, "threshold": 0.1},
-            strain_reference=reference,
-            orientation={"k_max": 1.5, "direction_step_deg": 2.0, "in_plane_step_deg": 2.0},
-            progress=False,
+    thicknesses = [20.0, 60.0, 150.0] if args.quick else [20.0, 40.0, 80.0, 120.0, 150.0]
+    cols_per_step = 2
+    shape = (4, cols_per_step * len(thicknesses)) if args.quick else (8, 2 * cols_per_step * len(thicknesses))
+    strain = [0.0, 1.0]  # two bands along the rows: the first is the reference
+    rows = []
+    orientation_err = []
+    for name in args.structures:
+        zone = HELD_OUT_STRUCTURES[name]
+        tag = "".join(c for c in zone if c.isalnum() or c == "-")
+        path = make_scan(
+            work / f"heldout_{name}_{tag}_{shape[0]}x{shape[1]}.zarr", shape, thicknesses, strain, name, zone
         )
-        if args.py4dstem_python:
-            from stemforge.analysis.workflow import MethodResult, _rect, score_disks_and_strain
-
-            params = py4dstem_params(CLASSICAL, subpixel=args.py4dstem_subpixel)
-            bv, timings, info = run_py4dstem(args.py4dstem_python, cube, params)
-            res["py4dstem"] = MethodResult("py4dstem", bv, timings=timings)
-            score_disks_and_strain(res["py4dstem"], cube.ground_truth or {}, _rect(reference, cube.scan_shape))
-            v4 = info["versions"]
+        clean = analysis.load(path, lazy=False)
+        steps = np.round(np.asarray(clean.ground_truth["thickness_A"]) / 10.0, 1)  # nm per position
+        step_values = np.unique(steps)
+        for dose in args.doses:
+            cube = add_dose_noise(clean, dose, seed=0)
+            torch.manual_seed(0)  # the MC-dropout masks: the same numbers on every run
+            res = analyse(
+                cube,
+                ["classical", "ml"],
+                classical=dict(CLASSICAL),
+                ml={"model": model, "mc_samples": args.mc_samples, "threshold": 0.1},
+                strain_reference=[0, shape[0] // 2, None, None],
+                orientation={"k_max": 1.5, "direction_step_deg": 2.0, "in_plane_step_deg": 2.0},
+                truth=args.truth,
+                progress=False,
+            )
+            if args.py4dstem_python:
+                params = py4dstem_params(CLASSICAL, subpixel=args.py4dstem_subpixel)
+                bv, timings, info = run_py4dstem(args.py4dstem_python, cube, params)
+                res["py4dstem"] = MethodResult("py4dstem", bv, timings=timings)
+                ref = _rect([0, shape[0] // 2, None, None], cube.scan_shape)
+                score_disks_and_strain(res["py4dstem"], cube.ground_truth, ref, 2.0, dose, args.truth)
+            o = res["classical"].scores.get("orientation", {})
+            orientation_err.append(o.get("mean_deg", np.nan))
+            for t_nm in step_values:
+                positions = steps == t_nm
+                cols = np.flatnonzero(positions.any(0))
+                reference = np.zeros(cube.scan_shape, bool)
+                reference[: shape[0] // 2, cols] = True
+                for method, sc in score_condition(res, cube, positions, reference, dose, args.truth).items():
+                    rows.append(
+                        {
+                            "structure": name,
+                            "zone": zone,
+                            "thickness_nm": float(t_nm),
+                            "dose": dose,
+                            "method": method,
+                            **sc,
+                        }
+                    )
+            done = [r for r in rows if r["structure"] == name and r["dose"] == dose]
             print(
-                f"py4DSTEM {v4['py4DSTEM']} (numpy {v4['numpy']}, scipy {v4['scipy']}, python {v4['python']}): "
-                f"kernel {params['kernel_mode']} radii {', '.join(f'{r:.2f}' for r in info['kernel_radii_px'])} px "
-                f"(probe radius {info['probe_radius_px']:.2f} px), {json.dumps(params['find_Bragg_disks'])}; "
-                f"disks {timings['disks_s']:.2f} s wall, {timings['disks_cpu_s']:.2f} s CPU",
+                f"{name} {zone} at {dose:g} e⁻/pattern: "
+                + ", ".join(f"{r['method']} {r['thickness_nm']:g} nm F1 {r['f1']:.3f}" for r in done),
                 flush=True,
             )
-        print(report(res, cube), flush=True)
-        for m, r in res.items():
-            d, s = r.scores.get("disks", {}), r.scores.get("strain", {})
-            totals.setdefault(f"{m}_f1", []).append(d.get("f1", np.nan))
-            totals.setdefault(f"{m}_pos_rmse_px", []).append(d.get("pos_rmse_px", np.nan))
-            totals.setdefault(f"{m}_strain_rmse", []).append(s.get("rmse", np.nan))
-            totals.setdefault(f"{m}_patterns_per_s", []).append(r.timings["patterns_per_s"])
-            o = r.scores.get("orientation", {})
-            totals.setdefault(f"{m}_orientation_err_deg", []).append(o.get("mean_deg", np.nan))
-    v = {k: float(np.nanmean(x)) if np.isfinite(x).any() else float("nan") for k, x in totals.items()}
+    print_table(rows, args.truth)
+    v = summary(rows)
+    v["classical_orientation_err_deg"] = float(np.nanmean(orientation_err)) if orientation_err else float("nan")
+    hi = [r["f1"] for r in rows if r["method"] == "classical" and r["dose"] >= 1e4]
+    print(f"\nclassical F1 at ≥ 1e4 e⁻/pattern: mean {np.mean(hi):.3f}, min {np.min(hi):.3f} over {len(hi)} conditions")
     extra = ""
     if py4d_version is None:
-        print("\npy4DSTEM comparison: not run (py4DSTEM 0.14 needs numpy<2 in a separate environment; none is set up)")
+        print("py4DSTEM comparison: not run (py4DSTEM 0.14 needs numpy<2 in a separate environment; none is set up)")
     else:
-        print(
-            f"\npy4DSTEM comparison (py4DSTEM {py4d_version.split()[0]}, same noisy scan, same scoring): "
-            f"F1 {v['py4dstem_f1']:.4f}, position RMSE {v['py4dstem_pos_rmse_px']:.4f} px, "
-            f"strain RMSE {v['py4dstem_strain_rmse']:.6f}, {v['py4dstem_patterns_per_s']:.2f} patterns/s"
-        )
         extra = (
             f" py4dstem_f1={v['py4dstem_f1']:.4f} py4dstem_pos_rmse_px={v['py4dstem_pos_rmse_px']:.4f} "
             f"py4dstem_strain_rmse={v['py4dstem_strain_rmse']:.6f} "
             f"py4dstem_patterns_per_s={v['py4dstem_patterns_per_s']:.2f}"
         )
-    print(f"ml orientation error (ACOM on ML peaks): {v.get('ml_orientation_err_deg', float('nan')):.2f} deg")
     print(
         f"RESULT ml_f1={v['ml_f1']:.4f} classical_f1={v['classical_f1']:.4f} "
         f"ml_pos_rmse_px={v['ml_pos_rmse_px']:.4f} classical_pos_rmse_px={v['classical_pos_rmse_px']:.4f} "
         f"ml_strain_rmse={v['ml_strain_rmse']:.6f} classical_strain_rmse={v['classical_strain_rmse']:.6f} "
         f"orientation_err_deg={v['classical_orientation_err_deg']:.3f} "
-        f"ml_patterns_per_s={v['ml_patterns_per_s']:.2f} classical_patterns_per_s={v['classical_patterns_per_s']:.2f}"
-        + extra
+        f"ml_patterns_per_s={v['ml_patterns_per_s']:.2f} classical_patterns_per_s={v['classical_patterns_per_s']:.2f} "
+        f"ml_radial_offset_px={v['ml_radial_offset_px']:.4f} "
+        f"classical_radial_offset_px={v['classical_radial_offset_px']:.4f}" + extra
     )
     return 0
+
+
+def summary(rows: list[dict]) -> dict:
+    """Means over every condition, per method: ``<method>_f1``, ``_pos_rmse_px``, ``_strain_rmse`` (fraction),
+    ``_patterns_per_s``, ``_radial_offset_px``."""
+    import numpy as np
+
+    out = {}
+    for key, field in (
+        ("f1", "f1"),
+        ("pos_rmse_px", "pos_rmse_px"),
+        ("strain_rmse", "strain_rmse"),
+        ("patterns_per_s", "patterns_per_s"),
+        ("radial_offset_px", "radial_offset_px"),
+    ):
+        for method in sorted({r["method"] for r in rows}):
+            vals = np.array([r[field] for r in rows if r["method"] == method], dtype=float)
+            out[f"{method}_{key}"] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    return out
+
+
+def print_table(rows: list[dict], truth: str) -> None:
+    """The per-condition table: structure, thickness, dose, then per method F1 / precision / recall / position
+    RMSE / radial offset / strain RMSE."""
+    methods = sorted({r["method"] for r in rows})
+    how = "reflections present at each row's dose" if truth == "present" else "the kinematic flag"
+    print(f"\ndisks scored against {how} ({rows[0]['truth'].split(',')[-1].strip(' )') if rows else ''})")
+    head = f"{'structure':10s} {'zone':7s} {'t (nm)':>6s} {'dose':>6s}"
+    for m in methods:
+        head += f" | {m[:9]:>9s} F1   P     R   rmse  rad  ε%"
+    print(head)
+    keys = sorted(
+        {(r["structure"], r["zone"], r["thickness_nm"], r["dose"]) for r in rows}, key=lambda k: (k[0], k[2], k[3])
+    )
+    for k in keys:
+        line = f"{k[0]:10s} {k[1]:7s} {k[2]:6g} {k[3]:6.0e}"
+        for m in methods:
+            r = next(
+                x for x in rows if (x["structure"], x["zone"], x["thickness_nm"], x["dose"]) == k and x["method"] == m
+            )
+            line += (
+                f" | {r['f1']:5.3f} {r['precision']:5.3f} {r['recall']:5.3f} {r['pos_rmse_px']:4.2f} "
+                f"{r['radial_offset_px']:+5.2f} {100 * r['strain_rmse']:5.2f}"
+            )
+        print(line)
 
 
 if __name__ == "__main__":

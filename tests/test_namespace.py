@@ -106,10 +106,11 @@ def test_the_shipped_card_keeps_its_bytes_and_reads_with_todays_names():
     assert card["input"]["pixel_size_inv_A"] == 0.03
 
 
-def test_an_old_dataset_opens_trains_and_resumes(tmp_path):
+def test_an_old_dataset_opens_and_trains_but_is_not_resumed(tmp_path):
     """A dataset written by stemforge 0.1 (calibration.pixel_size, detector.pixel_size, sim.detector.Detector):
-    read with today's names, loaded by the data module, and resumed by today's simulate with the same settings
-    (nothing recomputed, not refused as another configuration)."""
+    read with today's names and loaded by the data module (its peaks from the kinematic flag: it has no present
+    reflections). Today's simulate with the same settings refuses to resume it in one line (its arrays lack the
+    present-reflection labels) and changes nothing in it."""
     from stemforge.datamodules import CBEDDataModule
     from stemforge.sim.dataset import dataset_attrs, open_dataset
 
@@ -131,8 +132,8 @@ def test_an_old_dataset_opens_trains_and_resumes(tmp_path):
     dm.setup()
     assert dm.info["pixel_size_inv_A"] == 0.06 and dm.info["calibration"]["pixel_size_inv_A"] == 0.06
     batch = next(iter(dm.train_dataloader()))
-    assert batch["pattern"].shape[-2:] == (32, 32)
-    before = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file() and "patterns" in p.parts}
+    assert batch["pattern"].shape[-2:] == (32, 32) and np.isfinite(batch["peaks"].numpy()).any()
+    before = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
     proc = subprocess.run(
         [
             sys.executable,
@@ -155,9 +156,11 @@ def test_an_old_dataset_opens_trains_and_resumes(tmp_path):
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "0 of 2 chunks to simulate" in proc.stderr + proc.stdout
-    assert before == {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file() and "patterns" in p.parts}
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "written by an earlier stemforge without labels/" in lines[0]
+    assert "not resumed" in lines[0] and "another dataset.path" in lines[0]
+    assert before == {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
 
 
 def test_an_old_scan_opens_with_its_calibration():

@@ -115,13 +115,24 @@ def test_dataset_layout(reference):
     assert np.all(p.sum(axis=(1, 2)) <= 1.0 + 1e-4) and np.all(p.sum(axis=(1, 2)) > 0.9)
     assert np.allclose(g["probes"][:].sum(axis=(1, 2)), 1.0, atol=1e-3)
     assert set(labels["formula"][:]) == {"Si"} and set(labels["space_group"][:]) == {227}
-    # label maps peak on the listed reflections
-    n = int(labels["num_reflections"][0])
-    px = labels["reflections_px"][0][:n]
-    vis = labels["reflections_visible"][0][:n]
-    dm = labels["disk_map"][0]
-    for x, y in px[vis][:10]:
-        assert dm[int(round(y)), int(round(x))] > 0.5
+    # the disk map peaks on the reflections present at the reference dose, in every pattern (per thickness), and
+    # the present flags follow from the stored disk intensities
+    from stemforge.sim.labels import REFERENCE_DOSE_E, present
+
+    for i in range(6):
+        n = int(labels["num_reflections"][i])
+        px = labels["reflections_px"][i][:n]
+        shown = labels["reflections_present"][i][:n]
+        inten, bg = labels["reflections_intensity"][i][:n], labels["reflections_background"][i][:n]
+        assert shown.any() and np.array_equal(shown, present(inten, bg, REFERENCE_DOSE_E))
+        assert (inten >= 0).all() and np.nansum(inten) <= p[i].sum() + 1e-6
+        dm = labels["disk_map"][i]
+        for x, y in px[shown]:
+            assert dm[int(round(y)), int(round(x))] > 0.5
+        for x, y in px[~shown]:  # an absent reflection is no target (unless a present one sits next to it)
+            if np.hypot(*(px[shown] - (x, y)).T).min() > 4.0:
+                assert dm[int(round(y)), int(round(x))] < 0.01
+        assert labels["disk_core_px"][i] >= 1.0
 
 
 def test_rerun_computes_nothing_new(reference):

@@ -96,6 +96,10 @@ def save_figures(cube, results: dict, images: dict, out: str | Path, dpi: int = 
     written.append("virtual.png")
 
     gt = cube.ground_truth or {}
+    if "reflections_px" in gt:
+        from .validation import true_reflections
+
+        truth_mask, _ = true_reflections(gt, cube.metadata.get("dose_e_per_pattern"))
     rx, ry = cube.scan_shape[0] // 2, cube.scan_shape[1] // 2
     fig = Figure(figsize=(4.2 * len(results), 4.3), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(results)))
@@ -104,12 +108,10 @@ def save_figures(cube, results: dict, images: dict, out: str | Path, dpi: int = 
         a.imshow(np.log10(np.clip(img, img.max() * 1e-4, None)), cmap="gray")
         if "reflections_px" in gt:
             t = np.asarray(gt["reflections_px"][rx, ry])
-            vis = (
-                np.asarray(gt["reflections_visible"][rx, ry], bool)
-                if "reflections_visible" in gt
-                else np.isfinite(t[..., 0])
-            )
-            a.scatter(t[vis, 0], t[vis, 1], s=60, facecolors="none", edgecolors="lime", lw=1, label="truth")
+            shown = truth_mask[rx, ry]
+            rest = np.isfinite(t[..., 0]) & ~shown
+            a.scatter(t[rest, 0], t[rest, 1], s=30, facecolors="none", edgecolors="0.5", lw=0.5, label="kinematic only")
+            a.scatter(t[shown, 0], t[shown, 1], s=60, facecolors="none", edgecolors="lime", lw=1, label="present")
         p = r.bragg.at(rx, ry)
         a.scatter(p["col"], p["row"], s=12, c="red", marker="x", lw=1, label=f"{name} ({len(p)})")
         a.set(title=f"{name} peaks at ({rx}, {ry})", xlabel="detector column (px)", ylabel="detector row (px)")

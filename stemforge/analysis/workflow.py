@@ -67,16 +67,25 @@ def libraries_for(cube: DataCube, structures, settings: dict) -> dict:
     return {str(s): build_orientation_library(str(s), float(energy), **settings) for s in structures}
 
 
-def score_disks_and_strain(res: MethodResult, gt: dict, reference, tolerance_px: float = 2.0) -> None:
-    """Fill ``res`` from its Bragg vectors: disk scores against the ground truth (``gt``, matched within
-    ``tolerance_px`` px), the lattice and strain map (reference region ``reference``) and their scores; a lattice
-    that cannot be chosen or fitted is recorded as ``res.scores["strain_error"]``."""
+def score_disks_and_strain(
+    res: MethodResult,
+    gt: dict,
+    reference,
+    tolerance_px: float = 2.0,
+    dose_e: float | None = None,
+    truth: str = "present",
+) -> None:
+    """Fill ``res`` from its Bragg vectors: disk scores against the ground truth (``gt``: the reflections
+    ``truth`` says count at ``dose_e`` e⁻/pattern, :func:`stemforge.analysis.validation.true_reflections`; matched
+    within ``tolerance_px`` px), the lattice and strain map (reference region ``reference``) and their scores; a
+    lattice that cannot be chosen or fitted is recorded as ``res.scores["strain_error"]``."""
     from .lattice import choose_lattice_vectors, fit_lattice
     from .strain import strain_map
-    from .validation import disk_scores, strain_scores
+    from .validation import disk_scores, strain_scores, true_reflections
 
     if "reflections_px" in gt:
-        res.scores["disks"] = disk_scores(res.bragg, gt["reflections_px"], gt.get("reflections_visible"), tolerance_px)
+        mask, meaning = true_reflections(gt, dose_e, truth)
+        res.scores["disks"] = {**disk_scores(res.bragg, gt["reflections_px"], mask, tolerance_px), "truth": meaning}
     try:
         g1, g2 = choose_lattice_vectors(res.bragg, region=reference)
         res.lattice = fit_lattice(res.bragg, g1, g2)
@@ -96,9 +105,14 @@ def analyse(
     strain_reference=None,
     orientation: dict | None = None,
     truth_tolerance_px: float = 2.0,
+    truth: str = "present",
     progress: bool = True,
 ) -> dict[str, MethodResult]:
-    """Run every method on ``cube``; see the module docstring. Returns ``{method: MethodResult}``."""
+    """Run every method on ``cube``; see the module docstring. Returns ``{method: MethodResult}``.
+
+    Disks are scored against the reflections ``truth`` says count (:func:`stemforge.analysis.validation.
+    true_reflections`: by default those present at the scan's dose, ``cube.metadata["dose_e_per_pattern"]`` after
+    :func:`add_dose_noise`, else as if noise-free)."""
     from .disks import find_bragg_disks
     from .validation import orientation_scores
 
@@ -123,7 +137,7 @@ def analyse(
         n = int(np.prod(cube.scan_shape))
         res.timings["disks_s"] = time.perf_counter() - t0
         res.timings["patterns_per_s"] = n / max(res.timings["disks_s"], 1e-9)
-        score_disks_and_strain(res, gt, ref, truth_tolerance_px)
+        score_disks_and_strain(res, gt, ref, truth_tolerance_px, cube.metadata.get("dose_e_per_pattern"), truth)
         if libs:
             t1 = time.perf_counter()
             if len(libs) == 1:
@@ -174,6 +188,7 @@ def report(results: dict[str, MethodResult], cube: DataCube) -> str:
     row("disk precision", lambda r: r.scores["disks"]["precision"])
     row("disk recall", lambda r: r.scores["disks"]["recall"])
     row("disk position RMSE (px)", lambda r: r.scores["disks"]["pos_rmse_px"])
+    row("disk radial offset (px)", lambda r: r.scores["disks"]["radial_offset_px"], "{:14.3f}")
     row("strain RMSE (%)", lambda r: 100 * r.scores["strain"]["rmse"])
     row("  εxx RMSE (%)", lambda r: 100 * r.scores["strain"]["rmse_exx"])
     row("  εyy RMSE (%)", lambda r: 100 * r.scores["strain"]["rmse_eyy"])
@@ -183,6 +198,9 @@ def report(results: dict[str, MethodResult], cube: DataCube) -> str:
     row("orientation error mean (°)", lambda r: r.scores["orientation"]["mean_deg"], "{:14.2f}")
     row("orientation error median (°)", lambda r: r.scores["orientation"]["median_deg"], "{:14.2f}")
     row("phase accuracy", lambda r: r.scores["phase_accuracy"], "{:14.3f}")
+    truths = {r.scores["disks"]["truth"] for r in results.values() if "disks" in r.scores}
+    if truths:
+        lines.append(f"disks scored against: {'; '.join(sorted(truths))}")
     for name, r in results.items():
         if "strain_error" in r.scores:
             lines.append(f"{name}: strain not mapped: {r.scores['strain_error']}")

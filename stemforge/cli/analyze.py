@@ -42,6 +42,7 @@ def main(cfg) -> None:
             strain_reference=OmegaConf.to_container(cfg.strain, resolve=True).get("reference"),
             orientation=OmegaConf.to_container(cfg.orientation, resolve=True),
             truth_tolerance_px=float(cfg.truth_tolerance_px),
+            truth=str(cfg.get("truth", "present")),
             progress=bool(cfg.progress),
         )
     except (AnalysisError, TypeError) as err:

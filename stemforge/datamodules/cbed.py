@@ -1,7 +1,9 @@
 """Lazy, worker-safe access to a simulated CBED dataset, with on-the-fly augmentation and normalisation.
 
 A sample is a dict of tensors (the batch contract of ``networks``): ``pattern`` and ``probe`` (1,H,W),
-``vg_map`` and ``disk_map`` (1,H,W), ``peaks`` (R,2) visible Bragg positions (x=col, y=row; NaN padded),
+``vg_map`` and ``disk_map`` (1,H,W), ``peaks`` (R,2) the Bragg positions present in the dynamical pattern at the
+dataset's reference dose (``labels/reflections_present``, :func:`stemforge.sim.labels.present`; datasets written
+before it have only the kinematic flag ``reflections_visible``, used then) (x=col, y=row; NaN padded),
 ``thickness_nm``, ``phase`` (class index), ``rotation`` (3,3) and ``symmetry`` (24,3,3: the crystal's proper
 point group padded with identities), plus ``index`` (the pattern's index in the store).
 """
@@ -98,6 +100,9 @@ class CBEDDataset(Dataset):
             self._group = zarr.open_group(self.path, mode="r")
             self._pid = os.getpid()
             self._cache = {}
+            # the peaks: present reflections, or the kinematic flag in datasets written before it existed
+            present = "reflections_present" in self._group["labels"]
+            self._truth = "labels/reflections_present" if present else "labels/reflections_visible"
         return self._group
 
     def _read(self, name: str, i: int):
@@ -117,7 +122,7 @@ class CBEDDataset(Dataset):
         probe = np.asarray(self._read("probes", i), dtype=np.float32)
         maps = {key: np.asarray(self._read(f"labels/{key}", i), dtype=np.float32) for key in ("vg_map", "disk_map")}
         refl = np.asarray(self._read("labels/reflections_px", i), dtype=np.float32)
-        visible = np.asarray(self._read("labels/reflections_visible", i), dtype=bool)
+        visible = np.asarray(self._read(self._truth, i), dtype=bool)
         n = int(self._read("labels/num_reflections", i))
         if self.augment is not None:
             from stemforge.augment import augment_sample

@@ -303,7 +303,16 @@ def _label_run(
     probes: dict,
 ) -> dict:
     """A run's labels and stored arrays (``reflections`` / ``probes`` cache what runs of a group share)."""
-    from .labels import disk_visible, kinematic_reflections, label_maps
+    from .labels import (
+        REFERENCE_DOSE_E,
+        disk_intensities,
+        distinct_spots,
+        kinematic_reflections,
+        kinematic_visible,
+        label_maps,
+        present,
+        render_blobs,
+    )
     from .multislice import vacuum_probe
 
     s = cfg.sampling
@@ -327,11 +336,21 @@ def _label_run(
             s.max_excitation_error,
             s.parametrization,
         )
-        vg_map, disk_map = label_maps(refl, detector.shape, s.blob_sigma_px)
-        reflections[rkey] = (refl, vg_map, disk_map, disk_visible(refl))
-    refl, vg_map, disk_map, visible = reflections[rkey]
+        vg_map, _ = label_maps(refl, detector.shape, s.blob_sigma_px)
+        reflections[rkey] = (refl, vg_map, kinematic_visible(refl))
+    refl, vg_map, visible = reflections[rkey]
     R = s.max_reflections
     m = min(R, len(refl["hkl"]))
+    # what the dynamical pattern shows, per thickness: electrons in each disk core, and present at the reference dose
+    disk_px = sim_optics.aperture_radius_inv_A / detector.pixel_size_inv_A
+    seen = disk_intensities(det_patterns, refl["pixel"][:m], disk_px)
+    shown = present(seen["intensity"], seen["background"], REFERENCE_DOSE_E) & distinct_spots(refl["pixel"][:m])
+    disk_maps = np.stack(
+        [
+            np.minimum(render_blobs(detector.shape, refl["pixel"][:m][row], np.ones(row.sum()), s.blob_sigma_px), 1.0)
+            for row in shown
+        ]
+    )
 
     def pad(a, fill, dtype):
         out = np.full((R, *a.shape[1:]), fill, dtype=dtype)
@@ -359,7 +378,6 @@ def _label_run(
         "labels/run_index": spec.index,
         "labels/sim_grid_gpts": np.asarray(grid["gpts"], dtype=np.int32),
         "labels/vg_map": vg_map,
-        "labels/disk_map": disk_map,
         "labels/num_reflections": m,
         "labels/reflections_hkl": pad(refl["hkl"], 0, np.int32),
         "labels/reflections_g": pad(refl["g"], np.nan, np.float32),
@@ -373,6 +391,11 @@ def _label_run(
     out = {k: np.repeat(np.asarray(v)[None], T, axis=0) for k, v in per_run.items()}
     out["patterns"] = det_patterns
     out["labels/thickness_A"] = exact_t
+    out["labels/disk_map"] = disk_maps
+    out["labels/reflections_intensity"] = np.stack([pad(row, np.nan, np.float32) for row in seen["intensity"]])
+    out["labels/reflections_background"] = np.stack([pad(row, np.nan, np.float32) for row in seen["background"]])
+    out["labels/reflections_present"] = np.stack([pad(row, False, bool) for row in shown])
+    out["labels/disk_core_px"] = np.full(T, seen["core_px"], dtype=np.float32)
     return out
 
 

@@ -65,6 +65,13 @@ class DatasetWriter:
                     f"{self.path} holds a dataset written with a different configuration; "
                     "choose another dataset.path or delete it"
                 )
+            missing = sorted(n for n in arrays if n not in group)
+            if missing:
+                raise DatasetMismatch(
+                    f"{self.path} was written by an earlier stemforge without {', '.join(missing[:3])}"
+                    f"{' ...' if len(missing) > 3 else ''}; it can still be read, but not resumed: simulate into "
+                    "another dataset.path"
+                )
             self.group = group
             return
         group = zarr.open_group(str(self.path), mode="w")

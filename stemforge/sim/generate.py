@@ -59,6 +59,10 @@ def array_specs(cfg, detector: Detector) -> dict:
         "labels/reflections_F": ((R,), "float32", nan),
         "labels/reflections_V": ((R,), "float32", nan),
         "labels/reflections_visible": ((R,), "bool", False),
+        "labels/reflections_intensity": ((R,), "float32", nan),
+        "labels/reflections_background": ((R,), "float32", nan),
+        "labels/reflections_present": ((R,), "bool", False),
+        "labels/disk_core_px": ((), "float32", nan),
     }
 
 

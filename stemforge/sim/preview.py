@@ -44,8 +44,10 @@ def main(argv=None) -> int:
         n = int(lab["num_reflections"][i])
         px = lab["reflections_px"][i][:n]
         vis = lab["reflections_visible"][i][:n]
+        shown = lab["reflections_present"][i][:n] if "reflections_present" in lab else vis
         row[0].imshow(np.log10(p + 1e-6), cmap="magma")
-        row[0].scatter(px[vis, 0], px[vis, 1], s=12, facecolors="none", edgecolors="cyan", linewidths=0.6)
+        row[0].scatter(px[vis & ~shown, 0], px[vis & ~shown, 1], s=8, facecolors="none", edgecolors="0.6", lw=0.4)
+        row[0].scatter(px[shown, 0], px[shown, 1], s=12, facecolors="none", edgecolors="cyan", linewidths=0.6)
         row[0].set_title(
             f"#{i} {lab['formula'][i]} {lab['zone'][i]} t={lab['thickness_A'][i] / 10:.1f} nm\n"
             f"{lab['energy_eV'][i] / 1e3:.0f} keV α={lab['semiangle_mrad'][i]:.2f} mrad",
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
         row[2].imshow(lab["vg_map"][i], cmap="viridis")
         row[2].set_title("Ewald-weighted |V_g| (V)", fontsize=8)
         row[3].imshow(lab["disk_map"][i], cmap="gray")
-        row[3].set_title("disk positions", fontsize=8)
+        row[3].set_title("present disks (1e4 e⁻)" if "reflections_present" in lab else "disk positions", fontsize=8)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -45,6 +45,10 @@ __all__ = [
 ]
 
 LIBRARY_PATH = Path(__file__).resolve().parent / "data" / "structures.json"
+#: Built-in structures kept out of every training set stemforge ships a config for (the default dataset, the
+#: corpus), with the zone axis the accuracy benchmark views them along: three lattices (fcc cubic, trigonal
+#: corundum, hexagonal layered) that no shipped model has seen (benchmarks/analysis_accuracy.py; tests check it).
+HELD_OUT_STRUCTURES = {"Au": "[110]", "Al2O3": "[0001]", "MoS2-2H": "[0001]"}
 _MP_ID = re.compile(r"^(mp|mvc)-\d+$", re.IGNORECASE)
 _FILE_SUFFIXES = {".cif", ".mcif", ".json", ".vasp", ".poscar", ".xyz", ".xsf", ".cssr"}
 _MIN_SEPARATION = 0.5  # Angstrom; closer atoms mean overlapping (malformed) sites

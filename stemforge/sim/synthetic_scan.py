@@ -31,7 +31,10 @@ fractions of the incident beam per pixel (noise-free), ``probe`` (H, W), ``groun
 exy`` (detector-frame strain), ``theta_deg``, ``thickness_A`` (the exit plane simulated: the requested thickness
 rounded to a slice boundary), ``phase`` (index into attrs ``phases``), ``rotation`` (crystal → lab, ``Rz(θ)·Q``
 of the unstrained crystal), ``zone_axis``, and the kinematic reflections of each position's strained, rotated
-crystal (``reflections_px`` x=col, y=row, NaN padded; ``reflections_visible``; ``reflections_hkl``). The group is
+crystal (``reflections_px`` x=col, y=row, NaN padded; ``reflections_visible``, the kinematic flag;
+``reflections_hkl``) with what the noise-free pattern puts in each disk core (``reflections_intensity`` and
+``reflections_background``, fractions of the beam, :func:`stemforge.sim.labels.disk_intensities`), from which
+:func:`stemforge.sim.labels.present` says which reflections a detector shows at a given dose. The group is
 written to ``<path>.partial``, ``complete: true`` is set last, and only then is it renamed to ``path``: an
 interrupted run never leaves anything at ``path``. A complete scan with the same configuration is left as it is;
 one with another configuration, or anything else at ``path``, is refused.
@@ -148,7 +151,7 @@ def simulate_strained(cfg, structure, sigmas, uvw, Q, U, thicknesses_A, detector
 
 def position_labels(cfg, structure, sigmas, Q, U, theta_deg: float, detector):
     """Crystal → lab rotation ``Rz(θ)·Q`` and the kinematic reflections of the strained, rotated crystal."""
-    from .labels import disk_visible, kinematic_reflections
+    from .labels import kinematic_reflections, kinematic_visible
 
     rotation = rotation_z(theta_deg) @ Q
     refl = kinematic_reflections(
@@ -161,7 +164,7 @@ def position_labels(cfg, structure, sigmas, Q, U, theta_deg: float, detector):
         cfg.sampling.max_excitation_error,
         cfg.sampling.parametrization,
     )
-    return rotation, refl, disk_visible(refl)
+    return rotation, refl, kinematic_visible(refl)
 
 
 def identity(cfg) -> dict:
@@ -244,6 +247,7 @@ def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
     from tqdm.auto import tqdm
 
     from .detector import resample, resampling_matrix
+    from .labels import disk_intensities
     from .multislice import vacuum_probe
     from .structures import debye_waller_sigmas
 
@@ -262,12 +266,15 @@ def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
         for name in sc.structures
     ]
     Qs = [zone_rotation(st, uvw) for st in structures]
+    disk_px = scan_optics(sc).aperture_radius_inv_A / detector.pixel_size_inv_A
     patterns = {}  # (set, θ) -> (T, H, W) detector patterns
     gt = {
         n: np.full((Rx, Ry, *shp), fill, dtype=dt)
         for n, shp, fill, dt in [
             ("reflections_px", (R, 2), np.nan, np.float32),
             ("reflections_visible", (R,), False, bool),
+            ("reflections_intensity", (R,), np.nan, np.float32),
+            ("reflections_background", (R,), np.nan, np.float32),
             ("reflections_hkl", (R, 3), 0, np.int32),
             ("rotation", (3, 3), np.nan, np.float64),
         ]
@@ -294,6 +301,9 @@ def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
             m = min(R, len(refl["hkl"]))
             gt["reflections_px"][where, :m] = refl["pixel"][:m]
             gt["reflections_visible"][where, :m] = vis[:m]
+            seen = disk_intensities(patterns[k, theta], refl["pixel"][:m], disk_px)  # per thickness (T, m)
+            gt["reflections_intensity"][where, :m] = seen["intensity"][t_index[where]]
+            gt["reflections_background"][where, :m] = seen["background"][t_index[where]]
             gt["reflections_hkl"][where, :m] = refl["hkl"][:m]
             gt["rotation"][where] = rot
         thickness_A[members] = exact_t[t_index[members]]  # the exit plane reached (slice boundary nearest)
@@ -338,6 +348,8 @@ def _write(cfg, tmp, detector, params, structures, uvw, ident) -> None:
                 "rotation": "crystal→lab",
                 "zone_axis": "[uvw]",
                 "reflections_px": "px (x=col, y=row)",
+                "reflections_intensity": "fraction of incident beam in the disk core",
+                "reflections_background": "fraction of incident beam a smooth background puts in the core",
             },
             "strain_convention": "F = (I + ε)·Rθ of the unstrained zone-axis crystal; ε detector frame (x=col, y=row)",
             "multislice_sets": int(len(sets)),
