@@ -90,7 +90,7 @@ def main() -> None:
         spec, energy, alpha, thick, sampling_A=sampling, slice_thickness_A=2.0, crop_half_px=h, fft_timer=timer
     )
     build_w = time.perf_counter() - w0
-    matrix = resampling_matrix(S.planes.shape[-2:], S.sampling, det)
+    matrix = resampling_matrix(S.crop_shape, S.sampling, det)
     sm = np.empty((len(thick), len(defoci), len(positions), *det.shape), dtype=np.float32)
     for j, df in enumerate(defoci):
         sm[:, j] = resample(S.patterns(Optics(energy, alpha, defocus_A=float(df)), positions), matrix, det)

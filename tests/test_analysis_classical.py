@@ -383,3 +383,55 @@ def test_bad_inputs_are_refused():
         strain_map(lat, reference=[5, 9, 0, 2])
     with pytest.raises(AnalysisError, match="does not match the scan"):
         strain_map(lat, reference=np.ones((2, 2), bool))
+
+
+def _weak_and_strong(dose, seed):
+    """One 64×64 pattern in fractions of the beam at ``dose`` e⁻: a direct beam, 12 disks whose share of the beam
+    falls from 5 % to 0.01 %, and 30 % of the beam spread as a flat background; Poisson noise."""
+    rng = np.random.default_rng(seed)
+    spots = [(16 + 11 * (i // 4), 10 + 14 * (i % 4) + 0.3 * (i // 4)) for i in range(12)]
+    shares = np.geomspace(0.05, 1e-4, len(spots))
+    beam = disk((H, W), (H // 2, W // 2))
+    img = 0.5 * beam / beam.sum() + 0.3 / (H * W)
+    for (r, c), f in zip(spots, shares):
+        d = disk((H, W), (r, c))
+        img += f * d / d.sum()
+    noisy = rng.poisson(img * dose) / dose
+    return noisy, np.array([(c, r) for r, c in spots]), shares * dose
+
+
+def test_shot_noise_threshold_keeps_weak_disks_and_drops_noise():
+    from stemforge.analysis.disks import find_bragg_disks_classical
+
+    probe = disk((H, W), (H // 2, W // 2))
+    for dose in (1e3, 1e6):
+        img, pts, counts = _weak_and_strong(dose, seed=3)
+        cube = DataCube(img[None, None].astype(np.float32), probe=probe, metadata={"dose_e_per_pattern": dose})
+        snr = find_bragg_disks_classical(
+            cube, min_snr=5, min_relative_intensity=1e-6, min_spacing_px=4, edge_px=2, progress=False
+        )
+        rel = find_bragg_disks_classical(cube, min_relative_intensity=0.02, min_spacing_px=4, edge_px=2, progress=False)
+        found = np.stack([snr.peaks["col"], snr.peaks["row"]], 1)
+        d = np.hypot(*(found[:, None, :] - np.vstack([pts, [[W // 2, H // 2]]])[None]).transpose(2, 0, 1))
+        assert d.min(1).max() < 3, "a peak on noise"  # every kept peak is a disk (or the direct beam)
+        hit = d.min(0)[:-1] < 3
+        # Rose SNR of each disk: its electrons over the noise of them plus the background under a ~20 px core
+        rose = counts / np.sqrt(counts + 0.3 / (H * W) * dose * 20)
+        assert hit[rose >= 10].all() and not hit[rose < 1].any(), (dose, rose, hit)
+        if dose == 1e6:  # the relative threshold misses disks of 0.01-1 % the snr rule keeps
+            rel_pts = np.stack([rel.peaks["col"], rel.peaks["row"]], 1)
+            rel_hit = np.hypot(*(rel_pts[:, None, :] - pts[None]).transpose(2, 0, 1)).min(0) < 3
+            assert hit.sum() >= rel_hit.sum() + 4
+    # the same data as whole counts needs no dose; in fractions without a dose it asks for one
+    img, *_ = _weak_and_strong(1e4, seed=4)
+    counts_cube = DataCube(np.round(img * 1e4)[None, None], probe=probe)
+    frac_cube = DataCube(img[None, None], probe=probe)
+    a = find_bragg_disks_classical(counts_cube, min_snr=5, min_relative_intensity=1e-6, progress=False)
+    b = find_bragg_disks_classical(
+        frac_cube, min_snr=5, min_relative_intensity=1e-6, counts_per_unit=1e4, progress=False
+    )
+    assert len(a.peaks) == len(b.peaks) and np.allclose(a.peaks["row"], b.peaks["row"])
+    with pytest.raises(AnalysisError, match="counts_per_unit"):
+        find_bragg_disks_classical(frac_cube, min_snr=5, progress=False)
+    with pytest.raises(AnalysisError, match="cross-correlation"):
+        find_bragg_disks_classical(counts_cube, min_snr=5, corr_power=0.5, progress=False)

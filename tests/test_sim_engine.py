@@ -139,6 +139,39 @@ def test_smatrix_group_equals_multislice(zone):
     assert sm[0]["patterns"].shape == (2, 32, 32) and np.all(sm[0]["patterns"].sum(axis=(1, 2)) > 0.5)
 
 
+def test_a_mistilt_per_specimen_is_shared_by_the_group_and_simulated_by_one_smatrix():
+    """orientation.mistilt_per_specimen: every run of a group has the group's one mistilt (another group another
+    one), so the automatic choice may take one tilted S-matrix for the group; it equals batched multislice."""
+    from stemforge.sim.chunks import simulate_group
+    from stemforge.sim.config import validate
+
+    cfg = compose(
+        *TINY,
+        "orientation.mistilt_max_mrad=8",
+        "orientation.mistilt_per_specimen=true",
+        "sampling.optics_per_specimen=4",
+        "dataset.chunk_runs=4",
+        "orientation.zone_axes=[110]",
+    )
+    validate(cfg)
+    validate(
+        compose(
+            *TINY, "sampling.engine=smatrix", "orientation.mistilt_max_mrad=8", "orientation.mistilt_per_specimen=true"
+        )
+    )
+    catalog, specs = group(cfg)
+    _, other = group(cfg, 1)
+    tilts = {tuple(sp.optics.tilt_mrad) for sp in specs}
+    assert len(tilts) == 1 and next(iter(tilts)) != (0.0, 0.0) and np.hypot(*next(iter(tilts))) <= 8.0
+    assert tuple(other[0].optics.tilt_mrad) not in tilts
+    assert len({sp.optics.semiangle_mrad for sp in specs}) == 4  # the optics still differ per run
+    det = build_detector(cfg.detector)
+    sm = simulate_group(cfg, catalog, specs, det, engine="smatrix")
+    ms = simulate_group(cfg, catalog, specs, det, engine="multislice")
+    _compare_groups(sm, ms)
+    assert all(np.allclose(r["labels/mistilt_mrad"], next(iter(tilts))) for r in sm)
+
+
 def test_smatrix_group_with_one_frozen_phonon_configuration_equals_multislice():
     """frozen_phonons = 1: the S-matrix is built on abTEM's displaced atoms of the run group's seed."""
     from stemforge.sim.chunks import simulate_group
@@ -306,6 +339,27 @@ def test_identity_config_keeps_old_datasets_resumable():
     assert identity_config(compose(*TINY, "cluster.address=tcp://127.0.0.1:1")) == plain
 
 
+def test_a_semiangle_per_specimen_is_shared_by_the_group_and_leaves_other_draws_alone():
+    """optics.semiangle_per_specimen: every run of a group has the group's one α (another group another one); the
+    runs' defocus, aberrations and positions are drawn as without it; the setting is part of a dataset's identity
+    only when on."""
+    from stemforge.sim.generate import identity_config
+
+    base = (*TINY, "sampling.optics_per_specimen=4", "dataset.chunk_runs=4", "orientation.zone_axes=[110]")
+    cfg = compose(*base, "optics.semiangle_per_specimen=true")
+    _, specs = group(cfg)
+    _, other = group(cfg, 1)
+    _, plain = group(compose(*base))
+    alphas = {sp.optics.semiangle_mrad for sp in specs}
+    assert len(alphas) == 1 and other[0].optics.semiangle_mrad not in alphas
+    assert len({sp.optics.semiangle_mrad for sp in plain}) == 4
+    for a, b in zip(specs, plain):
+        assert a.optics.defocus_A == b.optics.defocus_A and np.array_equal(a.position_frac, b.position_frac)
+        assert a.structure_id == b.structure_id and a.zone == b.zone and a.in_plane_deg == b.in_plane_deg
+    assert "semiangle_per_specimen" not in identity_config(compose(*base))["optics"]
+    assert identity_config(cfg)["optics"]["semiangle_per_specimen"] is True
+
+
 def test_cli_refuses_smatrix_with_mistilt_before_writing(tmp_path):
     import subprocess
     import sys
@@ -326,7 +380,9 @@ def test_cli_refuses_smatrix_with_mistilt_before_writing(tmp_path):
         timeout=300,
     )
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and "smatrix cannot simulate beam tilt" in lines[0], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1 and "smatrix cannot simulate a beam tilt per run" in lines[0], (
+        proc.stderr
+    )
     assert not out.exists()
 
 

@@ -88,6 +88,8 @@ def find_bragg_disks_classical(
     sigma_px: float = 0.0,
     min_relative_intensity: float = 0.005,
     min_absolute_intensity: float = 0.0,
+    min_snr: float | None = None,
+    counts_per_unit: float | None = None,
     min_spacing_px: float = 6,
     edge_px: int = 4,
     max_peaks: int = 70,
@@ -113,6 +115,17 @@ def find_bragg_disks_classical(
         Gaussian smoothing of the correlation map before peak finding (px; 0 = none).
     min_relative_intensity, min_absolute_intensity : float
         A peak must exceed this fraction of the pattern's strongest correlation peak / this absolute correlation.
+    min_snr : float, optional
+        Shot-noise threshold (cross-correlation only): a peak must exceed ``min_snr`` times the standard deviation
+        that Poisson counting gives the correlation at that pixel, ``sqrt(sum(template² · pattern) / counts_per_unit)``
+        (the pattern itself estimates the expected counts; at least one electron's worth). 5 is the Rose criterion
+        that :func:`stemforge.sim.labels.present` uses for the truth, so the finder and the scoring ask the same
+        question; with it ``min_relative_intensity`` can be small (weak disks at high dose are kept, noise peaks
+        at low dose are not).
+    counts_per_unit : float, optional
+        Electrons per unit of the data, for ``min_snr``. Default: the scan's ``metadata["dose_e_per_pattern"]``
+        (patterns stored as fractions of the beam), else 1 when the values are whole numbers (counts); otherwise
+        an error asks for it.
     min_spacing_px : float
         Peaks closer than this (px) to a stronger kept peak are dropped.
     edge_px : int
@@ -154,6 +167,14 @@ def find_bragg_disks_classical(
     if template.shape != (H, W):
         raise AnalysisError(f"template shape {template.shape} differs from the detector {(H, W)}")
     tft = scipy.fft.rfft2(template)
+    noise = None
+    if min_snr is not None:
+        if not (np.isfinite(min_snr) and min_snr > 0):
+            raise AnalysisError(f"min_snr must be a positive number, got {min_snr}")
+        if corr_power != 1 or sigma_px > 0:
+            raise AnalysisError("min_snr needs plain cross-correlation (corr_power=1, sigma_px=0)")
+        scale = _counts_per_unit(cube, counts_per_unit)
+        noise = (scipy.fft.rfft2(template**2), scale, float((template**2).max()) / scale**2, float(min_snr))
 
     opts = dict(
         rel=float(min_relative_intensity),
@@ -174,7 +195,14 @@ def find_bragg_disks_classical(
             if sigma_px > 0:
                 corr = ndimage.gaussian_filter(corr, (0, sigma_px, sigma_px))
                 spec = None  # the smoothed map is no longer the spectrum's transform
-            parts.extend(_peaks_batch(corr, spec, pos[s : s + batch_size], opts))
+            sig = None
+            if noise is not None:
+                t2ft, scale, floor, snr = noise
+                var = scipy.fft.irfft2(
+                    scipy.fft.rfft2(flat[s : s + batch_size], workers=-1) * np.conj(t2ft), s=(H, W), workers=-1
+                )
+                sig = snr * np.sqrt(np.maximum(var / scale, floor))
+            parts.extend(_peaks_batch(corr, spec, pos[s : s + batch_size], opts, sig))
     peaks = np.concatenate(parts) if parts else np.zeros(0, PEAK_DTYPE)
     return BraggVectors(
         cube.scan_shape,
@@ -182,11 +210,29 @@ def find_bragg_disks_classical(
         peaks,
         cube.calibration,
         "classical",
-        {"corr_power": corr_power, "subpixel": subpixel, "sigma_px": sigma_px},
+        {"corr_power": corr_power, "subpixel": subpixel, "sigma_px": sigma_px, "min_snr": min_snr},
     )
 
 
-def _peaks_batch(corr, spec, positions, o):
+def _counts_per_unit(cube, given) -> float:
+    """Electrons per data unit for the shot-noise threshold (see ``counts_per_unit``)."""
+    if given is not None:
+        if not (np.isfinite(given) and given > 0):
+            raise AnalysisError(f"counts_per_unit must be a positive number, got {given}")
+        return float(given)
+    dose = (cube.metadata or {}).get("dose_e_per_pattern")
+    if dose is not None and np.isfinite(dose) and dose > 0:
+        return float(dose)
+    first = np.asarray(cube.data[(0,) * (cube.data.ndim - 2)], dtype=np.float64)
+    if first.max() > 0 and np.array_equal(first, np.round(first)):
+        return 1.0
+    raise AnalysisError(
+        "min_snr needs the noise scale: the scan has no metadata['dose_e_per_pattern'] and its values are not "
+        "whole counts; pass counts_per_unit=<electrons per data unit>"
+    )
+
+
+def _peaks_batch(corr, spec, positions, o, sig=None):
     B, H, W = corr.shape
     local = corr == ndimage.maximum_filter(corr, size=(1, 3, 3), mode="nearest")
     e = o["edge"]
@@ -195,6 +241,8 @@ def _peaks_batch(corr, spec, positions, o):
     top = corr.reshape(B, -1).max(1)
     thr = np.maximum(o["rel"] * top, o["absolute"])
     local &= corr > thr[:, None, None]
+    if sig is not None:
+        local &= corr > sig
     out = []
     for b, (rx, ry) in enumerate(positions):
         rr, cc = np.nonzero(local[b])

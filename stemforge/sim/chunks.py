@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -46,6 +46,17 @@ class CatalogEntry:
     sigmas: dict
     zone_axes: list
     zone_labels: list
+    #: per zone axis: None, or the crystal sheared slightly so that the axis has an exactly orthogonal periodic
+    #: supercell (monoclinic / triclinic crystals, :func:`stemforge.sim.specimen.sheared_for_zone_axis`)
+    zone_structures: list = field(default_factory=list)
+
+    def structure_for(self, zone_axis) -> object:
+        """The structure simulated (and labelled) along ``zone_axis`` (None: a random orientation)."""
+        if zone_axis is not None and self.zone_structures:
+            for axis, sheared in zip(self.zone_axes, self.zone_structures):
+                if sheared is not None and tuple(int(v) for v in axis) == tuple(int(v) for v in zone_axis):
+                    return sheared
+        return self.structure
 
 
 @dataclass
@@ -67,7 +78,7 @@ class RunSpec:
 def build_catalog(cfg) -> list[CatalogEntry]:
     """Load every configured structure with its symmetry data; bad input raises ConfigError."""
     from .orientations import parse_zone_axis, symmetry_distinct_zone_axes
-    from .specimen import orthogonal_lattice_basis
+    from .specimen import orthogonal_lattice_basis, sheared_for_zone_axis
     from .structures import StructureError, debye_waller_sigmas, load_structure, structure_info
 
     entries = []
@@ -84,16 +95,23 @@ def build_catalog(cfg) -> list[CatalogEntry]:
             except ValueError as err:
                 raise ConfigError(f"orientation.zone_axes: {err}") from None
             axes, labels = [p[0] for p in parsed], [p[1] for p in parsed]
+            candidates = axes
         else:
-            # automatic axes: those with an exactly orthogonal periodic supercell (cheap, exact); other
+            # automatic axes: those with an exactly orthogonal periodic supercell (cheap, exact), or a nearly
+            # orthogonal one the crystal is sheared onto (at most ~0.5 %, monoclinic / triclinic); other
             # directions are reached by random orientations or by listing them in orientation.zone_axes
-            axes = [
-                a
-                for a in symmetry_distinct_zone_axes(st, cfg.orientation.max_index)
-                if orthogonal_lattice_basis(st.lattice.matrix, a) is not None
-            ]
-            labels = [parse_zone_axis(a)[1] for a in axes]
-        entries.append(CatalogEntry(str(spec), st, structure_info(st), sigmas, list(axes), labels))
+            candidates = symmetry_distinct_zone_axes(st, cfg.orientation.max_index)
+        max_shear = float(getattr(cfg.orientation, "max_shear", 0.0) or 0.0)
+        axes, sheared = [], []
+        for a in candidates:
+            if orthogonal_lattice_basis(st.lattice.matrix, a) is not None:
+                axes.append(a), sheared.append(None)
+            else:
+                s = sheared_for_zone_axis(st, a, max_cos=max_shear)[0] if max_shear > 0 else None
+                if s is not None or cfg.orientation.zone_axes:  # listed axes stay (boxes when neither exists)
+                    axes.append(a), sheared.append(s)
+        labels = [parse_zone_axis(a)[1] for a in axes]
+        entries.append(CatalogEntry(str(spec), st, structure_info(st), sigmas, list(axes), labels, sheared))
     return entries
 
 
@@ -145,7 +163,14 @@ def plan_run(cfg, catalog: list[CatalogEntry], seed: int, r: int) -> RunSpec:
         i = int(srng.integers(len(entry.zone_axes)))
         rot, zone_axis, zone = None, tuple(int(v) for v in entry.zone_axes[i]), entry.zone_labels[i]
         phi = draw(cfg.orientation.in_plane_deg, srng)
-    return RunSpec(r, sid, zone_axis, zone, rot, phi, optics, rng.uniform(size=2), int(srng.integers(2**31)))
+    position, phonon_seed = rng.uniform(size=2), int(srng.integers(2**31))
+    if getattr(cfg.orientation, "mistilt_per_specimen", False):  # the group's one mistilt, drawn last from its stream
+        tilt_r = cfg.orientation.mistilt_max_mrad * math.sqrt(srng.uniform())
+        tilt_a = srng.uniform(0, 2 * math.pi)
+        optics = replace(optics, tilt_mrad=(tilt_r * math.cos(tilt_a), tilt_r * math.sin(tilt_a)))
+    if getattr(o, "semiangle_per_specimen", False):  # the group's one α, drawn after the mistilt from its stream
+        optics = replace(optics, semiangle_mrad=draw(o.semiangle_mrad, srng))
+    return RunSpec(r, sid, zone_axis, zone, rot, phi, optics, position, phonon_seed)
 
 
 def group_specimen(
@@ -164,12 +189,13 @@ def group_specimen(
         # specimen is periodic with the cell, propagation is linear), so the cell's pattern samples the
         # infinite crystal's CBED at 1/L: L only sets how finely each detector pixel is sampled
         # (sampling.k_oversample simulated pixels per detector pixel; see benchmarks/RESULTS.md).
+        structure = entry.structure_for(spec.zone_axis)
         try:
             specimen = zone_axis_specimen(
-                entry.structure, spec.zone_axis, depth, detector.min_extent_A(cfg.sampling.k_oversample)
+                structure, spec.zone_axis, depth, detector.min_extent_A(cfg.sampling.k_oversample)
             )
         except ValueError:
-            rotation = zone_axis_rotation(entry.structure, spec.zone_axis)
+            rotation = zone_axis_rotation(structure, spec.zone_axis)
         else:
             return _smooth_repetitions(specimen) if smooth else specimen
     else:
@@ -184,17 +210,13 @@ def group_specimen(
 
 
 def _smooth_repetitions(specimen):
-    from dataclasses import replace
-
     from .grids import fft_friendly_size
 
     nx, ny, nz = specimen.info["repetitions"]
     sx, sy = fft_friendly_size(nx), fft_friendly_size(ny)
     if (sx, sy) == (nx, ny):
         return specimen
-    return replace(
-        specimen, atoms=specimen.repeat_cell * (sx, sy, nz), info={**specimen.info, "repetitions": [sx, sy, nz]}
-    )
+    return replace(specimen, atoms=None, info={**specimen.info, "repetitions": [sx, sy, nz]})  # built when used
 
 
 def probe_position_A(specimen, spec: RunSpec) -> np.ndarray:
@@ -320,14 +342,17 @@ def _label_run(
     pkey = (sim_optics.energy, sim_optics.semiangle_mrad)
     if pkey not in probes:
         probe_native, probe_sampling = vacuum_probe(sim_optics, (lx, ly), sampling_A, cfg.optics.device)
-        probes[pkey] = resample(probe_native, resampling_matrix(probe_native.shape, probe_sampling, detector), detector)
+        mkey = ("matrix", probe_native.shape, probe_sampling)  # one binning for every probe of the group's grid
+        if mkey not in probes:
+            probes[mkey] = resampling_matrix(probe_native.shape, probe_sampling, detector)
+        probes[pkey] = resample(probe_native, probes[mkey], detector)
     probe = probes[pkey]
 
     rotation = rotation_z(spec.in_plane_deg) @ specimen.rotation
     rkey = (spec.in_plane_deg, spec.optics.energy, tuple(spec.optics.tilt_mrad))
     if rkey not in reflections:
         refl = kinematic_reflections(
-            entry.structure,
+            entry.structure_for(spec.zone_axis),
             rotation,
             spec.optics.wavelength_A,
             detector,

@@ -77,6 +77,23 @@ def connect(cluster_cfg):
     return client
 
 
+def start_local(cluster_cfg):
+    """A ``distributed.Client`` on a ``LocalCluster`` of ``cluster_cfg.local_workers`` worker processes with one
+    thread each, on this machine (no dashboard); closing the client also closes the cluster."""
+    from distributed import Client, LocalCluster
+
+    n = int(cluster_cfg.local_workers)
+    if n < 1:
+        raise ConfigError(f"cluster.local_workers must be ≥ 1 to start local workers, got {n}")
+    with _quiet("distributed", "distributed.nanny", "distributed.scheduler", "distributed.worker"):
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        )
+    client = Client(cluster, set_as_default=False)
+    client.wait_for_workers(n, timeout=float(getattr(cluster_cfg, "connect_timeout_s", 10.0)) * 6)
+    return client
+
+
 def _check_address(address: str) -> None:
     """Refuse what is not a scheduler address (unknown scheme, missing port) before any connection attempt."""
     from distributed.comm import parse_address, parse_host_port

@@ -36,6 +36,8 @@ class OrientationConfig:
     max_index: int = 1
     in_plane_deg: Any = field(default_factory=lambda: {"min": 0.0, "max": 360.0})
     mistilt_max_mrad: float = 1.0
+    mistilt_per_specimen: bool = False  # one mistilt per specimen group (the S-matrix then reuses it), else per run
+    max_shear: float = 0.0  # > 0: zone axes of low-symmetry crystals on cells sheared by at most this (e.g. 0.005)
 
 
 @dataclass
@@ -55,6 +57,9 @@ class OpticsConfig:
     source_size_A: Any = 0.0
     coherence_order: int = 3
     device: str = "cpu"
+    semiangle_per_specimen: bool = (
+        False  # one α per specimen group (its S-matrix then needs no more beams), else per run
+    )
 
 
 @dataclass
@@ -137,6 +142,7 @@ class ClusterConfig:
     address: str | None = None
     connect_timeout_s: float = 10.0
     max_in_flight: int = 0  # chunks submitted at once; 0: twice the cluster's worker threads
+    local_workers: int = 0  # without an address: N > 0 starts N worker processes here (1 thread each)
 
 
 @dataclass
@@ -264,8 +270,11 @@ def _validate_engine(cfg) -> None:
         )
     if engine == "smatrix":
         blockers = []
-        if cfg.orientation.mistilt_max_mrad > 0:
-            blockers.append(f"beam tilt (orientation.mistilt_max_mrad={cfg.orientation.mistilt_max_mrad:g})")
+        if cfg.orientation.mistilt_max_mrad > 0 and not getattr(cfg.orientation, "mistilt_per_specimen", False):
+            blockers.append(
+                f"a beam tilt per run (orientation.mistilt_max_mrad={cfg.orientation.mistilt_max_mrad:g}; "
+                "orientation.mistilt_per_specimen=true gives each specimen group one tilt, which it can)"
+            )
         if max(_spec_values("optics.source_size_A", cfg.optics.source_size_A)) > 0:
             blockers.append("partial spatial coherence (optics.source_size_A > 0)")
         if s.frozen_phonons > 1:

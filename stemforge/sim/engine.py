@@ -67,8 +67,8 @@ class EngineChoice:
 def smatrix_blockers(runs, frozen_phonons: int) -> list[str]:
     """What in a group the S-matrix engine cannot simulate (empty: it can)."""
     out = []
-    if any(tuple(r.optics.tilt_mrad) != (0.0, 0.0) for r in runs):
-        out.append("beam tilt (mistilt)")
+    if len({tuple(float(v) for v in r.optics.tilt_mrad) for r in runs}) > 1:
+        out.append("several beam tilts (a mistilt per run; one per specimen group is fine)")
     if any(r.optics.source_size_A > 0 for r in runs):
         out.append("partial spatial coherence (source size > 0)")
     if frozen_phonons > 1:
@@ -134,7 +134,10 @@ def choose_group_engine(
     beam_cost = 1.0 / (reps[0] * reps[1]) if reps else 1.0
     h = crop_half_px(detector, (lx, ly))
     side_x, side_y = min(2 * h + 1, gpts[0]), min(2 * h + 1, gpts[1])
-    size = num_thicknesses * beams * side_x * side_y * 8
+    if reps:  # sparse exit planes: each beam reaches one comb k + G of the repeat cell's grid (value + index)
+        size = num_thicknesses * beams * (gpts[0] // reps[0]) * (gpts[1] // reps[1]) * 12
+    else:
+        size = num_thicknesses * beams * side_x * side_y * 8
     patterns = len(runs) * num_thicknesses
     if requested == "smatrix":
         return EngineChoice("smatrix", "requested", beams, beam_cost, size)
@@ -293,6 +296,7 @@ def smatrix_group(
         parametrization=parametrization,
         crop_half_px=crop_half,
         device=device,
+        tilt_mrad=tuple(float(v) for v in runs[0].optics.tilt_mrad),
     )
     # one run at a time: a (1 × beams) product, so a run's bytes never depend on the other runs of its group
     out = [S.patterns(r.optics, np.asarray(r.position_A, dtype=float)[None])[:, 0] for r in runs]

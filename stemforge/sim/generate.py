@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .chunks import ABERRATION_KEYS, CRYSTAL_SYSTEMS, build_catalog, simulate_chunk
-from .cluster import connect, run_chunks
+from .cluster import connect, run_chunks, start_local
 from .config import build_detector, validate
 from .detector import Detector
 from .provenance import software_versions
@@ -69,8 +69,9 @@ def array_specs(cfg, detector: Detector) -> dict:
 def identity_config(cfg) -> dict:
     """The configuration that defines a dataset's content (everything but where it lives, how it reports and
     where it is computed). ``sampling.engine`` and ``sampling.optics_per_specimen`` are left out while they
-    cannot change the content (k = 1 with ``auto`` or ``multislice``), so datasets written before those
-    settings existed still resume."""
+    cannot change the content (k = 1 with ``auto`` or ``multislice``), and ``orientation.mistilt_per_specimen``
+    ``orientation.max_shear`` and ``optics.semiangle_per_specimen`` while they are off, so datasets written before
+    those settings existed still resume."""
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
@@ -82,6 +83,10 @@ def identity_config(cfg) -> dict:
         if sampling.get("engine", "auto") in ("auto", "multislice"):
             sampling.pop("engine", None)
     c["sampling"] = sampling
+    off = {k for k in ("mistilt_per_specimen", "max_shear") if not c["orientation"].get(k)}
+    c["orientation"] = {k: v for k, v in c["orientation"].items() if k not in off}
+    if not c["optics"].get("semiangle_per_specimen"):
+        c["optics"] = {k: v for k, v in c["optics"].items() if k != "semiangle_per_specimen"}
     return c
 
 
@@ -106,11 +111,16 @@ def generate_dataset(cfg) -> str:
     client = None
     if cluster_address(cfg) is not None:
         client = connect(cfg.cluster)  # ConfigError (nothing written) when no scheduler or no worker answers
+    elif int(getattr(getattr(cfg, "cluster", None), "local_workers", 0) or 0) > 0:
+        client = start_local(cfg.cluster)
     try:
         return _generate(cfg, client)
     finally:
         if client is not None:
+            cluster = getattr(client, "cluster", None)
             client.close()
+            if cluster is not None and int(getattr(cfg.cluster, "local_workers", 0) or 0) > 0:
+                cluster.close()
 
 
 def _generate(cfg, client) -> str:

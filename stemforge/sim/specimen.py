@@ -27,6 +27,24 @@ import numpy as np
 _PERP_TOL = 1e-6  # |cos| below which two lattice vectors count as orthogonal
 
 
+class _SupercellAtoms:
+    """The ``atoms`` of a :class:`Specimen`: given, or — for a zone axis given as ``None`` — built on first use as
+    ``repeat_cell × repetitions`` (a 150 nm supercell holds ~10⁶ atoms and takes seconds to build; the S-matrix's
+    repeat-column path never needs it)."""
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            raise AttributeError("atoms")  # no class-level default: a required dataclass field
+        atoms = obj.__dict__.get("_atoms")
+        if atoms is None and obj.repeat_cell is not None:
+            atoms = obj.repeat_cell * tuple(int(v) for v in obj.info["repetitions"])
+            obj.__dict__["_atoms"] = atoms
+        return atoms
+
+    def __set__(self, obj, value):
+        obj.__dict__["_atoms"] = value
+
+
 @dataclass
 class Specimen:
     """Atoms in an orthogonal cell ready for ``abtem.Potential``.
@@ -34,7 +52,8 @@ class Specimen:
     Attributes
     ----------
     atoms : ase.Atoms
-        Orthogonal cell; z is the beam direction, thickness = ``atoms.cell[2, 2]`` in Å.
+        Orthogonal cell; z is the beam direction, thickness = ``atoms.cell[2, 2]`` in Å. A zone axis may be given
+        ``None`` with a ``repeat_cell`` and ``info["repetitions"]``: the supercell is then built when first used.
     rotation : ndarray
         (3, 3) rotation from the structure's Cartesian frame to the simulation frame.
     periodic : bool
@@ -45,20 +64,27 @@ class Specimen:
         The one-period orthogonal cell that ``atoms`` repeats (zone axes only).
     """
 
-    atoms: object
+    atoms: object = _SupercellAtoms()
     rotation: np.ndarray
     periodic: bool
     period_A: float | None = None
     repeat_cell: object = None
     info: dict = field(default_factory=dict)
 
+    def _cell_diagonal(self) -> np.ndarray:
+        atoms = self.__dict__.get("_atoms")
+        if atoms is None and self.repeat_cell is not None:  # without building the supercell
+            return np.diag(np.asarray(self.repeat_cell.cell)) * np.asarray(self.info["repetitions"], dtype=float)
+        return np.diag(np.asarray(self.atoms.cell))
+
     @property
     def extent_A(self) -> tuple[float, float]:
-        return float(self.atoms.cell[0, 0]), float(self.atoms.cell[1, 1])
+        d = self._cell_diagonal()
+        return float(d[0]), float(d[1])
 
     @property
     def thickness_A(self) -> float:
-        return float(self.atoms.cell[2, 2])
+        return float(self._cell_diagonal()[2])
 
 
 def _to_atoms(structure):
@@ -96,6 +122,59 @@ def orthogonal_lattice_basis(lattice_matrix: np.ndarray, uvw, max_index: int = 6
     return None
 
 
+def near_orthogonal_basis(lattice_matrix: np.ndarray, uvw, max_index: int = 6, max_cos: float = 0.005):
+    """Integer matrix ``P`` (rows n1, n2, uvw) whose lattice vectors are orthogonal to within ``max_cos`` (|cos| of
+    every pair), the shortest such pair first; None when there is none. For low-symmetry crystals (monoclinic,
+    triclinic) whose zone axes have no exactly orthogonal supercell (see :func:`sheared_for_zone_axis`)."""
+    A = np.asarray(lattice_matrix, dtype=float)
+    uvw = np.asarray(uvw, dtype=int)
+    t3 = uvw @ A
+    rng = range(-max_index, max_index + 1)
+    cands = np.array([n for n in itertools.product(rng, rng, rng) if any(n)], dtype=int)
+    vecs = cands @ A
+    lengths = np.linalg.norm(vecs, axis=1)
+    order = np.lexsort((cands[:, 2], cands[:, 1], cands[:, 0], np.round(lengths, 8)))
+    cands, vecs, lengths = cands[order], vecs[order], lengths[order]
+    perp3 = np.abs(vecs @ t3) / (lengths * np.linalg.norm(t3)) <= max_cos
+    for i in np.flatnonzero(perp3):
+        ok = perp3 & (np.abs(vecs @ vecs[i]) / (lengths * lengths[i]) <= max_cos)
+        j = np.flatnonzero(ok)
+        if len(j):
+            P = np.array([cands[i], cands[j[0]], uvw])
+            if round(np.linalg.det(P)) < 0:
+                P[1] *= -1
+            return P
+    return None
+
+
+def sheared_for_zone_axis(structure, uvw, max_index: int = 6, max_cos: float = 0.005):
+    """The crystal sheared (by at most ~``max_cos``) so that [uvw] has an exactly orthogonal periodic supercell,
+    and the largest strain component; ``(None, 0.0)`` when no near-orthogonal supercell exists.
+
+    The lattice vectors ``V = P·A`` of a :func:`near_orthogonal_basis` are replaced by the orthogonal frame closest
+    to them (Gram–Schmidt from the zone axis, lengths kept); the same deformation applied to the lattice
+    (fractional coordinates kept) gives a structure :func:`zone_axis_specimen` can cut exactly. Used for the zone
+    axes of monoclinic and triclinic crystals (e.g. ZrO2 [010]: a 0.17 % shear); labels are computed on the same
+    sheared structure, so patterns and labels agree.
+    """
+    from pymatgen.core import Lattice, Structure
+
+    A = np.asarray(structure.lattice.matrix, dtype=float)
+    P = near_orthogonal_basis(A, uvw, max_index, max_cos)
+    if P is None:
+        return None, 0.0
+    V = P @ A
+    e3 = V[2] / np.linalg.norm(V[2])
+    e1 = V[0] - (V[0] @ e3) * e3
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(e3, e1)
+    W = np.linalg.norm(V, axis=1)[:, None] * np.stack([e1, e2, e3])
+    M = np.linalg.solve(V, W)  # V·M = W: the deformation, in the structure's Cartesian frame
+    sheared = Structure(Lattice(A @ M), structure.species, structure.frac_coords)
+    strain = float(np.abs(0.5 * (M + M.T) - np.eye(3)).max() + np.abs(0.5 * (M - M.T)).max())
+    return sheared, strain
+
+
 def zone_axis_specimen(structure, uvw, thickness_A: float, min_extent_A: float, max_index: int = 6) -> Specimen:
     """Periodic orthogonal supercell with [uvw] along +z, repeated to ``thickness_A`` and ``min_extent_A``.
 
@@ -121,9 +200,8 @@ def zone_axis_specimen(structure, uvw, thickness_A: float, min_extent_A: float, 
     nx = max(1, math.ceil(min_extent_A / lengths[0] - 1e-9))
     ny = max(1, math.ceil(min_extent_A / lengths[1] - 1e-9))
     nz = max(1, math.ceil(thickness_A / lengths[2] - 1e-9))
-    atoms = unit * (nx, ny, nz)
     return Specimen(
-        atoms=atoms,
+        atoms=None,  # unit × (nx, ny, nz), built when first used
         rotation=Q,
         periodic=True,
         period_A=float(lengths[2]),
