@@ -249,3 +249,43 @@ def test_lattice_indexing_is_written_once_and_exact():
     np.testing.assert_allclose(fitted, basis, atol=1e-12)
     np.testing.assert_allclose(fitted_q0, q0, atol=1e-12)
     assert index_on_lattice(np.zeros((0, 2)), basis)[0].shape == (0, 2)
+
+
+def test_keep_on_lattice_drops_peaks_between_the_reflections():
+    """Peaks on each position's lattice stay, spurious ones 4-5 px off it go; a position without a fit keeps
+    its peaks; the workflow applies it before scoring."""
+    from stemforge.analysis.braggvectors import PEAK_DTYPE
+    from stemforge.analysis.lattice import fit_lattice, keep_on_lattice
+
+    rng = np.random.default_rng(0)
+    rows = []
+    truth_on = 0
+    for rx in range(2):
+        for ry in range(3):
+            if (rx, ry) == (1, 2):  # two stray peaks only: no lattice fit here
+                for r, c in [(10.0, 10.0), (50.0, 20.0)]:
+                    rows.append((rx, ry, r, c))
+                continue
+            s = 1 + 0.01 * ry  # a little strain per position
+            for h in range(-2, 3):
+                for k in range(-2, 3):
+                    x, y = s * (h * G1 + k * G2)
+                    if abs(x) < 28 and abs(y) < 28:
+                        rows.append((rx, ry, H // 2 + y + rng.normal(0, 0.1), W // 2 + x + rng.normal(0, 0.1)))
+                        truth_on += 1
+            for _ in range(4):  # between lattice points: (h + 1/2, k + 1/2)
+                h, k = rng.integers(-1, 1, 2)
+                x, y = s * ((h + 0.5) * G1 + (k + 0.5) * G2)
+                rows.append((rx, ry, H // 2 + y, W // 2 + x))
+    p = np.zeros(len(rows), PEAK_DTYPE)
+    p["rx"], p["ry"], p["row"], p["col"] = np.array(rows).T
+    p["intensity"], p["sigma_px"] = 1.0, np.nan
+    bv = BraggVectors((2, 3), (H, W), p)
+    lat = fit_lattice(bv, G1, G2)
+    kept = keep_on_lattice(bv, lat, 1.5)
+    assert kept.info["lattice_filter"] == {"max_error_px": 1.5, "dropped": 5 * 4}
+    assert len(kept.peaks) == truth_on + 2 and len(kept.at(1, 2)) == 2
+    with pytest.raises(AnalysisError, match="max_error_px"):
+        keep_on_lattice(bv, lat, 0)
+    with pytest.raises(AnalysisError, match="fit_lattice"):
+        keep_on_lattice(bv, {"g1": lat["g1"][:1]}, 1.5)

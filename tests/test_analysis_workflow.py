@@ -1,7 +1,7 @@
 """stemforge.analysis.workflow: both methods on one scan, scored against its ground truth, and the text report."""
 
 import numpy as np
-from test_analysis_classical import H, W, strained_scan
+from test_analysis_classical import G1, G2, H, W, disk, strained_scan
 from test_analysis_inference import BlurNet, FakeModel
 
 from stemforge.analysis.workflow import add_dose_noise, analyse, report
@@ -27,6 +27,33 @@ def test_both_methods_scored_against_the_ground_truth():
         assert res[name].timings["patterns_per_s"] > 0
     text = report(res, cube)
     assert "disk F1" in text and "strain RMSE (%)" in text and "classical" in text and "ml" in text
+    # with the lattice filter: a blob between the disks of every pattern is found, then dropped as off-lattice
+    data = np.array(cube.data, dtype=np.float64)
+    blob = disk((H, W), (H // 2 + 3 * G2[1], W // 2 - 0.5 * G1[0]), amp=0.3)  # half a g1 off a lattice row
+    data += blob * data.max(axis=(2, 3), keepdims=True) / 3
+    cube.data = data.astype(np.float32)
+    loose = {"classical": {"min_relative_intensity": 0.05}}
+    plain = analyse(
+        cube,
+        ["classical"],
+        **loose,
+        strain_reference=[0, 1, None, None],
+        orientation={"enabled": False},
+        progress=False,
+    )["classical"]
+    kept = analyse(
+        cube,
+        ["classical"],
+        **loose,
+        strain_reference=[0, 1, None, None],
+        orientation={"enabled": False},
+        lattice_filter_px=1.5,
+        progress=False,
+    )["classical"]
+    assert kept.bragg.info["lattice_filter"]["dropped"] > 0
+    assert len(kept.bragg.peaks) == len(plain.bragg.peaks) - kept.bragg.info["lattice_filter"]["dropped"]
+    assert kept.scores["disks"]["precision"] > plain.scores["disks"]["precision"]
+    assert kept.scores["disks"]["recall"] == plain.scores["disks"]["recall"]
 
 
 def test_dose_noise_keeps_units_and_is_seeded():

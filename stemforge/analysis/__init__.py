@@ -36,6 +36,7 @@ _LAZY = {
     "choose_lattice_vectors": "lattice",
     "index_bragg_vectors": "lattice",
     "fit_lattice": "lattice",
+    "keep_on_lattice": "lattice",
     "strain_map": "strain",
     "plot_strain_maps": "strain",
     "find_bragg_disks_ml": "inference",

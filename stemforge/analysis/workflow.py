@@ -74,26 +74,31 @@ def score_disks_and_strain(
     tolerance_px: float = 2.0,
     dose_e: float | None = None,
     truth: str = "present",
+    lattice_filter_px: float | None = None,
 ) -> None:
-    """Fill ``res`` from its Bragg vectors: disk scores against the ground truth (``gt``: the reflections
-    ``truth`` says count at ``dose_e`` e⁻/pattern, :func:`stemforge.analysis.validation.true_reflections`; matched
-    within ``tolerance_px`` px), the lattice and strain map (reference region ``reference``) and their scores; a
-    lattice that cannot be chosen or fitted is recorded as ``res.scores["strain_error"]``."""
-    from .lattice import choose_lattice_vectors, fit_lattice
+    """Fill ``res`` from its Bragg vectors: the lattice and strain map (reference region ``reference``) and their
+    scores (a lattice that cannot be chosen or fitted is recorded as ``res.scores["strain_error"]``), then disk
+    scores against the ground truth (``gt``: the reflections ``truth`` says count at ``dose_e`` e⁻/pattern,
+    :func:`stemforge.analysis.validation.true_reflections`; matched within ``tolerance_px`` px). With
+    ``lattice_filter_px`` the peaks off each position's fitted lattice by more than that are dropped first
+    (:func:`stemforge.analysis.lattice.keep_on_lattice`; ``res.bragg`` becomes the kept peaks)."""
+    from .lattice import choose_lattice_vectors, fit_lattice, keep_on_lattice
     from .strain import strain_map
     from .validation import disk_scores, strain_scores, true_reflections
 
-    if "reflections_px" in gt:
-        mask, meaning = true_reflections(gt, dose_e, truth)
-        res.scores["disks"] = {**disk_scores(res.bragg, gt["reflections_px"], mask, tolerance_px), "truth": meaning}
     try:
         g1, g2 = choose_lattice_vectors(res.bragg, region=reference)
         res.lattice = fit_lattice(res.bragg, g1, g2)
+        if lattice_filter_px is not None:
+            res.bragg = keep_on_lattice(res.bragg, res.lattice, lattice_filter_px)
         res.strain = strain_map(res.lattice, reference=reference)
         if all(k in gt for k in ("exx", "eyy", "exy")):
             res.scores["strain"] = strain_scores(res.strain, gt)
     except AnalysisError as err:
         res.scores["strain_error"] = str(err)
+    if "reflections_px" in gt:
+        mask, meaning = true_reflections(gt, dose_e, truth)
+        res.scores["disks"] = {**disk_scores(res.bragg, gt["reflections_px"], mask, tolerance_px), "truth": meaning}
 
 
 def analyse(
@@ -106,9 +111,13 @@ def analyse(
     orientation: dict | None = None,
     truth_tolerance_px: float = 2.0,
     truth: str = "present",
+    lattice_filter_px: float | None = None,
     progress: bool = True,
 ) -> dict[str, MethodResult]:
     """Run every method on ``cube``; see the module docstring. Returns ``{method: MethodResult}``.
+
+    ``lattice_filter_px``: keep only the peaks within that distance (px) of the lattice fitted at their position
+    (:func:`stemforge.analysis.lattice.keep_on_lattice`), for every method, before scoring and mapping.
 
     Disks are scored against the reflections ``truth`` says count (:func:`stemforge.analysis.validation.
     true_reflections`: by default those present at the scan's dose, ``cube.metadata["dose_e_per_pattern"]`` after
@@ -137,7 +146,9 @@ def analyse(
         n = int(np.prod(cube.scan_shape))
         res.timings["disks_s"] = time.perf_counter() - t0
         res.timings["patterns_per_s"] = n / max(res.timings["disks_s"], 1e-9)
-        score_disks_and_strain(res, gt, ref, truth_tolerance_px, cube.metadata.get("dose_e_per_pattern"), truth)
+        score_disks_and_strain(
+            res, gt, ref, truth_tolerance_px, cube.metadata.get("dose_e_per_pattern"), truth, lattice_filter_px
+        )
         if libs:
             t1 = time.perf_counter()
             if len(libs) == 1:
