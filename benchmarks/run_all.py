@@ -43,6 +43,15 @@ BENCHMARKS = {
         [],
         {"ratio": ("≥ 100", lambda v: v >= 100), "max_rel_dev": ("≤ 1e-3", lambda v: v <= 1e-3)},
     ),
+    "sim_corpus": (
+        "sim_corpus.py",
+        ["--quick"],
+        [],
+        {
+            "projected_minutes_50k": ("≤ 60", lambda v: v <= 60),
+            "max_rel_dev": ("≤ 1e-3", lambda v: v <= 1e-3),
+        },
+    ),
     "augment": ("augment_throughput.py", ["--quick"], [], {"patterns_per_s_per_core": ("≥ 500", lambda v: v >= 500)}),
     "train": ("train_throughput.py", ["--quick"], ["--fit", "40"], {}),
     "orientation": ("orientation_accuracy.py", ["--quick"], [], {}),

@@ -40,3 +40,18 @@ def test_strain_scores_are_rmse_over_valid_positions():
     assert s["rmse_theta_deg"] == pytest.approx(1 / np.sqrt(3))
     with pytest.raises(AnalysisError):
         strain_scores({"exx": gt["exx"]}, gt)
+
+
+def test_disk_scores_with_nothing_to_find():
+    """No true reflection: found nothing is right but unscored (NaN, left out of means); found something is 0."""
+    from stemforge.analysis.braggvectors import PEAK_DTYPE, BraggVectors
+    from stemforge.analysis.validation import disk_scores
+
+    truth = np.full((1, 2, 3, 2), np.nan)
+    none = BraggVectors((1, 2), (32, 32), np.zeros(0, PEAK_DTYPE))
+    s = disk_scores(none, truth)
+    assert np.isnan(s["f1"]) and np.isnan(s["precision"]) and np.isnan(s["recall"]) and s["true"] == 0
+    p = np.zeros(1, PEAK_DTYPE)
+    p["row"], p["col"] = 5.0, 7.0
+    s = disk_scores(BraggVectors((1, 2), (32, 32), p), truth)
+    assert s["f1"] == 0.0 and s["precision"] == 0.0 and s["found"] == 1

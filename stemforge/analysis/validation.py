@@ -96,7 +96,9 @@ def disk_scores(
         ``precision``, ``recall``, ``f1``, ``pos_rmse_px`` (over matched pairs), ``radial_offset_px`` (mean of
         (found − true)·ĝ over matched diffracted beams, ĝ the unit vector from the direct beam to the true
         position: negative when peaks sit inside the true lattice points, a bias per-axis means cancel by
-        symmetry), ``matched``, ``found``, ``true``.
+        symmetry), ``matched``, ``found``, ``true``. Where there is nothing to find and nothing was found
+        (e.g. a thick crystal at 10³ e⁻ whose every reflection, the direct beam too, is below the noise) precision,
+        recall and F1 are NaN: a correct outcome with no score, left out of means rather than counted as 0.
     """
     from stemforge.networks.peaks import match_peaks
 
@@ -133,9 +135,12 @@ def disk_scores(
             found += len(pred)
             true += len(t)
             sq.extend(dist**2)
-    precision = tp / found if found else 0.0
-    recall = tp / true if true else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    if not found and not true:  # nothing to find and nothing found: right, but no score
+        precision = recall = f1 = float("nan")
+    else:
+        precision = tp / found if found else 0.0
+        recall = tp / true if true else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     rmse = float(np.sqrt(np.mean(sq))) if sq else float("nan")
     return {
         "precision": precision,
