@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--model", default="bragg-fcunet:stable")
     ap.add_argument("--store", default=None, help="registry store (default: $STEMFORGE_STORE or the default store)")
-    ap.add_argument("--mc-samples", type=int, default=4)
+    ap.add_argument("--mc-samples", type=int, default=0, help="MC-dropout passes (default 0: the default path)")
     ap.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
     ap.add_argument(
         "--py4dstem-python",

@@ -206,7 +206,7 @@ def find_bragg_disks_ml(
     *,
     store: str | None = None,
     batch_size: int = 16,
-    mc_samples: int = 8,
+    mc_samples: int = 0,
     threshold: float = 0.1,
     min_distance: int = 3,
     absolute_threshold: float | None = None,
@@ -233,8 +233,10 @@ def find_bragg_disks_ml(
     batch_size : int
         Patterns per network call.
     mc_samples : int
-        MC-dropout passes; peaks come from the mean map and each peak's ``sigma_px`` is the RMS spread (scan px)
-        of its sub-pixel position over the passes. ``0`` or ``1``: one deterministic pass, ``sigma_px`` NaN.
+        ``0`` or ``1`` (default): one deterministic pass, ``sigma_px`` NaN. More: MC-dropout passes; peaks come
+        from the mean map and each peak's ``sigma_px`` is the RMS spread (scan px) of its sub-pixel position over
+        the passes, at that many times the cost (the shipped 2.0.0 on 2 cores: 54 patterns/s with one pass, 4.7
+        with 8).
     threshold, absolute_threshold, min_distance, max_peaks :
         Peak finding on the (mean) predicted map: value above ``threshold × max`` of that map (and above
         ``absolute_threshold`` in the map's units, V for |V_g| maps), local maximum over ``min_distance`` px
