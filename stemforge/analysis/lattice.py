@@ -468,7 +468,8 @@ def keep_on_lattice(bv: BraggVectors, lattice: dict, max_error_px: float = 1.5, 
     ``lattice`` is :func:`fit_lattice`'s result for ``bv`` (the same origin). This is the classical clean-up
     before strain and orientation: on thick crystals at high dose the correlation also peaks on structured diffuse
     scattering between the disks (on the held-out MoS2 [0001] scan at 10⁵ e⁻ about half the peaks kept by a 5σ
-    shot-noise threshold lay 4–6 px from any reflection); those do not sit on the crystal's lattice. Positions
+    shot-noise threshold were on no present reflection, most 4–6 px from the nearest one); those do not sit on the
+    crystal's lattice. Positions
     without a fitted lattice keep their peaks as found (there is nothing to judge them by).
 
     Returns

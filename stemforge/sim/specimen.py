@@ -99,33 +99,16 @@ def orthogonal_lattice_basis(lattice_matrix: np.ndarray, uvw, max_index: int = 6
     ``n1`` is the shortest lattice vector perpendicular to [uvw] (index ≤ ``max_index``) and ``n2`` the
     shortest perpendicular to both, oriented so that ``det(P) > 0`` (right-handed).
     """
-    A = np.asarray(lattice_matrix, dtype=float)
-    uvw = np.asarray(uvw, dtype=int)
-    t3 = uvw @ A
-    rng = range(-max_index, max_index + 1)
-    cands = np.array([n for n in itertools.product(rng, rng, rng) if any(n)], dtype=int)
-    vecs = cands @ A
-    lengths = np.linalg.norm(vecs, axis=1)
-    order = np.lexsort((cands[:, 2], cands[:, 1], cands[:, 0], np.round(lengths, 8)))
-    cands, vecs, lengths = cands[order], vecs[order], lengths[order]
-    perp3 = np.abs(vecs @ t3) / (lengths * np.linalg.norm(t3)) < _PERP_TOL
-    for i in np.flatnonzero(perp3):
-        t1 = vecs[i]
-        ok = perp3 & (np.abs(vecs @ t1) / (lengths * lengths[i]) < _PERP_TOL)
-        j = np.flatnonzero(ok)
-        if len(j) == 0:
-            continue
-        P = np.array([cands[i], cands[j[0]], uvw])
-        if round(np.linalg.det(P)) < 0:
-            P[1] *= -1
-        return P
-    return None
+    return near_orthogonal_basis(lattice_matrix, uvw, max_index, max_cos=_PERP_TOL, strict=True)
 
 
-def near_orthogonal_basis(lattice_matrix: np.ndarray, uvw, max_index: int = 6, max_cos: float = 0.005):
+def near_orthogonal_basis(
+    lattice_matrix: np.ndarray, uvw, max_index: int = 6, max_cos: float = 0.005, strict: bool = False
+):
     """Integer matrix ``P`` (rows n1, n2, uvw) whose lattice vectors are orthogonal to within ``max_cos`` (|cos| of
-    every pair), the shortest such pair first; None when there is none. For low-symmetry crystals (monoclinic,
-    triclinic) whose zone axes have no exactly orthogonal supercell (see :func:`sheared_for_zone_axis`)."""
+    every pair; below it with ``strict``), the shortest such pair first, right-handed; None when there is none.
+    For low-symmetry crystals (monoclinic, triclinic) whose zone axes have no exactly orthogonal supercell (see
+    :func:`sheared_for_zone_axis`)."""
     A = np.asarray(lattice_matrix, dtype=float)
     uvw = np.asarray(uvw, dtype=int)
     t3 = uvw @ A
@@ -135,10 +118,13 @@ def near_orthogonal_basis(lattice_matrix: np.ndarray, uvw, max_index: int = 6, m
     lengths = np.linalg.norm(vecs, axis=1)
     order = np.lexsort((cands[:, 2], cands[:, 1], cands[:, 0], np.round(lengths, 8)))
     cands, vecs, lengths = cands[order], vecs[order], lengths[order]
-    perp3 = np.abs(vecs @ t3) / (lengths * np.linalg.norm(t3)) <= max_cos
+
+    def within(cos):
+        return cos < max_cos if strict else cos <= max_cos
+
+    perp3 = within(np.abs(vecs @ t3) / (lengths * np.linalg.norm(t3)))
     for i in np.flatnonzero(perp3):
-        ok = perp3 & (np.abs(vecs @ vecs[i]) / (lengths * lengths[i]) <= max_cos)
-        j = np.flatnonzero(ok)
+        j = np.flatnonzero(perp3 & within(np.abs(vecs @ vecs[i]) / (lengths * lengths[i])))
         if len(j):
             P = np.array([cands[i], cands[j[0]], uvw])
             if round(np.linalg.det(P)) < 0:
