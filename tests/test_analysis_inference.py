@@ -202,3 +202,30 @@ def test_property_maps_from_a_thickness_model():
 
 def test_analysis_exports_the_ml_finder():
     assert analysis.find_bragg_disks_ml is find_bragg_disks_ml
+
+
+def test_precision_bf16_matches_fp32_and_is_recorded(monkeypatch):
+    """bf16 autocast places the peaks of the blur network within 0.1 px of float32; ``auto`` follows the CPU's
+    native bf16 support; a wrong value is one clear error."""
+    from stemforge.analysis import inference
+
+    rng = np.random.default_rng(1)
+    truths = [[grid_points(rng.uniform(-0.4, 0.4, 2)) for _ in range(2)] for _ in range(2)]
+    cube = scan(truths)
+    a = find_bragg_disks_ml(cube, FakeModel(BlurNet()), precision="fp32", threshold=0.2, progress=False)
+    b = find_bragg_disks_ml(cube, FakeModel(BlurNet()), precision="bf16", threshold=0.2, progress=False)
+    assert a.info["precision"] == "fp32" and b.info["precision"] == "bf16"
+    assert len(a.peaks) == len(b.peaks) == 4 * 9
+    for i in range(2):  # the same peaks (order among equal maxima may differ)
+        for j in range(2):
+            pa, pb = a.at(i, j), b.at(i, j)
+            d = np.hypot(pa["row"][:, None] - pb["row"][None], pa["col"][:, None] - pb["col"][None])
+            assert d.min(1).max() < 0.1 and d.min(0).max() < 0.1, d.min(1)
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(inference, "native_bf16", lambda native=native: native)
+        assert inference.resolve_precision("auto") == want
+        c = find_bragg_disks_ml(cube, FakeModel(BlurNet()), threshold=0.2, progress=False)
+        assert c.info["precision"] == want
+    assert inference.resolve_precision("auto", device="cuda") == "fp32"
+    with pytest.raises(AnalysisError, match="precision"):
+        find_bragg_disks_ml(cube, FakeModel(BlurNet()), precision="fp16", progress=False)

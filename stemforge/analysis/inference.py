@@ -180,12 +180,42 @@ def _probe_image(cube: DataCube, probe) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------------
 # Bragg disks
 # ----------------------------------------------------------------------------------------------------------------
-def _sample_maps(model, pattern, probe, mc_samples: int):
-    """``(n, B, Hm, Wm)`` network outputs: one deterministic pass, or ``mc_samples`` passes with dropout on."""
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in ``/proc/cpuinfo``; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``"fp32"`` or ``"bf16"`` for ``precision`` (``"auto"``: bf16 on a CPU that computes it natively, else fp32)."""
+    if precision not in PRECISIONS:
+        raise AnalysisError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if str(device).startswith("cpu") and native_bf16() else "fp32"
+
+
+def _sample_maps(model, pattern, probe, mc_samples: int, precision: str = "fp32"):
+    """``(n, B, Hm, Wm)`` network outputs (float32): one deterministic pass, or ``mc_samples`` passes with dropout
+    on; ``precision="bf16"`` runs the network under bfloat16 autocast."""
+    import contextlib
+
     import torch
 
     net = model.net
-    with torch.no_grad():
+    device_type = "cuda" if pattern.is_cuda else "cpu"
+    cast = torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with torch.no_grad(), cast:
         if mc_samples <= 1:
             return net(pattern, probe).float()[:, 0].cpu().numpy()[None]
         if not hasattr(net, "_mc_state"):
@@ -214,6 +244,7 @@ def find_bragg_disks_ml(
     edge_px: int = 2,
     allow_out_of_range: bool = False,
     device: str = "cpu",
+    precision: str = "auto",
     progress: bool = True,
 ) -> BraggVectors:
     """Bragg disks of every pattern predicted by a registry network.
@@ -245,6 +276,11 @@ def find_bragg_disks_ml(
         Peaks closer than this to the model grid's edge are dropped.
     allow_out_of_range : bool
         Use the model even when the scan's energy or convergence angle is outside its trained range.
+    precision : {"auto", "fp32", "bf16"}
+        Arithmetic of the network pass. ``auto`` (default): bfloat16 autocast on a CPU that computes bfloat16
+        natively (:func:`native_bf16`), float32 elsewhere. Measured with the shipped 2.0.0 on the held-out
+        benchmark (2-core AMD EPYC with AVX512-BF16): 72 instead of 45 patterns/s, mean F1 and position RMSE
+        within 0.01 of float32 per condition.
 
     Returns
     -------
@@ -259,6 +295,7 @@ def find_bragg_disks_ml(
     cube = as_datacube(data)
     if batch_size < 1:
         raise AnalysisError(f"batch_size must be ≥ 1, got {batch_size}")
+    arithmetic = resolve_precision(precision, device)
     reg = load_model(model, store=store, device=device)
     family = reg.card.get("task_family")
     if family != "bragg":
@@ -280,6 +317,7 @@ def find_bragg_disks_ml(
             pattern_t.to(reg.device if hasattr(reg, "device") else "cpu"),
             probe_b.to(reg.device if hasattr(reg, "device") else "cpu"),
             n_mc,
+            arithmetic,
         )
         mean = maps.mean(0)
         found = find_peaks(
@@ -309,6 +347,7 @@ def find_bragg_disks_ml(
     info = {
         "model": f"{getattr(reg, 'name', '?')}:{getattr(reg, 'version', '?')}",
         "mc_samples": n_mc,
+        "precision": arithmetic,
         "label": reg.card.get("labels", {}).get("definition"),
         "model_pixel_size_inv_A": grid.model_pixel_size_inv_A,
         "resampled": not grid.identity,
