@@ -328,12 +328,12 @@ def _label_run(
     from .labels import (
         REFERENCE_DOSE_E,
         disk_intensities,
+        disk_map,
         distinct_spots,
         kinematic_reflections,
         kinematic_visible,
-        label_maps,
         present,
-        render_blobs,
+        vg_map,
     )
     from .multislice import vacuum_probe
 
@@ -361,21 +361,15 @@ def _label_run(
             s.max_excitation_error,
             s.parametrization,
         )
-        vg_map, _ = label_maps(refl, detector.shape, s.blob_sigma_px)
-        reflections[rkey] = (refl, vg_map, kinematic_visible(refl))
-    refl, vg_map, visible = reflections[rkey]
+        reflections[rkey] = (refl, vg_map(refl, detector.shape, s.blob_sigma_px), kinematic_visible(refl))
+    refl, vg, visible = reflections[rkey]
     R = s.max_reflections
     m = min(R, len(refl["hkl"]))
     # what the dynamical pattern shows, per thickness: electrons in each disk core, and present at the reference dose
     disk_px = sim_optics.aperture_radius_inv_A / detector.pixel_size_inv_A
     seen = disk_intensities(det_patterns, refl["pixel"][:m], disk_px)
     shown = present(seen["intensity"], seen["background"], REFERENCE_DOSE_E) & distinct_spots(refl["pixel"][:m])
-    disk_maps = np.stack(
-        [
-            np.minimum(render_blobs(detector.shape, refl["pixel"][:m][row], np.ones(row.sum()), s.blob_sigma_px), 1.0)
-            for row in shown
-        ]
-    )
+    disk_maps = np.stack([disk_map(refl["pixel"][:m][row], detector.shape, s.blob_sigma_px) for row in shown])
 
     def pad(a, fill, dtype):
         out = np.full((R, *a.shape[1:]), fill, dtype=dtype)
@@ -402,7 +396,7 @@ def _label_run(
         "labels/probe_position_A": position,
         "labels/run_index": spec.index,
         "labels/sim_grid_gpts": np.asarray(grid["gpts"], dtype=np.int32),
-        "labels/vg_map": vg_map,
+        "labels/vg_map": vg,
         "labels/num_reflections": m,
         "labels/reflections_hkl": pad(refl["hkl"], 0, np.int32),
         "labels/reflections_g": pad(refl["g"], np.nan, np.float32),

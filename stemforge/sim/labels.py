@@ -140,6 +140,19 @@ def render_blobs(shape: tuple[int, int], pixels: np.ndarray, amplitudes: np.ndar
     return out.astype(np.float32)
 
 
+def vg_map(reflections: dict, shape: tuple[int, int], sigma_px: float = 1.0) -> np.ndarray:
+    """crystal4D's target: Ewald-weighted |V_g| (V) rendered as a compact Gaussian blob at each Bragg position (peak
+    value = |V_g|·exp(−s_g²/2σ²), σ = 0.05 Å⁻¹)."""
+    amp = reflections["V_abs"] * reflections["ewald_weight"]
+    return render_blobs(shape, reflections["pixel"], amp, sigma_px)
+
+
+def disk_map(pixels: np.ndarray, shape: tuple[int, int], sigma_px: float = 1.0) -> np.ndarray:
+    """Unit-height blobs (clipped at 1 where they overlap) at the disk centres ``pixels`` ((N, 2) x, y px)."""
+    pixels = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
+    return np.minimum(render_blobs(shape, pixels, np.ones(len(pixels)), sigma_px), 1.0)
+
+
 def label_maps(
     reflections: dict,
     shape: tuple[int, int],
@@ -147,18 +160,10 @@ def label_maps(
     min_disk_weight: float = 0.1,
     min_relative_V: float = 0.01,
 ):
-    """The two label maps of a pattern.
-
-    * ``vg_map`` — crystal4D's target: Ewald-weighted |V_g| (V) rendered as a compact Gaussian blob at each
-      Bragg position (peak value = |V_g|·exp(−s_g²/2σ²), σ = 0.05 Å⁻¹).
-    * ``disk_map`` — unit-height blobs at the centres of the disks a detector would show: Ewald weight ≥
-      ``min_disk_weight`` and weighted |V_g| ≥ ``min_relative_V`` of the strongest diffracted beam.
-    """
-    amp = reflections["V_abs"] * reflections["ewald_weight"]
-    vg = render_blobs(shape, reflections["pixel"], amp, sigma_px)
+    """The kinematic pair of label maps: :func:`vg_map` and the :func:`disk_map` of the reflections
+    :func:`kinematic_visible` counts (datasets store the disk map of the *present* reflections instead)."""
     visible = kinematic_visible(reflections, min_disk_weight, min_relative_V)
-    disk = render_blobs(shape, reflections["pixel"][visible], np.ones(visible.sum()), sigma_px)
-    return vg, np.minimum(disk, 1.0)
+    return vg_map(reflections, shape, sigma_px), disk_map(reflections["pixel"][visible], shape, sigma_px)
 
 
 def kinematic_visible(reflections: dict, min_disk_weight: float = 0.1, min_relative_V: float = 0.01) -> np.ndarray:
