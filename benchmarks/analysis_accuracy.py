@@ -23,8 +23,9 @@ from their position's lattice are dropped (:func:`stemforge.analysis.lattice.kee
 classical correlation also peaks on the structured diffuse scattering between disks; those peaks are real
 correlation maxima but no Bragg disks.
 
-The ML method uses ``--model`` (default ``bragg-fcunet:stable``) from ``--store`` (default ``$STEMFORGE_STORE`` or
-the default store, seeded with the pretrained model shipped in ``stemforge/registry/pretrained``). Without a
+The ML method uses ``--model`` (default :data:`stemforge.analysis.inference.DEFAULT_BRAGG_MODEL`) from ``--store``
+(default ``$STEMFORGE_STORE`` or the default store, seeded with the pretrained models shipped in
+``stemforge/registry/pretrained``); ``--min-probability`` sets a centre model's heat-map threshold. Without a
 loadable model the script stops with one line before simulating anything.
 
 With ``--py4dstem-python PATH`` (default ``$STEMFORGE_PY4DSTEM_PYTHON``) py4DSTEM's classical ``find_Bragg_disks``
@@ -255,7 +256,13 @@ def main(argv=None) -> int:
         default=1.5,
         help="drop peaks farther than this from their position's fitted lattice (px; 0 = keep every peak)",
     )
-    ap.add_argument("--model", default="bragg-fcunet:stable")
+    ap.add_argument("--model", default=None, help="registry reference (default: the analysis default model)")
+    ap.add_argument(
+        "--min-probability",
+        type=float,
+        default=None,
+        help="centre models: heat-map probability of a disk (default: the function's)",
+    )
     ap.add_argument("--store", default=None, help="registry store (default: $STEMFORGE_STORE or the default store)")
     ap.add_argument("--mc-samples", type=int, default=0, help="MC-dropout passes (default 0: the default path)")
     ap.add_argument("--workdir", default=str(ROOT / "data" / "bench"))
@@ -286,6 +293,9 @@ def main(argv=None) -> int:
     from stemforge.analysis.workflow import MethodResult, _rect, add_dose_noise, analyse, score_disks_and_strain
 
     try:
+        from stemforge.analysis.inference import DEFAULT_BRAGG_MODEL
+
+        args.model = args.model or DEFAULT_BRAGG_MODEL
         model = load_model(args.model, store=args.store)  # fail before minutes of simulation
     except AnalysisError as err:
         sys.exit(
@@ -316,7 +326,12 @@ def main(argv=None) -> int:
                 cube,
                 ["classical", "ml"],
                 classical=dict(CLASSICAL),
-                ml={"model": model, "mc_samples": args.mc_samples, "threshold": 0.1},
+                ml={
+                    "model": model,
+                    "mc_samples": args.mc_samples,
+                    "threshold": 0.1,
+                    **({"min_probability": args.min_probability} if args.min_probability is not None else {}),
+                },
                 strain_reference=[0, shape[0] // 2, None, None],
                 orientation={"k_max": 1.5, "direction_step_deg": 2.0, "in_plane_step_deg": 2.0},
                 truth=args.truth,

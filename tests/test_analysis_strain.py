@@ -289,3 +289,71 @@ def test_keep_on_lattice_drops_peaks_between_the_reflections():
         keep_on_lattice(bv, lat, 0)
     with pytest.raises(AnalysisError, match="fit_lattice"):
         keep_on_lattice(bv, {"g1": lat["g1"][:1]}, 1.5)
+
+
+def _square_zone_bv(drop, a=11.3, size=128, scan=(3, 4), radius=58.0, jitter=0.15, seed=0):
+    """Bragg vectors of a square (cubic zone-axis) lattice ``g1 = (a, 0.8)``, ``g2 = (-0.8, a)`` px, without the
+    reflections ``drop(h, k, q)`` says are missing (weak at this dose), the same at every position."""
+    from stemforge.analysis.braggvectors import PEAK_DTYPE
+
+    rng = np.random.default_rng(seed)
+    g1, g2 = np.array([a, 0.8]), np.array([-0.8, a])
+    rows = []
+    for rx in range(scan[0]):
+        for ry in range(scan[1]):
+            for h in range(-8, 9):
+                for k in range(-8, 9):
+                    q = h * g1 + k * g2
+                    if np.hypot(*q) > radius or (h == 0 and k == 0) or drop(h, k, q):
+                        continue
+                    x, y = size // 2 + q + rng.normal(0, jitter, 2)
+                    rows.append((rx, ry, y, x))
+    p = np.zeros(len(rows), PEAK_DTYPE)
+    p["rx"], p["ry"], p["row"], p["col"] = np.array(rows).T
+    p["intensity"], p["sigma_px"] = 1.0, np.nan
+    return BraggVectors(scan, (size, size), p), g1, g2
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "inner odd h",  # the failure seen: the vote alone chose (2 g1, g2), a doubled cell
+        "inner odd h+k",  # the vote alone chose the centred (g1 + g2, g1 - g2), also doubled
+        "first order",
+        "random odd",
+    ],
+)
+def test_lattice_stays_primitive_when_weak_reflections_are_missing(missing):
+    rng = np.random.default_rng(3)
+    drops = {
+        "inner odd h": lambda h, k, q: h % 2 != 0 and np.hypot(*q) < 35,
+        "inner odd h+k": lambda h, k, q: (h + k) % 2 != 0 and np.hypot(*q) < 30,
+        "first order": lambda h, k, q: abs(h) == 1 and abs(k) <= 1,
+        "random odd": lambda h, k, q: h % 2 != 0 and rng.random() < 0.5,
+    }
+    bv, g1, g2 = _square_zone_bv(drops[missing])
+    c1, c2 = choose_lattice_vectors(bv)
+    cell = abs(np.linalg.det(np.stack([c1, c2]))) / abs(np.linalg.det(np.stack([g1, g2])))
+    assert np.isclose(cell, 1.0, atol=0.01), (missing, c1, c2)
+    assert min(np.linalg.norm(c1), np.linalg.norm(c2)) == pytest.approx(11.33, abs=0.1)
+
+
+def test_a_genuine_sublattice_with_mislocated_odd_peaks_is_kept():
+    # peaks between the lattice rows but 1.5 px off the finer lattice's points (as the shipped 2.0.0 placed 111
+    # peaks on Si [110]) do not make the lattice finer
+    bv, g1, g2 = _square_zone_bv(lambda h, k, q: h % 2 != 0 and np.hypot(*q) < 60)
+    from stemforge.analysis.braggvectors import PEAK_DTYPE
+
+    extra = []
+    for rx in range(3):
+        for ry in range(4):
+            for s in (1, -1):
+                q = s * (g1 + g2) + np.array([1.5, 0.0])
+                extra.append((rx, ry, 64 + q[1], 64 + q[0]))
+    e = np.zeros(len(extra), PEAK_DTYPE)
+    e["rx"], e["ry"], e["row"], e["col"] = np.array(extra).T
+    e["intensity"], e["sigma_px"] = 1.0, np.nan
+    bv = BraggVectors(bv.scan_shape, bv.detector_shape, np.concatenate([bv.peaks, e]), bv.calibration)
+    c1, c2 = choose_lattice_vectors(bv)
+    cell = abs(np.linalg.det(np.stack([c1, c2]))) / abs(np.linalg.det(np.stack([g1, g2])))
+    assert np.isclose(cell, 2.0, atol=0.02), (c1, c2)

@@ -170,3 +170,57 @@ def test_normalise():
         normalise(pattern, np.zeros((4, 4)), "probe_max")
     with pytest.raises(ValueError):
         normalise(pattern, probe, "log")
+
+
+def test_peaks_are_the_reflections_present_at_the_drawn_dose(dataset):
+    import zarr
+
+    from stemforge.augment import build_pipeline
+    from stemforge.sim.labels import present
+
+    lab = zarr.open_group(str(dataset), mode="r")["labels"]
+    counts = {}
+    for dose in (1e2, 1e6):
+        pipe = build_pipeline(dose_e_per_pattern=[dose, dose], seed=0, label_keys=["vg_map", "disk_map"])
+        dm = CBEDDataModule(
+            str(dataset), augment=pipe, split={"method": "random", "val_fraction": 0.0, "test_fraction": 0.0}
+        )
+        dm.setup()
+        ds = dm._sets["train"]
+        n = 0
+        for k in range(len(ds)):
+            s = ds[k]
+            i = int(s["index"])
+            assert np.isclose(float(s["dose_e"]), dose, rtol=1e-6)
+            want = present(lab["reflections_intensity"][i], lab["reflections_background"][i], dose)
+            got = int(torch.isfinite(s["peaks"][:, 0]).sum())
+            assert got == min(int(want.sum()), 128)
+            n += got
+        counts[dose] = n
+    assert counts[1e2] < counts[1e6]
+    plain = CBEDDataModule(str(dataset), split={"method": "random", "val_fraction": 0.0, "test_fraction": 0.0})
+    plain.setup()
+    assert np.isnan(float(plain._sets["train"][0]["dose_e"]))  # no shot noise: the stored reference-dose flag
+
+
+def test_validation_subset_is_spread_and_seeded_per_pattern(dataset):
+    from stemforge.augment import load_preset
+    from stemforge.datamodules.datamodule import spread_subset
+
+    idx = spread_subset(np.arange(100, 400), 64, 20)
+    assert len(idx) <= 20 and len(np.unique(idx // 64)) == 6  # every chunk touched: 100..399 spans chunks 1-6
+    assert np.array_equal(spread_subset(np.arange(10), 64, 20), np.arange(10))
+    dm = CBEDDataModule(
+        str(dataset),
+        augment=load_preset("corpus"),
+        augment_val=True,
+        max_val_patterns=4,
+        split={"method": "random", "val_fraction": 0.5, "test_fraction": 0.0},
+    )
+    dm.setup()
+    val = dm._sets["val"]
+    assert len(val) <= 4
+    a, b = val[0], val[0]
+    assert torch.equal(a["pattern"], b["pattern"]) and float(a["dose_e"]) == float(b["dose_e"])  # same noise each pass
+    train = dm._sets["train"]
+    assert not torch.equal(train[0]["pattern"], train[0]["pattern"])  # training draws anew

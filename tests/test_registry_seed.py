@@ -43,3 +43,29 @@ def test_default_store_is_seeded(tmp_path, monkeypatch):
     url = registry.default_store_url()
     assert (tmp_path / "xdg" / "stemforge" / "registry" / "index.json").exists()
     assert url == str(tmp_path / "xdg" / "stemforge" / "registry")
+
+
+def test_an_older_store_gets_the_newly_shipped_versions_and_keeps_its_aliases(tmp_path):
+    from stemforge.registry.index import empty_index
+
+    dest = tmp_path / "old-store"
+    dest.mkdir()
+    index = empty_index()
+    (dest / "index.json").write_text(json.dumps(index))
+    shipped = json.loads((store_mod.SHIPPED_STORE / "index.json").read_text())["models"]
+    added = store_mod.sync_shipped(dest)
+    want = sorted(f"{n}:{v}" for n, m in shipped.items() for v in m["versions"])
+    assert sorted(added) == want
+    have = json.loads((dest / "index.json").read_text())["models"]
+    for name, m in shipped.items():
+        assert have[name]["aliases"] == m["aliases"]
+    assert store_mod.sync_shipped(dest) == []  # nothing twice
+    # a store whose own "stable" points elsewhere keeps it
+    name = sorted(shipped)[0]
+    idx = json.loads((dest / "index.json").read_text())
+    version = sorted(idx["models"][name]["versions"])[0]
+    idx["models"][name]["versions"] = {version: idx["models"][name]["versions"][version]}
+    idx["models"][name]["aliases"] = {"stable": version}
+    (dest / "index.json").write_text(json.dumps(idx))
+    store_mod.sync_shipped(dest)
+    assert json.loads((dest / "index.json").read_text())["models"][name]["aliases"]["stable"] == version

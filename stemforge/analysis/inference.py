@@ -205,9 +205,9 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     return "bf16" if str(device).startswith("cpu") and native_bf16() else "fp32"
 
 
-def _sample_maps(model, pattern, probe, mc_samples: int, precision: str = "fp32"):
-    """``(n, B, Hm, Wm)`` network outputs (float32): one deterministic pass, or ``mc_samples`` passes with dropout
-    on; ``precision="bf16"`` runs the network under bfloat16 autocast."""
+def _sample_maps(model, pattern, probe, mc_samples: int, precision: str = "fp32", channels: slice | None = None):
+    """``(n, B, Hm, Wm)`` network outputs (float32; ``(n, B, C, h, w)`` with ``channels``): one deterministic pass,
+    or ``mc_samples`` passes with dropout on; ``precision="bf16"`` runs the network under bfloat16 autocast."""
     import contextlib
 
     import torch
@@ -216,15 +216,16 @@ def _sample_maps(model, pattern, probe, mc_samples: int, precision: str = "fp32"
     device_type = "cuda" if pattern.is_cuda else "cpu"
     cast = torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     with torch.no_grad(), cast:
+        pick = (lambda y: y[:, channels]) if channels is not None else (lambda y: y[:, 0])
         if mc_samples <= 1:
-            return net(pattern, probe).float()[:, 0].cpu().numpy()[None]
+            return pick(net(pattern, probe).float()).cpu().numpy()[None]
         if not hasattr(net, "_mc_state"):
             raise AnalysisError(f"{type(net).__name__} has no MC dropout; use mc_samples=0")
         was_training = net.training
         net.eval()
         try:
             with net._mc_state(True):
-                return np.stack([net(pattern, probe).float()[:, 0].cpu().numpy() for _ in range(mc_samples)])
+                return np.stack([pick(net(pattern, probe).float()).cpu().numpy() for _ in range(mc_samples)])
         finally:
             net.train(was_training)
 
@@ -242,6 +243,7 @@ def find_bragg_disks_ml(
     absolute_threshold: float | None = None,
     max_peaks: int = 70,
     edge_px: int = 2,
+    min_probability: float = 0.3,
     allow_out_of_range: bool = False,
     device: str = "cpu",
     precision: str = "auto",
@@ -268,8 +270,13 @@ def find_bragg_disks_ml(
         from the mean map and each peak's ``sigma_px`` is the RMS spread (scan px) of its sub-pixel position over
         the passes, at that many times the cost (the shipped 2.0.0 on 2 cores: 54 patterns/s with one pass, 4.7
         with 8).
+    min_probability : float
+        Centre models (``net.output_kind == "centres"``, e.g. :class:`~stemforge.networks.centres.CentreNet`): the
+        heat-map probability a disk centre needs; its position is the cell plus the predicted sub-pixel offset
+        (:func:`stemforge.networks.centres.decode_centres`), ``intensity`` its probability. ``threshold``,
+        ``absolute_threshold`` and ``min_distance`` apply to map models only.
     threshold, absolute_threshold, min_distance, max_peaks :
-        Peak finding on the (mean) predicted map: value above ``threshold × max`` of that map (and above
+        Map models: peak finding on the (mean) predicted map: value above ``threshold × max`` of that map (and above
         ``absolute_threshold`` in the map's units, V for |V_g| maps), local maximum over ``min_distance`` px
         (model grid), strongest ``max_peaks`` kept (see :func:`stemforge.networks.peaks.find_peaks`).
     edge_px : int
@@ -290,6 +297,7 @@ def find_bragg_disks_ml(
     """
     import torch
 
+    from stemforge.networks.centres import decode_centres
     from stemforge.networks.peaks import find_peaks
 
     cube = as_datacube(data)
@@ -305,6 +313,8 @@ def find_bragg_disks_ml(
     probe_img = _to_model_grid(_probe_image(cube, probe)[None], grid, matrix)
     _, probe_t = reg.preprocess(probe_img, probe_img)  # (1, 1, Hm, Wm), normalised once
     n_mc = int(mc_samples)
+    centres = getattr(reg.net, "output_kind", "map") == "centres"
+    stride = int(getattr(reg.net, "stride", 1))
     parts = []
     hm, wm = grid.model_shape
     desc = f"ML disks ({reg.name if hasattr(reg, 'name') else 'model'})"
@@ -318,15 +328,19 @@ def find_bragg_disks_ml(
             probe_b.to(reg.device if hasattr(reg, "device") else "cpu"),
             n_mc,
             arithmetic,
+            slice(0, 3) if centres else None,
         )
         mean = maps.mean(0)
-        found = find_peaks(
-            torch.from_numpy(mean),
-            threshold=threshold,
-            min_distance=min_distance,
-            absolute_threshold=absolute_threshold,
-            max_peaks=max_peaks,
-        )
+        if centres:
+            found = decode_centres(torch.from_numpy(mean), stride, min_probability, max_peaks)
+        else:
+            found = find_peaks(
+                torch.from_numpy(mean),
+                threshold=threshold,
+                min_distance=min_distance,
+                absolute_threshold=absolute_threshold,
+                max_peaks=max_peaks,
+            )
         for b, pk in enumerate(found):
             pk = pk.numpy()
             x, y = pk[:, 0], pk[:, 1]
@@ -336,7 +350,12 @@ def find_bragg_disks_ml(
             p["rx"], p["ry"] = np.unravel_index(int(idx[b]), cube.scan_shape)
             row, col = grid.model_to_data(pk[:, 1], pk[:, 0])
             p["row"], p["col"], p["intensity"] = row, col, pk[:, 2]
-            if n_mc > 1 and len(pk):
+            if n_mc > 1 and len(pk) and centres:  # the spread of the decoded position over the passes
+                cy = np.rint((pk[:, 1] + 0.5) / stride - 0.5).astype(int)
+                cx = np.rint((pk[:, 0] + 0.5) / stride - 0.5).astype(int)
+                off = maps[:, b, 1:3][:, :, cy, cx]  # (n_mc, 2, P) cells
+                p["sigma_px"] = np.sqrt(off[:, 0].var(0) + off[:, 1].var(0)) * stride * grid.scale
+            elif n_mc > 1 and len(pk):
                 rows, cols = np.rint(pk[:, 1]).astype(int), np.rint(pk[:, 0]).astype(int)
                 rr, cc = refine_maxima(maps[:, b], rows, cols, log=True)  # (n_mc, P): exact for Gaussian blobs
                 p["sigma_px"] = np.sqrt(rr.var(0) + cc.var(0)) * grid.scale
@@ -348,6 +367,7 @@ def find_bragg_disks_ml(
         "model": f"{getattr(reg, 'name', '?')}:{getattr(reg, 'version', '?')}",
         "mc_samples": n_mc,
         "precision": arithmetic,
+        "output": "centres" if centres else "map",
         "label": reg.card.get("labels", {}).get("definition"),
         "model_pixel_size_inv_A": grid.model_pixel_size_inv_A,
         "resampled": not grid.identity,

@@ -112,9 +112,14 @@ def analyse(
     truth_tolerance_px: float = 2.0,
     truth: str = "present",
     lattice_filter_px: float | None = None,
+    ml_models: dict | None = None,
     progress: bool = True,
 ) -> dict[str, MethodResult]:
     """Run every method on ``cube``; see the module docstring. Returns ``{method: MethodResult}``.
+
+    ``ml_models``: further ML methods by name, each the ``ml`` settings with these overrides (e.g.
+    ``{"shipped": {"model": "bragg-centrenet:stable", "store": None}}`` and ``methods=["classical", "ml",
+    "shipped"]`` to put the shipped model beside a freshly trained one).
 
     ``lattice_filter_px``: keep only the peaks within that distance (px) of the lattice fitted at their position
     (:func:`stemforge.analysis.lattice.keep_on_lattice`), for every method, before scoring and mapping.
@@ -132,13 +137,18 @@ def analyse(
     want_orientation = orientation.pop("enabled", True) and bool(structures)
     libs = libraries_for(cube, structures, orientation) if want_orientation else {}
     results = {}
+    ml_models = dict(ml_models or {})
     for method in methods:
         kw = dict(classical or {}) if method == "classical" else dict(ml or {})
-        if method not in ("classical", "ml"):
-            raise AnalysisError(f"unknown method {method!r}: use classical or ml")
+        if method in ml_models:
+            kw.update(ml_models[method] or {})
+        elif method not in ("classical", "ml"):
+            raise AnalysisError(
+                f"unknown method {method!r}: use classical, ml or a name of ml_models {sorted(ml_models)}"
+            )
         res = MethodResult(method, None)
         t0 = time.perf_counter()
-        if method == "ml":
+        if method != "classical":
             model = kw.pop("model", None)
             res.bragg = find_bragg_disks(cube, method="ml", model=model, progress=progress, **kw)
         else:
@@ -215,10 +225,10 @@ def report(results: dict[str, MethodResult], cube: DataCube) -> str:
     for name, r in results.items():
         if "strain_error" in r.scores:
             lines.append(f"{name}: strain not mapped: {r.scores['strain_error']}")
-        if r.method == "ml" and r.bragg is not None:
+        if r.method != "classical" and r.bragg is not None:
+            info = r.bragg.info
+            lines.append(f"{name}: model {info.get('model')} ({info.get('output', 'map')}, {info.get('precision')})")
             sig = r.bragg.peaks["sigma_px"]
             if np.isfinite(sig).any():
-                lines.append(
-                    f"ml: median MC-dropout peak uncertainty {np.nanmedian(sig):.3f} px ({r.bragg.info.get('model')})"
-                )
+                lines.append(f"{name}: median MC-dropout peak uncertainty {np.nanmedian(sig):.3f} px")
     return "\n".join(lines)

@@ -161,6 +161,7 @@ class ShotNoise(SeededTransformMixin, A.ImageOnlyTransform):
             dose = log_uniform(rng, self.probe_peak_counts) / peak
         else:
             dose = log_uniform(rng, self.dose_e_per_pattern)
+        self.last_dose_e = float(dose)  # read by augment_sample: the dose this sample was recorded at
         return {
             "dose_e": dose,
             "gain_adu_per_e": uniform(rng, self.gain_adu_per_e),

@@ -397,7 +397,8 @@ def augment_sample(
     Returns
     -------
     dict
-        ``pattern``, ``probe``, ``labels`` (dict), ``reflections_px`` (R, 2,
+        ``pattern``, ``probe``, ``labels`` (dict), ``dose_e`` (electrons per pattern the shot noise was drawn
+        at, None when no noise was applied), ``reflections_px`` (R, 2,
         NaN padded, same R; keypoints that left the detector keep their mapped
         coordinates) and ``num_reflections``.
 
@@ -450,12 +451,17 @@ def augment_sample(
     if pixel_size_inv_A is not None:
         data["pixel_size_inv_A"] = float(pixel_size_inv_A)
 
+    noise = [t for t in pipeline.transforms if hasattr(t, "dose_e_per_pattern")]
+    for t in noise:
+        t.last_dose_e = None
     out = pipeline(**data)
+    doses = [t.last_dose_e for t in noise if getattr(t, "last_dose_e", None) is not None]
 
     result: dict[str, Any] = {
         "pattern": out["image"],
         "probe": out["probe"],
         "labels": {k: out[k] for k in labels},
+        "dose_e": doses[-1] if doses else None,
     }
     if reflections_px is not None:
         padded = np.full((n_rows, 2), np.nan, dtype=np.float32)

@@ -3,7 +3,9 @@
 A sample is a dict of tensors (the batch contract of ``networks``): ``pattern`` and ``probe`` (1,H,W),
 ``vg_map`` and ``disk_map`` (1,H,W), ``peaks`` (R,2) the Bragg positions present in the dynamical pattern at the
 dataset's reference dose (``labels/reflections_present``, :func:`stemforge.sim.labels.present`; datasets written
-before it have only the kinematic flag ``reflections_visible``, used then) (x=col, y=row; NaN padded),
+before it have only the kinematic flag ``reflections_visible``, used then), or at the dose the augmentation's
+shot noise drew for this sample when the dataset stores ``reflections_intensity``/``_background``
+(x=col, y=row; NaN padded), ``dose_e`` (that dose, NaN when the sample carries no shot noise),
 ``thickness_nm``, ``phase`` (class index), ``rotation`` (3,3) and ``symmetry`` (24,3,3: the crystal's proper
 point group padded with identities), plus ``index`` (the pattern's index in the store).
 """
@@ -65,6 +67,11 @@ class CBEDDataset(Dataset):
         ``{"mode": "probe_max" | "none", "power": float}``.
     max_peaks : int
         Rows of the padded ``peaks`` tensor.
+    pixel_size_inv_A : float, optional
+        Å⁻¹ per px for augmentations given in Å⁻¹.
+    sample_seed : int, optional
+        Re-seed the augmentation from (``sample_seed``, pattern index) before every sample, so that a pattern gets
+        the same noise and artefacts on every pass (validation and test sets); None: one running stream.
     """
 
     SCALARS = ("thickness_A", "structure_id", "num_reflections")
@@ -78,6 +85,7 @@ class CBEDDataset(Dataset):
         normalisation=None,
         max_peaks: int = 128,
         pixel_size_inv_A: float | None = None,
+        sample_seed: int | None = None,
     ):
         self.path = str(path)
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -86,6 +94,7 @@ class CBEDDataset(Dataset):
         self.normalisation = dict(normalisation or {"mode": "probe_max", "power": 1.0})
         self.max_peaks = int(max_peaks)
         self.pixel_size_inv_A = pixel_size_inv_A
+        self.sample_seed = None if sample_seed is None else int(sample_seed)
         self._group = None
         self._pid = None
         self._cache: dict = {}
@@ -103,6 +112,7 @@ class CBEDDataset(Dataset):
             # the peaks: present reflections, or the kinematic flag in datasets written before it existed
             present = "reflections_present" in self._group["labels"]
             self._truth = "labels/reflections_present" if present else "labels/reflections_visible"
+            self._per_dose = {"reflections_intensity", "reflections_background"} <= set(self._group["labels"])
         return self._group
 
     def _read(self, name: str, i: int):
@@ -124,12 +134,27 @@ class CBEDDataset(Dataset):
         refl = np.asarray(self._read("labels/reflections_px", i), dtype=np.float32)
         visible = np.asarray(self._read(self._truth, i), dtype=bool)
         n = int(self._read("labels/num_reflections", i))
+        dose = None
         if self.augment is not None:
             from stemforge.augment import augment_sample
 
+            if self.sample_seed is not None:  # the same artefacts for this pattern on every pass (validation)
+                from stemforge.augment import reseed
+
+                reseed(self.augment, (self.sample_seed * 1_000_003 + i) % (2**31))
             out = augment_sample(self.augment, pattern, probe, maps, refl[:n], n, self.pixel_size_inv_A)
             pattern, probe, maps = out["pattern"], out["probe"], out["labels"]
             refl = np.concatenate([out["reflections_px"], refl[n:]])
+            dose = out.get("dose_e")
+            if dose is not None and self._per_dose:
+                # the peaks a detector shows at the dose this sample was recorded at (not the reference dose)
+                from stemforge.sim.labels import present
+
+                visible = present(
+                    self._read("labels/reflections_intensity", i),
+                    self._read("labels/reflections_background", i),
+                    out["dose_e"],
+                )
         pattern, probe = normalise(pattern, probe, **self.normalisation)
         peaks = np.full((self.max_peaks, 2), np.nan, dtype=np.float32)
         vis = refl[:n][visible[:n]][: self.max_peaks]
@@ -146,6 +171,7 @@ class CBEDDataset(Dataset):
             "rotation": np.asarray(self._read("labels/rotation", i), dtype=np.float32),
             "symmetry": self.symmetry[sid],
             "index": np.int64(i),
+            "dose_e": np.float32(np.nan if dose is None else dose),
         }
         # np.ascontiguousarray would turn 0-d scalars into shape (1,): batch them as (B,)
         return {k: torch.as_tensor(np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v)) for k, v in sample.items()}

@@ -10,6 +10,18 @@ from .cbed import CBEDDataset, ChunkShuffleSampler, padded_symmetry
 from .splits import split_indices
 
 
+def spread_subset(indices, chunk_patterns: int, max_patterns: int) -> np.ndarray:
+    """At most ``max_patterns`` of ``indices``, the same number (evenly spaced) from every zarr chunk they touch."""
+    indices = np.sort(np.asarray(indices, dtype=np.int64))
+    if len(indices) <= max_patterns:
+        return indices
+    chunks = indices // int(chunk_patterns)
+    groups = np.split(indices, np.flatnonzero(np.diff(chunks)) + 1)
+    per = max(1, max_patterns // len(groups))
+    picked = [g[np.linspace(0, len(g) - 1, min(per, len(g))).round().astype(int)] for g in groups]
+    return np.unique(np.concatenate(picked))[:max_patterns] if picked else indices[:0]
+
+
 def _worker_init(worker_id: int) -> None:
     """Give each DataLoader worker its own augmentation stream (albumentations ignores global seeds) and one
     thread with augment's allocator settings (see ``stemforge.augment.configure_worker``)."""
@@ -38,12 +50,16 @@ class CBEDDataModule(pl.LightningDataModule):
     augment : albumentations.Compose or None
         Training-time augmentation (``stemforge/conf/augment``); applied to validation too when ``augment_val``.
     augment_val : bool
-        Augment validation/test data with a fixed seed (to measure on realistic detector data).
+        Augment validation/test data, each pattern with its own fixed seed (the same noise on every pass), to
+        measure on realistic detector data.
     normalisation : dict
         ``{"mode": "probe_max" | "none", "power": float}`` — recorded in the model card.
     max_peaks : int
     seed : int
         Shuffling seed.
+    max_val_patterns : int, optional
+        Validate (and test) on at most this many patterns, spread evenly over every zarr chunk of the split
+        (each chunk decoded once per pass), rather than the first ones of a few chunks.
     """
 
     def __init__(
@@ -58,6 +74,7 @@ class CBEDDataModule(pl.LightningDataModule):
         max_peaks: int = 128,
         seed: int = 0,
         pin_memory: bool = False,
+        max_val_patterns: int | None = None,
     ):
         super().__init__()
         self.path = str(path)
@@ -70,6 +87,7 @@ class CBEDDataModule(pl.LightningDataModule):
         self.max_peaks = max_peaks
         self.seed = seed
         self.pin_memory = pin_memory
+        self.max_val_patterns = None if max_val_patterns is None else int(max_val_patterns)
         self.info: dict = {}
         self._sets: dict = {}
 
@@ -96,6 +114,9 @@ class CBEDDataModule(pl.LightningDataModule):
             needed |= {"rotation"}
         labels = {k: lab[k][:] for k in needed}
         train, val, test = split_indices(labels, valid, structure_names=names, structures=structures, **self.split)
+        if self.max_val_patterns is not None:
+            chunk = int(attrs["chunk_patterns"])
+            val, test = (spread_subset(v, chunk, self.max_val_patterns) for v in (val, test))
         calib = attrs["calibration"]
         self.info = {
             "structures": names,
@@ -116,15 +137,15 @@ class CBEDDataModule(pl.LightningDataModule):
             max_peaks=self.max_peaks,
             pixel_size_inv_A=calib["pixel_size_inv_A"],
         )
+        if aug_eval is not None:  # a copy: the training workers re-seed theirs
+            import copy
+
+            aug_eval = copy.deepcopy(aug_eval)
         self._sets = {
             "train": CBEDDataset(self.path, train, augment=self.augment, **kw),
-            "val": CBEDDataset(self.path, val, augment=aug_eval, **kw),
-            "test": CBEDDataset(self.path, test, augment=aug_eval, **kw),
+            "val": CBEDDataset(self.path, val, augment=aug_eval, sample_seed=self.seed, **kw),
+            "test": CBEDDataset(self.path, test, augment=aug_eval, sample_seed=self.seed + 1, **kw),
         }
-        if aug_eval is not None:
-            from stemforge.augment import reseed
-
-            reseed(aug_eval, self.seed)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         # training drops a last batch of one sample: BatchNorm cannot normalise a single sample

@@ -21,7 +21,8 @@ __all__ = ["find_peaks", "match_peaks", "PeakMatchMetric", "MisorientationMetric
 class PeakMatchMetric(Metric):
     """Bragg-peak detection quality of predicted maps against true positions, accumulated over batches.
 
-    ``update(pred_maps, peaks)``: ``pred_maps`` (B, 1, H, W) or (B, H, W); ``peaks`` (B, R, 2) true ``(x, y)``
+    ``update(pred_maps, peaks)``: ``pred_maps`` (B, 1, H, W) or (B, H, W), or a list of already found (P, ≥ 2)
+    ``(x, y, ...)`` peaks per pattern; ``peaks`` (B, R, 2) true ``(x, y)``
     px, NaN padded. Peaks are found with :func:`find_peaks` and matched with :func:`match_peaks`.
 
     ``compute()`` returns a dict of scalar tensors: ``precision`` = TP/(TP+FP), ``recall`` = TP/(TP+FN),
@@ -63,9 +64,12 @@ class PeakMatchMetric(Metric):
         for name in ("tp", "fp", "fn", "error_sum"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, pred_maps: Tensor, peaks: Tensor) -> None:
-        found = find_peaks(pred_maps, **self.peak_kwargs)
-        found = [found] if isinstance(found, Tensor) else found
+    def update(self, pred_maps: Tensor | list, peaks: Tensor) -> None:
+        if isinstance(pred_maps, (list, tuple)):  # peaks already found: (P, >= 2) (x, y, ...) per pattern
+            found = list(pred_maps)
+        else:
+            found = find_peaks(pred_maps, **self.peak_kwargs)
+            found = [found] if isinstance(found, Tensor) else found
         if len(found) != peaks.shape[0]:
             raise ValueError(f"{len(found)} maps but {peaks.shape[0]} peak lists")
         peaks_np = peaks.detach().cpu().double().numpy()

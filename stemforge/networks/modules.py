@@ -306,6 +306,94 @@ class BraggMapModule(_TaskModule):
         return {"prediction": self(batch).float()}
 
 
+class BraggCentreModule(_TaskModule):
+    """Bragg-disk centres (:mod:`stemforge.networks.centres`): a heat map of present-disk centres plus sub-pixel
+    offsets, for a network whose ``forward(pattern, probe)`` returns (B, 3, H/stride, W/stride) (e.g.
+    :class:`~stemforge.networks.centres.CentreNet`).
+
+    Batch keys: ``pattern``, ``probe``, ``peaks`` (B, R, 2) the present reflections (x, y model px; NaN padded),
+    from which the targets are rendered on the fly.
+
+    Parameters
+    ----------
+    sigma_cells : float
+        Gaussian width of the heat-map target around each centre (cells).
+    focal_alpha, focal_beta : float
+        Focal-loss exponents (2 and 4 as in CenterNet).
+    offset_weight : float
+        Weight of the offset L1 (cells) against the focal loss.
+    peak_tolerance_px : float
+        Matching radius of the validation metric (model px).
+    peak_threshold : float
+        Heat-map probability a peak needs in the validation metric.
+
+    Logs ``{train,val,test}/loss``, ``…/focal``, ``…/offset_l1``, and ``val/peak_precision``, ``val/peak_recall``,
+    ``val/peak_f1``, ``val/peak_position_error_px`` (and ``test/…``). ``predict_step`` returns ``{"output": (B, 3,
+    h, w)}``.
+    """
+
+    target_keys = ("peaks",)
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sigma_cells: float = 1.0,
+        focal_alpha: float = 2.0,
+        focal_beta: float = 4.0,
+        offset_weight: float = 1.0,
+        peak_tolerance_px: float = 2.0,
+        peak_threshold: float = 0.3,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "epoch",
+        monitor: str = "val/loss",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(net, optimizer, scheduler, scheduler_interval, monitor, channels_last, compile)
+        self.stride = int(getattr(net, "stride", 1))
+        self.sigma_cells = float(sigma_cells)
+        self.focal = (float(focal_alpha), float(focal_beta))
+        self.offset_weight = float(offset_weight)
+        self.peak_threshold = float(peak_threshold)
+        self.val_peaks = PeakMatchMetric(tolerance=peak_tolerance_px)
+        self.test_peaks = PeakMatchMetric(tolerance=peak_tolerance_px)
+
+    def _loss_and_update(self, batch: Mapping[str, Tensor], stage: str) -> Tensor:
+        from .centres import centre_loss, decode_centres, render_centre_targets
+
+        out = self(batch)
+        heat, offset, mask = render_centre_targets(batch["peaks"], out.shape[-2:], self.stride, self.sigma_cells)
+        loss, focal, off = centre_loss(out, heat, offset, mask, *self.focal, offset_weight=self.offset_weight)
+        bs = self._bs(batch)
+        self.log(f"{stage}/focal", focal.detach(), on_epoch=True, on_step=False, batch_size=bs)
+        self.log(f"{stage}/offset_l1", off.detach(), on_epoch=True, on_step=False, batch_size=bs)
+        if stage != "train":
+            found = decode_centres(out.detach(), self.stride, self.peak_threshold)
+            getattr(self, f"{stage}_peaks").update([f.cpu() for f in found], batch["peaks"])
+        return loss
+
+    def _log_peaks(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_peaks")
+        if metric.update_count == 0:
+            return
+        values = metric.compute()
+        names = {"precision": "peak_precision", "recall": "peak_recall", "f1": "peak_f1"}
+        names["position_error"] = "peak_position_error_px"
+        self.log_dict({f"{stage}/{names[k]}": v for k, v in values.items()}, sync_dist=False)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_peaks("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_peaks("test")
+
+    def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        self._check_batch(batch, batch_idx, targets=False)
+        return {"output": self(batch).float()}
+
+
 class ThicknessModule(_TaskModule):
     """Thickness regression. Batch keys: ``pattern``, ``probe``, ``thickness_nm`` (B,).
 

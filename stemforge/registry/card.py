@@ -49,6 +49,7 @@ __all__ = [
     "read_metrics",
     "task_family",
     "label_spec",
+    "trained_ranges",
     "upgrade_card",
 ]
 
@@ -58,6 +59,7 @@ CARD_SCHEMA = "stemforge-model-card/1"
 
 _FAMILIES = {
     "BraggMapModule": "bragg",
+    "BraggCentreModule": "bragg",
     "ThicknessModule": "thickness",
     "PhaseModule": "phase",
     "OrientationModule": "orientation",
@@ -177,6 +179,22 @@ def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
     """What the network outputs, in words and units, for each task family."""
     h, w = facts["input"]["shape"]
     sampling = (facts.get("dataset_config") or {}).get("sampling", {})
+    if family == "bragg" and str(facts["model_config"].get("_target_", "")).endswith("BraggCentreModule"):
+        stride = int(net_cfg.get("stride", 1))
+        return {
+            "key": "peaks",
+            "definition": (
+                "centres of the Bragg disks present at the pattern's dose (S/sqrt(S+B) >= 5, "
+                "stemforge.sim.labels.present): channel 0 heat-map logits on cells of "
+                f"{stride} model px (Gaussian sigma={hparams.get('sigma_cells', 1.0)} cells around each centre "
+                "cell), channels 1-2 the sub-pixel offset (x, y) of the centre from its cell in cells; "
+                "decoded by stemforge.networks.centres.decode_centres"
+            ),
+            "unit": "logit, cells",
+            "output": "centres",
+            "stride_px": stride,
+            "output_shape": ["B", 3, h // stride, w // stride],
+        }
     if family == "bragg":
         key = hparams.get("target_key") or facts["model_config"].get("target_key", "vg_map")
         sigma = sampling.get("blob_sigma_px", 1.0)
@@ -220,6 +238,26 @@ def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
             "output_shape": ["B", 3, 3],
         }
     return {"key": None, "definition": f"unknown task family for {facts['model_config'].get('_target_')}"}
+
+
+def trained_ranges(facts: dict) -> dict:
+    """The ranges a network saw in training: beam energy (eV), convergence semi-angle (mrad), detector pixel size
+    (Å⁻¹/px), thickness (nm) and dose (e⁻ per pattern, from the augmentation's shot noise; None: noise-free or
+    given as probe-peak counts)."""
+    inp = facts.get("input") or {}
+    sampling = (facts.get("dataset_config") or {}).get("sampling") or {}
+    aug = facts.get("augment") or {}
+    thick = sampling.get("thicknesses_nm")
+    dose = aug.get("dose_e_per_pattern") if isinstance(aug, dict) else None
+    return to_jsonable(
+        {
+            "energy_eV": inp.get("energy_eV"),
+            "semiangle_mrad": inp.get("semiangle_mrad"),
+            "pixel_size_inv_A": inp.get("pixel_size_inv_A"),
+            "thickness_nm": [min(thick), max(thick)] if thick else None,
+            "dose_e_per_pattern": list(dose) if isinstance(dose, (list, tuple)) else dose,
+        }
+    )
 
 
 def _metrics(data: dict | None, ckpt_path: Path | None) -> dict:
@@ -308,6 +346,7 @@ def build_card(
             "call": "net(pattern, probe) with (B, 1, H, W) float32 tensors, both normalised as 'normalisation' says",
         },
         "labels": label_spec(family, facts, hparams, net_cfg),
+        "trained_ranges": trained_ranges(facts),
         "training": {
             "dataset_fingerprint": dataset_fingerprint(
                 facts.get("dataset_config") or {}, facts.get("dataset_versions") or {}

@@ -88,6 +88,42 @@ def seed_store(path: str | os.PathLike, source: str | os.PathLike = SHIPPED_STOR
     return True
 
 
+def sync_shipped(path: str | os.PathLike, source: str | os.PathLike = SHIPPED_STORE) -> list[str]:
+    """Add to an existing local store the shipped model versions it lacks (``name:version``, returned).
+
+    A store seeded by an older stemforge keeps its own models and aliases; a shipped version it does not hold is
+    published into it (:func:`stemforge.registry.publishing.push_folder`: hashes checked, network rebuilt), with the
+    shipped aliases of that version that the store has not set for the model, so that a newly shipped default
+    (``bragg-centrenet:stable``) loads without a manual ``push``.
+    """
+    path, source = Path(path), Path(source)
+    if not (path / INDEX).exists() or not (source / INDEX).exists():
+        return []
+    have = json.loads((path / INDEX).read_text(encoding="utf-8")).get("models", {})
+    shipped = json.loads((source / INDEX).read_text(encoding="utf-8")).get("models", {})
+    todo = [
+        (n, v)
+        for n, m in shipped.items()
+        for v in m.get("versions", {})
+        if v not in have.get(n, {}).get("versions", {})
+    ]
+    if not todo:
+        return []
+    from .publishing import push_folder
+
+    added = []
+    for name, version in todo:
+        set_here = have.get(name, {}).get("aliases", {})
+        aliases = [
+            a
+            for a, v in shipped[name].get("aliases", {}).items()
+            if v == version and a not in set_here and a != "latest"
+        ]
+        push_folder(source / name / version, str(path), aliases)
+        added.append(f"{name}:{version}")
+    return added
+
+
 def default_store_url() -> str:
     """``$STEMFORGE_STORE`` or the XDG data folder ``$XDG_DATA_HOME/stemforge/registry``.
 
@@ -101,8 +137,12 @@ def default_store_url() -> str:
     try:
         if seed_store(path):
             log.info("seeded the default store %s with the shipped pretrained models", path)
-    except OSError as err:  # a read-only home: the store is simply empty
-        log.warning("could not seed the default store %s with the shipped models: %s", path, err)
+        else:
+            added = sync_shipped(path)
+            if added:
+                log.info("added the shipped %s to the default store %s", ", ".join(added), path)
+    except (OSError, RegistryError, ValueError) as err:  # a read-only home: the store keeps what it has
+        log.warning("could not add the shipped models to the default store %s: %s", path, err)
     return path
 
 
