@@ -65,3 +65,29 @@ def test_dose_noise_keeps_units_and_is_seeded():
     np.testing.assert_allclose(counts, np.rint(counts), atol=1e-2)  # counts / dose: quantised
     ratio = a.data.sum((2, 3)) / cube.data.sum((2, 3))
     assert np.all(np.abs(ratio - 1) < 0.01)  # many counts per pattern: the mean is kept
+
+
+def test_a_second_ml_model_runs_beside_the_first_and_is_reported():
+    import pytest
+
+    from stemforge.analysis.datacube import AnalysisError
+
+    cube, gt, truth = strained_scan(dose=2e6)
+    cube.ground_truth = {**gt, "reflections_px": truth}
+    demo, shipped = FakeModel(BlurNet(), shape=(H, W), pixel=0.03), FakeModel(BlurNet(), shape=(H, W), pixel=0.03)
+    shipped.name = "shipped-fake"
+    kw = dict(strain_reference=[0, 1, None, None], orientation={"enabled": False}, progress=False)
+    res = analyse(
+        cube,
+        ["ml", "shipped"],
+        ml={"model": demo, "threshold": 0.2},
+        ml_models={"shipped": {"model": shipped}},
+        **kw,
+    )
+    assert res["ml"].bragg.info["model"].startswith("fake:")
+    assert res["shipped"].bragg.info["model"].startswith("shipped-fake:")
+    assert res["shipped"].scores["disks"]["f1"] == res["ml"].scores["disks"]["f1"]  # same network, same threshold
+    text = report(res, cube)
+    assert "shipped: model shipped-fake:0.0.0" in text and "ml: model fake:0.0.0" in text
+    with pytest.raises(AnalysisError, match="unknown method 'other'"):
+        analyse(cube, ["other"], ml={"model": demo}, **kw)

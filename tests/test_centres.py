@@ -128,3 +128,20 @@ def test_find_bragg_disks_ml_decodes_centre_models():
     assert bv.info["output"] == "centres"
     got = np.sort(np.stack([bv.at(0, 0)["row"], bv.at(0, 0)["col"]], 1), axis=0)
     assert np.allclose(got, np.sort(np.array(pts), axis=0), atol=1e-3)
+
+
+def test_fused_copy_gives_the_same_outputs_in_eval_mode():
+    torch.manual_seed(1)
+    net = CentreNet(stride=2, filters=(8, 16, 16)).eval()
+    for m in net.modules():  # BatchNorm statistics other than the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    fused = net.fused()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x, x), fused(x, x), atol=1e-5)

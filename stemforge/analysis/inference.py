@@ -205,6 +205,16 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     return "bf16" if str(device).startswith("cpu") and native_bf16() else "fp32"
 
 
+class _NetView:
+    """A registry model seen through another network (the BatchNorm-folded copy of its own)."""
+
+    def __init__(self, model, net):
+        self.model, self.net = model, net
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 def _sample_maps(model, pattern, probe, mc_samples: int, precision: str = "fp32", channels: slice | None = None):
     """``(n, B, Hm, Wm)`` network outputs (float32; ``(n, B, C, h, w)`` with ``channels``): one deterministic pass,
     or ``mc_samples`` passes with dropout on; ``precision="bf16"`` runs the network under bfloat16 autocast."""
@@ -314,6 +324,17 @@ def find_bragg_disks_ml(
     _, probe_t = reg.preprocess(probe_img, probe_img)  # (1, 1, Hm, Wm), normalised once
     n_mc = int(mc_samples)
     centres = getattr(reg.net, "output_kind", "map") == "centres"
+    if hasattr(reg.net, "fused") and n_mc <= 1:  # BatchNorm folded into the convolutions, made once per model
+        fused = getattr(reg, "_fused_net", None)
+        if fused is None:
+            fused = reg.net.fused()
+            try:
+                reg._fused_net = fused
+            except AttributeError:
+                pass
+        run = _NetView(reg, fused)
+    else:
+        run = reg
     stride = int(getattr(reg.net, "stride", 1))
     parts = []
     hm, wm = grid.model_shape
@@ -323,7 +344,7 @@ def find_bragg_disks_ml(
         pattern_t, probe_b = reg.preprocess(pm, probe_img)
         probe_b = probe_t.expand(pattern_t.shape[0], -1, -1, -1)  # a view: no per-pattern copy
         maps = _sample_maps(
-            reg,
+            run,
             pattern_t.to(reg.device if hasattr(reg, "device") else "cpu"),
             probe_b.to(reg.device if hasattr(reg, "device") else "cpu"),
             n_mc,

@@ -119,18 +119,18 @@ def decode_centres(
     prob = torch.sigmoid(out[:, :1].float())
     pooled = F.max_pool2d(prob, window, stride=1, padding=window // 2)
     keep = (prob >= pooled) & (prob >= threshold)
-    res = []
+    b, _, cy, cx = torch.nonzero(keep, as_tuple=True)  # all patterns at once, in batch order
+    v = prob[b, 0, cy, cx]
+    order = torch.argsort(b.double() * 2.0 - v.double())  # by pattern, then strongest first
+    b, cy, cx, v = b[order], cy[order], cx[order], v[order]
     offs = out[:, 1:3].float()
-    for b in range(out.shape[0]):
-        cy, cx = torch.nonzero(keep[b, 0], as_tuple=True)
-        v = prob[b, 0, cy, cx]
-        order = torch.argsort(v, descending=True)
-        if max_peaks is not None:
-            order = order[: int(max_peaks)]
-        cy, cx, v = cy[order], cx[order], v[order]
-        x = (cx.float() + offs[b, 0, cy, cx] + 0.5) * stride - 0.5
-        y = (cy.float() + offs[b, 1, cy, cx] + 0.5) * stride - 0.5
-        res.append(torch.stack([x, y, v], 1))
+    x = (cx.float() + offs[b, 0, cy, cx] + 0.5) * stride - 0.5
+    y = (cy.float() + offs[b, 1, cy, cx] + 0.5) * stride - 0.5
+    rows = torch.stack([x, y, v], 1)
+    counts = torch.bincount(b, minlength=out.shape[0]).tolist()
+    res = list(torch.split(rows, counts))
+    if max_peaks is not None:
+        res = [r[: int(max_peaks)] for r in res]
     return res
 
 
@@ -193,7 +193,33 @@ class CentreNet(MCDropoutMixin, nn.Module):
             self.head[-1].bias.zero_()
             self.head[-1].bias[0] = float(torch.logit(torch.tensor(prior)))
         self.set_mc_dropout(mc_dropout)
-        self.channels_last = False
+        self.channels_last = False  # run the convolutions in channels-last memory format (see fused())
+
+    def fused(self, channels_last: bool = False) -> CentreNet:
+        """A copy for inference with every BatchNorm folded into the convolution before it (same outputs in eval
+        mode up to rounding, about a quarter less time on CPU), in channels-last memory format if asked; dropout
+        and MC dropout stay as they are."""
+        import copy
+
+        net = copy.deepcopy(self).eval()
+        for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+            for i in range(len(seq) - 1):
+                conv, bn = seq[i], seq[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    fusedc = nn.Conv2d(
+                        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
+                    )
+                    with torch.no_grad():
+                        fusedc.weight.copy_(conv.weight * scale[:, None, None, None])
+                        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                        fusedc.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+                    seq[i], seq[i + 1] = fusedc, nn.Identity()
+        net.requires_grad_(False)
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+            net.channels_last = True
+        return net
 
     @property
     def multiple(self) -> int:
@@ -210,6 +236,8 @@ class CentreNet(MCDropoutMixin, nn.Module):
         x = torch.cat([pattern, probe.expand_as(pattern)], 1)
         if self.stride > 1:
             x = F.pixel_unshuffle(x, self.stride)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.enc:
             x = block(x)
