@@ -145,3 +145,16 @@ def test_fused_copy_gives_the_same_outputs_in_eval_mode():
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(net(x, x), fused(x, x), atol=1e-5)
+
+
+def test_mc_dropout_gives_a_per_peak_spread_for_centre_models():
+    from test_analysis_inference import FakeModel, grid_points, scan
+
+    torch.manual_seed(0)
+    net = CentreNet(stride=2, filters=(8, 16, 16), dropout=0.5, prior=0.5)
+    cube = scan([[grid_points()]])
+    one = analysis.find_bragg_disks(cube, method="ml", model=FakeModel(net), progress=False, max_peaks=20)
+    mc = analysis.find_bragg_disks(cube, method="ml", model=FakeModel(net), mc_samples=4, progress=False, max_peaks=20)
+    assert len(one.peaks) and np.isnan(one.peaks["sigma_px"]).all()
+    assert len(mc.peaks) and np.isfinite(mc.peaks["sigma_px"]).all() and (mc.peaks["sigma_px"] > 0).any()
+    assert mc.info["mc_samples"] == 4 and not net.training  # the network is left in eval mode

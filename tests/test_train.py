@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ["bragg_fcunet", "bragg_unet", "thickness", "phase", "orientation"]
+EXPERIMENTS = [
+    "bragg_fcunet",
+    "bragg_unet",
+    "bragg_centres",
+    "bragg_fcunet_corpus",
+    "thickness",
+    "phase",
+    "orientation",
+]
 SMALL = [
     "data.batch_size=4",
     "data.num_workers=0",
@@ -24,6 +32,8 @@ SMALL = [
 NET = {
     "bragg_fcunet": ["model.net.depth=3", "model.net.base_filters=4"],
     "bragg_unet": ["model.net.depth=3", "model.net.base_filters=4"],
+    "bragg_centres": ["model.net.filters=[8,8]", "data.split.holdout_val=[Cu]"],
+    "bragg_fcunet_corpus": ["model.net.depth=3", "model.net.base_filters=4", "data.split.holdout_val=[Cu]"],
     "thickness": ["model.net.width=4", "model.net.num_stages=2"],
     "phase": ["model.net.width=4", "model.net.num_stages=2"],
     "orientation": ["model.net.width=4", "model.net.num_stages=2"],

@@ -253,7 +253,7 @@ def find_bragg_disks_ml(
     absolute_threshold: float | None = None,
     max_peaks: int = 70,
     edge_px: int = 2,
-    min_probability: float = 0.3,
+    min_probability: float | None = None,
     allow_out_of_range: bool = False,
     device: str = "cpu",
     precision: str = "auto",
@@ -282,7 +282,8 @@ def find_bragg_disks_ml(
         with 8).
     min_probability : float
         Centre models (``net.output_kind == "centres"``, e.g. :class:`~stemforge.networks.centres.CentreNet`): the
-        heat-map probability a disk centre needs; its position is the cell plus the predicted sub-pixel offset
+        heat-map probability a disk centre needs (default: the card's ``labels.min_probability``, the threshold
+        chosen on the model's validation split, else 0.3); its position is the cell plus the predicted sub-pixel offset
         (:func:`stemforge.networks.centres.decode_centres`), ``intensity`` its probability. ``threshold``,
         ``absolute_threshold`` and ``min_distance`` apply to map models only.
     threshold, absolute_threshold, min_distance, max_peaks :
@@ -324,6 +325,10 @@ def find_bragg_disks_ml(
     _, probe_t = reg.preprocess(probe_img, probe_img)  # (1, 1, Hm, Wm), normalised once
     n_mc = int(mc_samples)
     centres = getattr(reg.net, "output_kind", "map") == "centres"
+    if min_probability is None:
+        min_probability = float((reg.card.get("labels") or {}).get("min_probability", 0.3))
+    if not 0.0 < float(min_probability) < 1.0:
+        raise AnalysisError(f"min_probability must lie in (0, 1), got {min_probability}")
     if hasattr(reg.net, "fused") and n_mc <= 1:  # BatchNorm folded into the convolutions, made once per model
         fused = getattr(reg, "_fused_net", None)
         if fused is None:
@@ -389,6 +394,7 @@ def find_bragg_disks_ml(
         "mc_samples": n_mc,
         "precision": arithmetic,
         "output": "centres" if centres else "map",
+        **({"min_probability": float(min_probability)} if centres else {}),
         "label": reg.card.get("labels", {}).get("definition"),
         "model_pixel_size_inv_A": grid.model_pixel_size_inv_A,
         "resampled": not grid.identity,

@@ -192,6 +192,7 @@ def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
             ),
             "unit": "logit, cells",
             "output": "centres",
+            "min_probability": float(hparams.get("peak_threshold", 0.3)),
             "stride_px": stride,
             "output_shape": ["B", 3, h // stride, w // stride],
         }
@@ -268,9 +269,13 @@ def _metrics(data: dict | None, ckpt_path: Path | None) -> dict:
     out = {
         "test": {k: v for k, v in values.items() if k.startswith("test/")},
         "validation": {k: v for k, v in values.items() if k.startswith("val/")},
+        # scores measured after training (e.g. benchmarks/analysis_accuracy.py), when the metrics file has them
+        "benchmark": {k: v for k, v in values.items() if k.startswith("benchmark/")},
         "source": "metrics.json",
         "tested_checkpoint": Path(tested).name if tested else None,
     }
+    if not out["benchmark"]:
+        del out["benchmark"]
     if not out["test"]:
         log.warning("metrics file has no test/* metrics; the card records none")
     elif ckpt_path is not None and tested and Path(tested).name != ckpt_path.name:
