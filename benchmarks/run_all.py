@@ -34,7 +34,7 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
 STATE = ROOT / "benchmarks" / ".run_all.json"  # last collected values (kept in git: the source of the table)
 
-# name -> (script, quick args, full args, {key: (target text, check)})
+# name -> (script, quick args, full args, {key: (target text, check)}); check(value) or check(value, run's values)
 BENCHMARKS = {
     "sim_sampling": ("sim_sampling.py", [], [], {}),
     "sim_throughput": (
@@ -55,7 +55,23 @@ BENCHMARKS = {
     "augment": ("augment_throughput.py", ["--quick"], [], {"patterns_per_s_per_core": ("≥ 500", lambda v: v >= 500)}),
     "train": ("train_throughput.py", ["--quick"], ["--fit", "40"], {}),
     "orientation": ("orientation_accuracy.py", ["--quick"], [], {}),
-    "analysis": ("analysis_accuracy.py", ["--quick"], [], {}),
+    "analysis": (
+        "analysis_accuracy.py",
+        ["--quick"],
+        [],
+        {
+            "ml_f1": ("≥ classical_f1", lambda v, r: v >= r.get("classical_f1", float("inf"))),
+            "ml_pos_rmse_px": ("≤ classical, ≤ 0.5", lambda v, r: v <= min(0.5, r.get("classical_pos_rmse_px", 0.0))),
+            "ml_strain_rmse": ("≤ 0.5 × classical", lambda v, r: v <= 0.5 * r.get("classical_strain_rmse", 0.0)),
+            "ml_patterns_per_s": ("≥ 0.2 × classical", lambda v, r: v >= 0.2 * r.get("classical_patterns_per_s", 1e30)),
+        },
+    ),
+    "ml_inference": (
+        "ml_inference.py",
+        ["--batch-sizes", "16", "32"],
+        [],
+        {"ratio": ("≥ 0.2", lambda v: v >= 0.2)},
+    ),
 }
 PACKAGES = [
     "numpy",
@@ -171,7 +187,11 @@ def render(state: dict) -> str:
             continue
         for key, value in r["values"].items():
             target, check = targets.get(key, ("", None))
-            met = "" if check is None or not isinstance(value, float) else ("yes" if check(value) else "**no**")
+            if check is None or not isinstance(value, float):
+                met = ""
+            else:  # a check of one value, or of the value and the run's other values (targets relative to a baseline)
+                ok = check(value, r["values"]) if check.__code__.co_argcount == 2 else check(value)
+                met = "yes" if ok else "**no**"
             lines.append(
                 f"| {name} | {cmd} | {key} | {fmt(value)} | {target} | {met} | {r['date']} | {r['wall_s']} s |"
             )

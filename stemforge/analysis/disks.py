@@ -46,7 +46,7 @@ def find_bragg_disks(data, template=None, method: str = "classical", model=None,
         :func:`stemforge.analysis.inference.find_bragg_disks_ml` with ``model`` (its default when ``None``) and ``kw``
         (``probe``, ``store``, ``mc_samples``, ``threshold``, ``batch_size``, ``progress``...).
     model : str or model, optional
-        ``method="ml"`` only: registry reference such as ``"bragg-fcunet:stable"``.
+        ``method="ml"`` only: registry reference such as ``"bragg-centrenet:stable"`` (the default).
 
     Returns
     -------

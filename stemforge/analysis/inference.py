@@ -25,7 +25,7 @@ from stemforge.core.subpixel import refine_maxima
 from .braggvectors import PEAK_DTYPE, BraggVectors
 from .datacube import AnalysisError, Calibration, DataCube, as_datacube
 
-DEFAULT_BRAGG_MODEL = "bragg-fcunet:stable"
+DEFAULT_BRAGG_MODEL = "bragg-centrenet:stable"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def find_bragg_disks_ml(
     probe=None,
     *,
     store: str | None = None,
-    batch_size: int = 16,
+    batch_size: int = 32,
     mc_samples: int = 0,
     threshold: float = 0.1,
     min_distance: int = 3,
@@ -267,7 +267,8 @@ def find_bragg_disks_ml(
         The scan (numpy or dask). Its calibration must give Å⁻¹/px; its origin (default the detector centre)
         is where the network's k = 0 is placed.
     model : str or RegisteredModel
-        Registry reference (default ``"bragg-fcunet:stable"``) or a loaded model of task family ``bragg``.
+        Registry reference (default ``"bragg-centrenet:stable"``, :data:`DEFAULT_BRAGG_MODEL`) or a loaded model of
+        task family ``bragg``.
     probe : array (H, W), optional
         Vacuum probe image on the scan's detector grid (default: ``data.probe``, else the direct beam cut out of
         the mean pattern by :func:`stemforge.analysis.probe.probe_from_data`).
@@ -329,15 +330,19 @@ def find_bragg_disks_ml(
         min_probability = float((reg.card.get("labels") or {}).get("min_probability", 0.3))
     if not 0.0 < float(min_probability) < 1.0:
         raise AnalysisError(f"min_probability must lie in (0, 1), got {min_probability}")
-    if hasattr(reg.net, "fused") and n_mc <= 1:  # BatchNorm folded into the convolutions, made once per model
-        fused = getattr(reg, "_fused_net", None)
-        if fused is None:
-            fused = reg.net.fused()
+    if hasattr(reg.net, "fused") and n_mc <= 1:
+        # BatchNorm folded into the convolutions, channels-last under bf16 (benchmarks/ml_inference.py: 673 against
+        # 478 patterns/s NCHW), made once per model and arithmetic
+        cache = getattr(reg, "_fused_nets", None)
+        if cache is None:
+            cache = {}
             try:
-                reg._fused_net = fused
+                reg._fused_nets = cache
             except AttributeError:
                 pass
-        run = _NetView(reg, fused)
+        if arithmetic not in cache:
+            cache[arithmetic] = reg.net.fused(channels_last=arithmetic == "bf16")
+        run = _NetView(reg, cache[arithmetic])
     else:
         run = reg
     stride = int(getattr(reg.net, "stride", 1))

@@ -128,7 +128,7 @@ def default_store_url() -> str:
     """``$STEMFORGE_STORE`` or the XDG data folder ``$XDG_DATA_HOME/stemforge/registry``.
 
     The XDG store is seeded with the pretrained models shipped in ``registry/pretrained`` the first time it is
-    used (see :func:`seed_store`), so ``stemforge.registry.load("bragg-fcunet:stable")`` works on a fresh install.
+    used (see :func:`seed_store`), so ``stemforge.registry.load("bragg-centrenet:stable")`` works on a fresh install.
     """
     if os.environ.get("STEMFORGE_STORE"):
         return os.environ["STEMFORGE_STORE"]
