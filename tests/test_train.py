@@ -223,3 +223,29 @@ def test_acceptance_command_stopping_before_validation(tiny_dataset, tmp_path):
         tmp_path,
     )
     assert list((out / "checkpoints").glob("*.ckpt"))
+
+
+def test_init_weights_starts_a_new_run_from_a_checkpoints_network(tiny_dataset, tmp_path):
+    import torch
+
+    from stemforge.networks.training import build_model, load_net_weights, train
+
+    over = [f"data.path={tiny_dataset}", "trainer.max_steps=2", *SMALL, *NET["bragg_centres"]]
+    first = compose_train(["experiment=bragg_centres", *over], tmp_path / "a")
+    train(first)
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    trained = torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"]
+    second = compose_train(["experiment=bragg_centres", f"init_weights={ckpt}", *over], tmp_path / "b")
+    from stemforge.datamodules import CBEDDataModule
+
+    dm = CBEDDataModule(str(tiny_dataset), split=dict(second.data.split))
+    dm.setup()
+    model = build_model(second, dm.info)
+    load_net_weights(model, second.init_weights)
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(v, trained[f"net.{k}"]), k
+    other = compose_train(["experiment=bragg_centres", *over, "model.net.filters=[8,16]"], tmp_path / "c")
+    with pytest.raises(ValueError, match="does not fit this network"):
+        load_net_weights(build_model(other, dm.info), ckpt)
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        load_net_weights(model, tmp_path / "missing.ckpt")

@@ -91,6 +91,26 @@ def build_model(cfg: DictConfig, info: dict):
     return instantiate(OmegaConf.create(resolve_model_config(cfg, info)), _convert_="all")
 
 
+def load_net_weights(model, path) -> None:
+    """Start ``model.net`` from the network weights of the checkpoint at ``path`` (fine-tuning: the optimiser,
+    schedule and epoch count start afresh, unlike ``ckpt_path`` which resumes a run). The checkpoint is read with
+    ``weights_only=True``; the networks must match exactly."""
+    import torch
+
+    path = Path(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"init_weights: checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+    net = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+    if not net:
+        raise ValueError(f"init_weights: {path} holds no 'net.*' weights")
+    try:
+        model.net.load_state_dict(net, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"init_weights: {path} does not fit this network: {str(err).splitlines()[0]}") from None
+    log.info("network weights from %s (fine-tuning)", path)
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit (and test) the configured model; returns the final metrics as plain floats."""
     pl.seed_everything(int(cfg.seed), workers=True)
@@ -99,6 +119,8 @@ def train(cfg: DictConfig) -> dict:
     info = datamodule.info
     log.info("data: %s (%s patterns train/val/test)", cfg.data.path, info["split"]["sizes"])
     model = build_model(cfg, info)
+    if cfg.get("init_weights"):
+        load_net_weights(model, cfg.init_weights)
     card = model_card_facts(cfg, info)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(DatasetCardCallback(card))
