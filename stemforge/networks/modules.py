@@ -205,7 +205,32 @@ class _TaskModule(pl.LightningModule):
         }
 
 
-class BraggMapModule(_TaskModule):
+class _PeakMetricsMixin:
+    """Logs ``{stage}/peak_precision``, ``…/peak_recall``, ``…/peak_f1`` and ``…/peak_position_error_px`` of the
+    module's ``val_peaks`` / ``test_peaks`` (:class:`PeakMatchMetric`) at the end of each epoch."""
+
+    def _log_peaks(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_peaks")
+        if metric.update_count == 0:
+            return
+        values = metric.compute()
+        names = {
+            "precision": "peak_precision",
+            "recall": "peak_recall",
+            "f1": "peak_f1",
+            "position_error": "peak_position_error_px",
+        }
+        self.log_dict({f"{stage}/{names[k]}": v for k, v in values.items()}, sync_dist=False)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_peaks("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_peaks("test")
+
+
+class BraggMapModule(_PeakMetricsMixin, _TaskModule):
     """Bragg-map regression (FCU-Net or U-Net): predicts ``batch[target_key]`` from pattern and probe.
 
     Batch keys: ``pattern``, ``probe``, ``target_key`` (default ``vg_map``, or ``disk_map``); ``peaks`` (B, R, 2)
@@ -274,26 +299,6 @@ class BraggMapModule(_TaskModule):
             getattr(self, f"{stage}_peaks").update(pred.detach().float(), batch["peaks"])
         return loss
 
-    def _log_peaks(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_peaks")
-        if metric.update_count == 0:
-            return
-        values = metric.compute()
-        names = {
-            "precision": "peak_precision",
-            "recall": "peak_recall",
-            "f1": "peak_f1",
-            "position_error": "peak_position_error_px",
-        }
-        self.log_dict({f"{stage}/{names[k]}": v for k, v in values.items()}, sync_dist=False)
-        metric.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_peaks("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_peaks("test")
-
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         self._check_batch(batch, batch_idx, targets=False)
         if self.mc_samples > 0:
@@ -306,7 +311,7 @@ class BraggMapModule(_TaskModule):
         return {"prediction": self(batch).float()}
 
 
-class BraggCentreModule(_TaskModule):
+class BraggCentreModule(_PeakMetricsMixin, _TaskModule):
     """Bragg-disk centres (:mod:`stemforge.networks.centres`): a heat map of present-disk centres plus sub-pixel
     offsets, for a network whose ``forward(pattern, probe)`` returns (B, 3, H/stride, W/stride) (e.g.
     :class:`~stemforge.networks.centres.CentreNet`).
@@ -372,22 +377,6 @@ class BraggCentreModule(_TaskModule):
             found = decode_centres(out.detach(), self.stride, self.peak_threshold)
             getattr(self, f"{stage}_peaks").update([f.cpu() for f in found], batch["peaks"])
         return loss
-
-    def _log_peaks(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_peaks")
-        if metric.update_count == 0:
-            return
-        values = metric.compute()
-        names = {"precision": "peak_precision", "recall": "peak_recall", "f1": "peak_f1"}
-        names["position_error"] = "peak_position_error_px"
-        self.log_dict({f"{stage}/{names[k]}": v for k, v in values.items()}, sync_dist=False)
-        metric.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_peaks("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_peaks("test")
 
     def predict_step(self, batch: Mapping[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         self._check_batch(batch, batch_idx, targets=False)
