@@ -31,18 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-class _Variant:
-    """A registry model seen with another network (a different form of the same weights)."""
-
-    def __init__(self, model, net):
-        self._model, self.net = model, net
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-
 def _forms(model, compile_too: bool) -> dict:
     import torch
+
+    from stemforge.analysis.inference import _NetView  # a registry model seen through another network
 
     class Plain(torch.nn.Module):  # hides .fused so find_bragg_disks_ml runs the net as given
         def __init__(self, net):
@@ -64,7 +56,7 @@ def _forms(model, compile_too: bool) -> dict:
             forms["bf16-fused-compiled"] = (Plain(torch.compile(net.fused(channels_last=True))), "bf16")
     else:
         forms["bf16"] = (Plain(net), "bf16")
-    return {k: (_Variant(model, n), p) for k, (n, p) in forms.items()}
+    return {k: (_NetView(model, n), p) for k, (n, p) in forms.items()}
 
 
 def main(argv=None) -> int:

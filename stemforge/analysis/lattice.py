@@ -227,8 +227,8 @@ def _finer_lattice(vec, w, basis, ok, max_error_px: float, tight_px: float, min_
         g1, g2 = basis
         best = None
         for trial in (np.stack([g1 / 2, g2]), np.stack([g1, g2 / 2]), np.stack([(g1 + g2) / 2, g2])):
-            fb, _, _, fok = _index_and_refine(vec, w, trial, max_error_px)
-            _, err = index_on_lattice(vec, fb, np.zeros(2))
+            fb, fq0, _, fok = _index_and_refine(vec, w, trial, max_error_px)
+            _, err = index_on_lattice(vec, fb, fq0)
             extra = (~ok) & (err <= tight_px)
             if int(extra.sum()) >= min_extra and fok[ok].all():
                 if best is None or extra.sum() > best[2]:
