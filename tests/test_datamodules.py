@@ -69,7 +69,7 @@ def test_dataset_is_lazy_and_picklable(dataset):
     sample = clone[0]
     assert sample["pattern"].shape == (1, 32, 32)
     # only one chunk per array is held
-    assert all(v[1].shape[0] <= 4 for v in clone._cache.values())
+    assert all(len(d) == 1 and all(a.shape[0] <= 4 for a in d.values()) for d in clone._cache.values())
 
 
 def test_workers_see_every_sample_once(dataset):
@@ -92,6 +92,26 @@ def test_chunk_sampler_visits_chunks_contiguously():
     changes = sum(a != b for a, b in zip(chunks, chunks[1:]))
     assert changes == 4  # five chunks, each visited in one stretch
     assert order != list(ChunkShuffleSampler(idx, chunk_size=4, seed=2))
+
+
+def test_chunk_sampler_mixes_blocks_of_chunks():
+    idx = np.arange(40)
+    order = list(ChunkShuffleSampler(idx, chunk_size=4, seed=1, mix_chunks=5))
+    assert sorted(order) == list(range(40))
+    chunks = np.asarray([idx[o] // 4 for o in order])
+    first, second = set(chunks[:20]), set(chunks[20:])
+    assert len(first) == 5 and not first & second  # two blocks of five chunks each, one after the other
+    assert sum(a != b for a, b in zip(chunks, chunks[1:])) > 10  # members interleaved within a block
+
+
+def test_dataset_keeps_as_many_chunks_as_asked(dataset):
+    from stemforge.datamodules.cbed import CBEDDataset
+
+    sym = np.tile(np.eye(3, dtype=np.float32), (2, 24, 1, 1))
+    ds = CBEDDataset(dataset, np.arange(24), sym, cache_chunks=2)
+    for k in (0, 8, 16, 0):  # chunks of 4 patterns (2 runs x 2 thicknesses)
+        ds[k]
+    assert sorted(ds._cache["patterns"]) == [0, 16]  # the least recently used chunk (8) went
 
 
 def test_random_split_keeps_runs_together(dataset):
@@ -224,3 +244,41 @@ def test_validation_subset_is_spread_and_seeded_per_pattern(dataset):
     assert torch.equal(a["pattern"], b["pattern"]) and float(a["dose_e"]) == float(b["dose_e"])  # same noise each pass
     train = dm._sets["train"]
     assert not torch.equal(train[0]["pattern"], train[0]["pattern"])  # training draws anew
+
+
+def test_random_split_keeps_specimen_groups_together():
+    runs = np.repeat(np.arange(40), 3)  # 40 runs x 3 thicknesses
+    labels = {"run_index": runs, "structure_id": np.zeros_like(runs), "thickness_A": np.tile([1.0, 2.0, 3.0], 40)}
+    valid = np.ones(len(runs), dtype=bool)
+    tr, va, te = split_indices(labels, valid, "random", 0.25, 0.25, seed=1, group_runs=4)
+    groups = runs // 4
+    assert not (set(groups[tr]) & set(groups[va])) and not (set(groups[va]) & set(groups[te]))
+    assert len(tr) + len(va) + len(te) == len(runs) and len(va) > 0
+    with pytest.raises(ValueError, match="group_runs"):
+        split_indices(labels, valid, "random", group_runs=0)
+
+
+def test_pacbed_average_is_the_mean_of_one_group_at_one_thickness(dataset):
+    import zarr
+
+    from stemforge.datamodules.cbed import CBEDDataset
+    from stemforge.datamodules.datamodule import _layout
+
+    g = zarr.open_group(str(dataset), mode="r")
+    T = len(g.attrs["config"]["sampling"]["thicknesses_nm"])
+    assert _layout(g.attrs["config"]) == (1, T)  # the fixture's runs are groups of one
+    n = g["patterns"].shape[0]
+    sym = np.tile(np.eye(3, dtype=np.float32), (2, 24, 1, 1))
+    norm = {"mode": "none", "power": 1.0}
+    layout = (2, T)  # pretend pairs of runs share a specimen
+    ds = CBEDDataset(dataset, np.arange(n), sym, normalisation=norm, sample_seed=0, average=2, layout=layout)
+    i = T + 1  # run 1, thickness 1: its partner is run 0 at thickness 1
+    assert ds.partners(i) == [i, 1]
+    expected = (g["patterns"][i] + g["patterns"][1]) / 2
+    got = ds[int(np.flatnonzero(ds.indices == i)[0])]["pattern"][0].numpy()
+    assert np.allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # outside the split a partner is not used; unseeded samples draw 1..average patterns
+    ds2 = CBEDDataset(dataset, [i], sym, normalisation=norm, average=2, layout=layout)
+    assert ds2.partners(i) == [i] and np.allclose(ds2[0]["pattern"][0].numpy(), g["patterns"][i])
+    with pytest.raises(ValueError, match="layout"):
+        CBEDDataset(dataset, [i], sym, average=2)

@@ -49,6 +49,9 @@ _LAZY = {
     "orientation_map": "orientation",
     "PhaseMap": "phase",
     "phase_map": "phase",
+    "ThicknessMap": "properties",
+    "thickness_map": "properties",
+    "window_average": "properties",
 }
 
 __all__ = ["AnalysisError", "BraggVectors", "Calibration", "DataCube", "PEAK_DTYPE", "as_datacube", *_LAZY]

@@ -422,6 +422,7 @@ def predict_property_map(
     allow_out_of_range: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    mc_samples: int = 0,
 ) -> dict:
     """Thickness, phase or orientation maps from a registry property model.
 
@@ -431,7 +432,9 @@ def predict_property_map(
     * ``phase``: ``phase`` (int index into ``class_names``), ``probability`` ``(Rx, Ry, P)``, ``class_names``;
     * ``orientation``: ``rotation`` ``(Rx, Ry, 3, 3)`` crystal→lab, defined up to the crystal's point group.
 
-    Calibration checks, resampling and streaming as :func:`find_bragg_disks_ml`.
+    Calibration checks, resampling and streaming as :func:`find_bragg_disks_ml`. With ``mc_samples`` > 1 (thickness
+    and phase) the head runs that many times with Monte-Carlo dropout on the encoder's features: thickness is
+    the mean and ``thickness_std_nm`` the spread, phase probabilities are averaged.
     """
     import torch
 
@@ -443,6 +446,9 @@ def predict_property_map(
             f"model {getattr(reg, 'name', model)} is a {family!r} model, not a property model "
             "(thickness, phase or orientation)"
         )
+    n_mc = int(mc_samples)
+    if n_mc < 0 or (family == "orientation" and n_mc > 1):
+        raise AnalysisError(f"mc_samples must be >= 0 (thickness and phase models only), got {mc_samples}")
     grid = check_calibration(cube, reg, allow_out_of_range)
     matrix = None if grid.identity else grid.matrix()
     probe_img = _to_model_grid(_probe_image(cube, probe)[None], grid, matrix)
@@ -450,17 +456,32 @@ def predict_property_map(
     y = None
     for idx, stack in stream_patterns(cube.data, int(batch_size), progress=progress, desc=f"ML {family}"):
         pattern_t, _ = reg.preprocess(_to_model_grid(stack, grid, matrix), probe_img)
+        probe_b = probe_t.expand(pattern_t.shape[0], -1, -1, -1)
         with torch.no_grad():
-            out = reg.net(pattern_t, probe_t.expand(pattern_t.shape[0], -1, -1, -1)).float().cpu().numpy()
+            if n_mc > 1:
+                try:
+                    samples = reg.net.mc_predict(pattern_t, probe_b, n_mc).float()
+                except ValueError as err:
+                    raise AnalysisError(f"{err}; use mc_samples=0") from None
+                if family == "phase":
+                    samples = torch.softmax(samples, dim=-1)
+                out = torch.stack([samples.mean(0), samples.std(0)], dim=1).cpu().numpy()
+            else:
+                out = reg.net(pattern_t, probe_b).float().cpu().numpy()
         if y is None:
             y = np.empty((int(np.prod(cube.scan_shape)), *out.shape[1:]), np.float32)
         y[idx] = out  # batches come in the scan's chunk order; idx places them
     y = y.reshape(*cube.scan_shape, *y.shape[1:])
+    if n_mc > 1:
+        y, spread = y[:, :, 0], y[:, :, 1]
     if family == "thickness":
-        return {"thickness_nm": y}
+        return {"thickness_nm": y, **({"thickness_std_nm": spread} if n_mc > 1 else {})}
     if family == "phase":
-        z = y - y.max(-1, keepdims=True)
-        prob = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        if n_mc > 1:
+            prob = y
+        else:
+            z = y - y.max(-1, keepdims=True)
+            prob = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         names = reg.card.get("labels", {}).get("class_names") or [str(i) for i in range(y.shape[-1])]
         return {"phase": prob.argmax(-1).astype(np.int32), "probability": prob, "class_names": list(names)}
     return {"rotation": y}

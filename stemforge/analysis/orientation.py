@@ -42,6 +42,8 @@ from .datacube import AnalysisError
 from .orientation_library import OrientationLibrary
 
 __all__ = [
+    "ML_ACOM_LIBRARY",
+    "ML_ACOM_MIN_PROBABILITY",
     "OrientationMap",
     "orientation_map",
     "check_library_calibration",
@@ -54,6 +56,14 @@ __all__ = [
 
 #: relative energy difference (data vs library) refused without ``allow_energy_mismatch``
 ENERGY_RTOL = 5e-3
+
+#: ML-assisted ACOM (``orientation_map(method="ml")``): the Bragg model's heat-map threshold for the disks it
+#: matches (lower than for disk finding: a missed reflection costs a match more than a spurious one) and the
+#: library settings that go with presence-weighted disks (``build_orientation_library(..., **ML_ACOM_LIBRARY)``):
+#: template spots weighted by |F|²·exp(−s²/2σ_s²) without the radial factor. Chosen on the held-out thick scans
+#: of ``benchmarks/property_accuracy.py`` (RESULTS.md, issue 17).
+ML_ACOM_MIN_PROBABILITY = 0.15
+ML_ACOM_LIBRARY = {"intensity_power": 1.0, "radial_power": 0.0, "sigma_excitation": 0.02}
 
 
 # --------------------------------------------------------------------------- checks
@@ -463,9 +473,13 @@ class OrientationMap:
 
 # --------------------------------------------------------------------------- the map
 def orientation_map(
-    bragg_vectors: BraggVectors,
+    bragg_vectors,
     library: OrientationLibrary,
     *,
+    method: str = "classical",
+    model=None,
+    peak_weights: str = "presence",
+    bragg_kwargs: dict | None = None,
     refine: bool = True,
     refine_iterations: int = 4,
     min_peaks: int = 3,
@@ -479,11 +493,20 @@ def orientation_map(
 ) -> OrientationMap:
     """Best-matching orientation at every scan position.
 
+    ``method="classical"`` matches the given Bragg vectors with their measured intensities. ``method="ml"`` is
+    ML-assisted ACOM: the disks come from the Bragg model (``model``, default
+    :data:`~stemforge.analysis.inference.DEFAULT_BRAGG_MODEL`, run on the scan passed as ``bragg_vectors`` with
+    ``bragg_kwargs``; ML Bragg vectors are used as given) and each found disk is weighted by ``peak_weights``:
+    ``"presence"`` (1 per disk: the model says where a reflection is excited, so the dynamical intensities of a
+    thick crystal no longer bias the match) or ``"intensity"`` (the model's per-peak value). The disks are taken
+    at the heat-map threshold :data:`ML_ACOM_MIN_PROBABILITY` unless ``bragg_kwargs`` sets ``min_probability``;
+    build the library with :data:`ML_ACOM_LIBRARY` (template weights that suit presence-weighted disks).
+
     Parameters
     ----------
     bragg_vectors : BraggVectors
-        Peaks in px; needs ``calibration.pixel_size_inv_A`` (Å⁻¹/px) and uses ``calibration.origin_px`` (else the
-        detector centre). Peaks with |q| outside [library.q_min, library.k_max] are ignored.
+        Peaks in px (with ``method="ml"`` also a DataCube, array or path); needs ``calibration.pixel_size_inv_A``
+        (Å⁻¹/px) and uses ``calibration.origin_px`` (else the detector centre). Peaks with |q| outside [library.q_min, library.k_max] are ignored.
     library : OrientationLibrary
         From :func:`stemforge.analysis.build_orientation_library`, at the data's beam energy.
     refine : bool
@@ -507,6 +530,16 @@ def orientation_map(
     """
     from tqdm.auto import tqdm
 
+    if method not in ("classical", "ml"):
+        raise AnalysisError(f"method must be 'classical' or 'ml', got {method!r}")
+    ml_info = {}
+    if method == "ml":
+        bragg_vectors, ml_info = _ml_bragg_vectors(bragg_vectors, model, peak_weights, bragg_kwargs, progress)
+    elif not isinstance(bragg_vectors, BraggVectors):
+        raise AnalysisError(
+            f"orientation_map(method='classical') needs BraggVectors, got {type(bragg_vectors).__name__} "
+            "(find the disks first, or use method='ml' on the scan)"
+        )
     check_library_calibration(bragg_vectors, library, allow_energy_mismatch)
     lib = library
     if min_peaks < 1 or max_peaks < min_peaks:
@@ -614,8 +647,36 @@ def orientation_map(
             "refined": refine,
             "library": repr(lib),
             "margin_deg": margin_deg,
+            "method": method,
+            **ml_info,
         },
     )
+
+
+def _ml_bragg_vectors(data, model, peak_weights: str, bragg_kwargs: dict | None, progress: bool):
+    """The Bragg vectors ML-assisted ACOM matches: the Bragg model's disks, weighted by presence or value."""
+    from dataclasses import replace
+
+    if peak_weights not in ("presence", "intensity"):
+        raise AnalysisError(f"peak_weights must be 'presence' or 'intensity', got {peak_weights!r}")
+    if isinstance(data, BraggVectors):
+        if data.method != "ml":
+            raise AnalysisError(
+                "orientation_map(method='ml') needs the scan or Bragg vectors found by a model, got classical peaks"
+            )
+        bv = data
+    else:
+        from .inference import DEFAULT_BRAGG_MODEL, find_bragg_disks_ml
+
+        kwargs = {"progress": progress, "min_probability": ML_ACOM_MIN_PROBABILITY, **(bragg_kwargs or {})}
+        bv = find_bragg_disks_ml(data, model if model is not None else DEFAULT_BRAGG_MODEL, **kwargs)
+    if peak_weights == "presence":
+        peaks = bv.peaks.copy()
+        # equal weights; the 1e-3 of the model's value only orders the disks when max_peaks drops some
+        value = np.nan_to_num(peaks["intensity"].astype(np.float64), nan=0.0)
+        peaks["intensity"] = 1.0 + 1e-3 * value / max(1e-12, float(np.max(value, initial=0.0)))
+        bv = replace(bv, peaks=peaks)
+    return bv, {"bragg_model": bv.info.get("model"), "peak_weights": peak_weights}
 
 
 # --------------------------------------------------------------------------- figures

@@ -71,7 +71,8 @@ class PhaseMap:
         out = np.full((*self.scan_shape, 3, 3), np.nan)
         for i, name in enumerate(self.names):
             sel = self.phase == i
-            out[sel] = self.orientations[name].rotation[sel]
+            if name in self.orientations:  # an ML phase map has no orientations
+                out[sel] = self.orientations[name].rotation[sel]
         return out
 
     def figure(self):
@@ -80,9 +81,12 @@ class PhaseMap:
 
 
 def phase_map(
-    bragg_vectors: BraggVectors,
-    libraries: dict,
+    bragg_vectors,
+    libraries: dict | None = None,
     *,
+    method: str = "classical",
+    model=None,
+    min_confidence: float | None = None,
     min_score: float = 0.0,
     allow_energy_mismatch: bool = False,
     progress: bool = True,
@@ -90,10 +94,16 @@ def phase_map(
 ) -> PhaseMap:
     """Best-matching phase at every scan position.
 
+    ``method="classical"`` (default) matches Bragg vectors against one template library per phase;
+    ``method="ml"`` classifies the patterns themselves with a phase model of the registry
+    (:func:`stemforge.analysis.properties.phase_map_ml`: ``bragg_vectors`` is then the scan, ``model`` defaults to
+    :data:`~stemforge.analysis.properties.DEFAULT_PHASE_MODEL`, positions below ``min_confidence`` are unknown,
+    −1; further keyword arguments go to it).
+
     Parameters
     ----------
     bragg_vectors : BraggVectors
-        Calibrated peaks (``calibration.pixel_size_inv_A`` needed).
+        Calibrated peaks (``calibration.pixel_size_inv_A`` needed); with ``method="ml"`` a DataCube, array or path.
     libraries : dict of name -> OrientationLibrary
         One library per candidate phase, built at the data's energy with the same matching settings (k_max,
         q_min, σ_q, σ_s, intensity and radial powers) so that their scores compare.
@@ -106,6 +116,20 @@ def phase_map(
     -------
     PhaseMap
     """
+    if method == "ml":
+        from .properties import DEFAULT_PHASE_MODEL, phase_map_ml
+
+        if isinstance(bragg_vectors, BraggVectors):
+            raise AnalysisError("phase_map(method='ml') classifies patterns: pass the scan (DataCube), not peaks")
+        return phase_map_ml(
+            bragg_vectors,
+            model if model is not None else DEFAULT_PHASE_MODEL,
+            min_confidence=min_confidence,
+            progress=progress,
+            **orientation_kwargs,
+        )
+    if method != "classical":
+        raise AnalysisError(f"method must be 'classical' or 'ml', got {method!r}")
     if not isinstance(libraries, dict) or not libraries:
         raise AnalysisError("phase_map needs a non-empty dict {phase name: OrientationLibrary}")
     names = [str(k) for k in libraries]

@@ -10,7 +10,10 @@
                                     px; ``sigma_px`` NaN without an uncertainty)
 ``<method>/strain/<k>``             ``(Rx, Ry)``: ``exx, eyy, exy`` (1), ``theta_deg`` (°), ``valid`` (bool)
 ``<method>/orientation/<k>``        ACOM maps (:meth:`~stemforge.analysis.orientation.OrientationMap.as_dict`)
-``<method>/phase/phase``            ``(Rx, Ry)`` int32 phase index
+``<method>/phase/phase``            ``(Rx, Ry)`` int32 phase index (−1: none / unknown); attrs ``phase_names``
+``properties/phase/probability``    ``(Rx, Ry, P)`` float32 class probabilities of the ML phase model
+``properties/thickness/<k>``        ``thickness_nm``, ``uncertainty_nm`` (nm), ``valid`` (bool); attrs
+                                    ``thickness_info`` (model, PACBED window, structure check)
 attrs                               ``schema``, ``scan_shape``, ``calibration`` (Å⁻¹/px, eV, mrad, Å),
                                     ``complete`` (False until every array is written); per method ``scores``
                                     (against the ground truth of a synthetic scan) and ``timings`` (s)
@@ -58,8 +61,14 @@ def write_maps(cube, results: dict, images: dict, path: str | Path) -> Path:
         g.create_array(name, data=np.asarray(image, dtype="float32"))
     for name, r in results.items():
         m = g.require_group(name)
-        m.create_array("num_peaks", data=r.bragg.counts().astype("int32"))
-        m.create_array("peaks", data=np.stack([r.bragg.peaks[k].astype("float32") for k in _PEAK_COLUMNS], 1))
+        if r.bragg is not None:
+            m.create_array("num_peaks", data=r.bragg.counts().astype("int32"))
+            m.create_array("peaks", data=np.stack([r.bragg.peaks[k].astype("float32") for k in _PEAK_COLUMNS], 1))
+        if r.thickness is not None:
+            m.create_array("thickness/thickness_nm", data=r.thickness.thickness_nm.astype("float32"))
+            m.create_array("thickness/uncertainty_nm", data=r.thickness.uncertainty_nm.astype("float32"))
+            m.create_array("thickness/valid", data=np.asarray(r.thickness.valid, dtype=bool))
+            m.attrs["thickness_info"] = to_jsonable(r.thickness.info)
         for k, v in (r.strain or {}).items():
             m.create_array(f"strain/{k}", data=np.asarray(v, dtype="float32" if v.dtype != bool else bool))
         if r.orientation is not None:
@@ -68,6 +77,9 @@ def write_maps(cube, results: dict, images: dict, path: str | Path) -> Path:
                 m.create_array(f"orientation/{k}", data=v.astype("float32") if v.dtype.kind == "f" else v)
         if r.phase is not None:
             m.create_array("phase/phase", data=np.asarray(r.phase.phase, dtype="int32"))
+            m.attrs["phase_names"] = list(r.phase.names)
+            if r.phase.info.get("method") == "ml":
+                m.create_array("phase/probability", data=np.asarray(r.phase.scores, dtype="float32"))
         m.attrs["scores"] = to_jsonable(r.scores)
         m.attrs["timings"] = to_jsonable(r.timings)
     g.attrs["complete"] = True
@@ -101,10 +113,11 @@ def save_figures(cube, results: dict, images: dict, out: str | Path, dpi: int = 
 
         truth_mask, _ = true_reflections(gt, cube.metadata.get("dose_e_per_pattern"))
     rx, ry = cube.scan_shape[0] // 2, cube.scan_shape[1] // 2
-    fig = Figure(figsize=(4.2 * len(results), 4.3), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(results)))
+    finders = {k: r for k, r in results.items() if r.bragg is not None}
+    fig = Figure(figsize=(4.2 * max(1, len(finders)), 4.3), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(finders))))
     img = np.asarray(cube.data[rx, ry], dtype=float)
-    for a, (name, r) in zip(axes, results.items()):
+    for a, (name, r) in zip(axes, finders.items()):
         a.imshow(np.log10(np.clip(img, img.max() * 1e-4, None)), cmap="gray")
         if "reflections_px" in gt:
             t = np.asarray(gt["reflections_px"][rx, ry])
@@ -120,6 +133,9 @@ def save_figures(cube, results: dict, images: dict, out: str | Path, dpi: int = 
     written.append("disks.png")
 
     for name, r in results.items():
+        if r.thickness is not None:
+            r.thickness.figure().savefig(out / f"thickness_{name}.png", dpi=dpi)
+            written.append(f"thickness_{name}.png")
         if r.strain is not None:
             truth = {k: gt[k] for k in ("exx", "eyy", "exy", "theta_deg") if k in gt} or None
             fig = plot_strain_maps(r.strain, truth, title=f"strain by the {name} method")

@@ -25,6 +25,7 @@ class MethodResult:
     lattice: dict | None = None
     strain: dict | None = None
     orientation: object = None
+    thickness: object = None
     phase: object = None
     scores: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
@@ -113,6 +114,7 @@ def analyse(
     truth: str = "present",
     lattice_filter_px: float | None = None,
     ml_models: dict | None = None,
+    properties: dict | None = None,
     progress: bool = True,
 ) -> dict[str, MethodResult]:
     """Run every method on ``cube``; see the module docstring. Returns ``{method: MethodResult}``.
@@ -120,6 +122,12 @@ def analyse(
     ``ml_models``: further ML methods by name, each the ``ml`` settings with these overrides (e.g.
     ``{"shipped": {"model": "bragg-centrenet:stable", "store": None}}`` and ``methods=["classical", "ml",
     "shipped"]`` to put the shipped model beside a freshly trained one).
+
+    ``properties``: ``{"enabled": True, "thickness_model": ..., "phase_model": ..., "structure": ..., "window":
+    ..., "store": ...}`` adds a ``"properties"`` entry whose ``thickness`` (:class:`~stemforge.analysis.properties.
+    ThicknessMap`) and ``phase`` (ML :class:`~stemforge.analysis.phase.PhaseMap`) come from the registry's property
+    models (either model may be null), scored against the scan's ground truth (thickness MAE in nm, phase
+    accuracy, unknown fraction).
 
     ``lattice_filter_px``: keep only the peaks within that distance (px) of the lattice fitted at their position
     (:func:`stemforge.analysis.lattice.keep_on_lattice`), for every method, before scoring and mapping.
@@ -175,7 +183,52 @@ def analyse(
             if "rotation" in gt and res.orientation is not None and len(libs) == 1:
                 res.scores["orientation"] = orientation_scores(res.orientation, gt["rotation"])
         results[method] = res
+    props = dict(properties or {})
+    if props.pop("enabled", False):
+        results["properties"] = property_maps(cube, progress=progress, **props)
     return results
+
+
+def property_maps(
+    cube: DataCube,
+    *,
+    thickness_model=None,
+    phase_model=None,
+    structure: str | None = None,
+    window=None,
+    store: str | None = None,
+    progress: bool = True,
+) -> MethodResult:
+    """Thickness and ML phase maps of ``cube`` (see :func:`analyse`'s ``properties``) in a :class:`MethodResult`
+    named ``"properties"`` (no Bragg vectors), scored against the ground truth when the scan has one."""
+    from .phase import phase_map
+    from .properties import thickness_map
+
+    gt = cube.ground_truth or {}
+    res = MethodResult("properties", None)
+    if structure is None and len(cube.metadata.get("phases") or []) == 1:
+        structure = cube.metadata["phases"][0]
+    if thickness_model:
+        t0 = time.perf_counter()
+        res.thickness = thickness_map(
+            cube, thickness_model, structure=structure, window=window, store=store, progress=progress
+        )
+        res.timings["thickness_s"] = time.perf_counter() - t0
+        if "thickness_A" in gt:
+            res.scores["thickness_mae_nm"] = float(
+                np.mean(np.abs(res.thickness.thickness_nm - np.asarray(gt["thickness_A"]) / 10.0))
+            )
+    if phase_model:
+        t0 = time.perf_counter()
+        res.phase = phase_map(cube, method="ml", model=phase_model, store=store, progress=progress)
+        res.timings["phase_s"] = time.perf_counter() - t0
+        res.scores["unknown_fraction"] = float(np.mean(res.phase.phase < 0))
+        phases = list(cube.metadata.get("phases") or [])
+        if "phase" in gt and phases:
+            names = [phases[int(i)] if 0 <= int(i) < len(phases) else None for i in np.asarray(gt["phase"]).ravel()]
+            want = np.asarray([res.phase.names.index(n) if n in res.phase.names else -1 for n in names])
+            res.scores["phase_accuracy"] = float(np.mean(res.phase.phase.ravel() == want))
+    return res
 
 
 def report(results: dict[str, MethodResult], cube: DataCube) -> str:
@@ -190,6 +243,8 @@ def report(results: dict[str, MethodResult], cube: DataCube) -> str:
             else ""
         )
     ]
+    props = results.get("properties")
+    results = {k: r for k, r in results.items() if r.bragg is not None}
     header = f"{'':28s}" + "".join(f"{m:>14s}" for m in results)
     lines += ["", header]
 
@@ -231,4 +286,24 @@ def report(results: dict[str, MethodResult], cube: DataCube) -> str:
             sig = r.bragg.peaks["sigma_px"]
             if np.isfinite(sig).any():
                 lines.append(f"{name}: median MC-dropout peak uncertainty {np.nanmedian(sig):.3f} px")
+    if props is not None:
+        lines += ["", "property models (thickness, phase):"]
+        if props.thickness is not None:
+            t = props.thickness
+            line = (
+                f"  thickness {np.nanmin(t.thickness_nm):.1f}–{np.nanmax(t.thickness_nm):.1f} nm "
+                f"({t.info['model']}, PACBED window {t.info['window']}, "
+                f"median σ {np.nanmedian(t.uncertainty_nm):.2f} nm)"
+            )
+            if "thickness_mae_nm" in props.scores:
+                line += f"; MAE against the ground truth {props.scores['thickness_mae_nm']:.2f} nm"
+            lines.append(line)
+        if props.phase is not None:
+            fr = props.phase.fractions()
+            top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(fr.items(), key=lambda kv: -kv[1]) if v > 0)
+            conf = props.phase.info["min_confidence"]
+            line = f"  phase ({props.phase.info['model']}): {top} (none = unknown, below {conf:.2f})"
+            if "phase_accuracy" in props.scores:
+                line += f"; accuracy against the ground truth {props.scores['phase_accuracy']:.3f}"
+            lines.append(line)
     return "\n".join(lines)

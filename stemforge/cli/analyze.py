@@ -44,6 +44,7 @@ def main(cfg) -> None:
             truth_tolerance_px=float(cfg.truth_tolerance_px),
             truth=str(cfg.get("truth", "present")),
             ml_models=OmegaConf.to_container(cfg.ml_models, resolve=True) if cfg.get("ml_models") else None,
+            properties=OmegaConf.to_container(cfg.properties, resolve=True) if cfg.get("properties") else None,
             progress=bool(cfg.progress),
         )
     except (AnalysisError, TypeError) as err:

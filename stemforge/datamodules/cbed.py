@@ -72,6 +72,19 @@ class CBEDDataset(Dataset):
     sample_seed : int, optional
         Re-seed the augmentation from (``sample_seed``, pattern index) before every sample, so that a pattern gets
         the same noise and artefacts on every pass (validation and test sets); None: one running stream.
+    average : int
+        Position-averaged CBED (PACBED, as for thickness): each sample is the mean of up to ``average`` patterns of
+        the same specimen group at the same thickness (different probe positions and defoci), their probes
+        averaged alike, before augmentation; labels are the first pattern's. With ``sample_seed`` exactly
+        ``average`` patterns are used (the same ones every pass); otherwise a number drawn from 1..``average``
+        each time, so the model sees single CBED and PACBED alike. 1: plain CBED.
+    cache_chunks : int
+        Decoded chunks kept per array (least recently used dropped): as many as a
+        :class:`ChunkShuffleSampler` mixes (``mix_chunks``).
+    layout : (int, int), optional
+        ``(runs_per_group, thicknesses_per_run)`` of the store (``sampling.optics_per_specimen`` and
+        ``len(sampling.thicknesses_nm)``; pattern ``i`` is thickness ``i % T`` of run ``i // T``); needed when
+        ``average > 1``.
     """
 
     SCALARS = ("thickness_A", "structure_id", "num_reflections")
@@ -86,7 +99,19 @@ class CBEDDataset(Dataset):
         max_peaks: int = 128,
         pixel_size_inv_A: float | None = None,
         sample_seed: int | None = None,
+        average: int = 1,
+        layout: tuple[int, int] | None = None,
+        cache_chunks: int = 1,
     ):
+        self.cache_chunks = max(1, int(cache_chunks))
+        self.average = int(average)
+        if self.average < 1:
+            raise ValueError(f"average must be >= 1, got {average}")
+        if self.average > 1 and layout is None:
+            raise ValueError("averaging patterns (PACBED) needs the store's layout (runs per group, thicknesses)")
+        self.layout = None if layout is None else (int(layout[0]), int(layout[1]))
+        self._members = set(np.asarray(indices, dtype=np.int64).tolist()) if self.average > 1 else set()
+        self._rng = np.random.default_rng(sample_seed)
         self.path = str(path)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.symmetry = np.asarray(symmetry, dtype=np.float32)
@@ -120,16 +145,43 @@ class CBEDDataset(Dataset):
         arr = self._open()[name]
         c = arr.chunks[0]
         start = (i // c) * c
-        hit = self._cache.get(name)
-        if hit is None or hit[0] != start:
-            hit = (start, arr[start : min(start + c, arr.shape[0])])
-            self._cache[name] = hit
-        return hit[1][i - start]
+        held = self._cache.setdefault(name, {})
+        block = held.pop(start, None)  # re-inserted last: dicts keep insertion order, the first is the oldest
+        if block is None:
+            block = arr[start : min(start + c, arr.shape[0])]
+            while len(held) >= self.cache_chunks:
+                held.pop(next(iter(held)))
+        held[start] = block
+        return block[i - start]
+
+    def partners(self, i: int) -> list[int]:
+        """Pattern ``i`` and the other patterns of this split from its specimen group at its thickness."""
+        if self.layout is None:
+            return [int(i)]
+        G, T = self.layout
+        run, t = divmod(int(i), T)
+        base = (run // G) * G
+        others = [r * T + t for r in range(base, base + G) if r != run and r * T + t in self._members]
+        return [int(i), *others]
+
+    def _averaged(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pattern, probe) of ``i``, or their PACBED mean over partners (see ``average``)."""
+        if self.average == 1:
+            return (
+                np.asarray(self._read("patterns", i), dtype=np.float32),
+                np.asarray(self._read("probes", i), dtype=np.float32),
+            )
+        rng = np.random.default_rng([self.sample_seed, i]) if self.sample_seed is not None else self._rng
+        cand = self.partners(i)
+        n = min(len(cand), self.average if self.sample_seed is not None else int(rng.integers(1, self.average + 1)))
+        pick = [cand[0], *rng.permutation(cand[1:])[: n - 1].tolist()]
+        pattern = np.mean([np.asarray(self._read("patterns", j), dtype=np.float32) for j in pick], axis=0)
+        probe = np.mean([np.asarray(self._read("probes", j), dtype=np.float32) for j in pick], axis=0)
+        return pattern.astype(np.float32), probe.astype(np.float32)
 
     def __getitem__(self, k: int) -> dict:
         i = int(self.indices[k])
-        pattern = np.asarray(self._read("patterns", i), dtype=np.float32)
-        probe = np.asarray(self._read("probes", i), dtype=np.float32)
+        pattern, probe = self._averaged(i)
         maps = {key: np.asarray(self._read(f"labels/{key}", i), dtype=np.float32) for key in ("vg_map", "disk_map")}
         refl = np.asarray(self._read("labels/reflections_px", i), dtype=np.float32)
         visible = np.asarray(self._read(self._truth, i), dtype=bool)
@@ -179,13 +231,18 @@ class CBEDDataset(Dataset):
 
 class ChunkShuffleSampler(Sampler):
     """Shuffles the order of zarr chunks and the order within each chunk, so that every chunk is decoded once
-    per epoch while batches still mix chunks over the epoch. ``set_epoch`` (or a new seed) reshuffles."""
+    per epoch while batches still mix chunks over the epoch. ``set_epoch`` (or a new seed) reshuffles.
 
-    def __init__(self, indices, chunk_size: int, seed: int = 0, shuffle: bool = True):
+    ``mix_chunks`` > 1 shuffles the members of that many chunks together (the dataset must then cache as many
+    chunks): a store whose chunks each hold one specimen group (one structure and orientation, as the corpus)
+    otherwise gives batches of a single structure, which a classifier with BatchNorm cannot learn from."""
+
+    def __init__(self, indices, chunk_size: int, seed: int = 0, shuffle: bool = True, mix_chunks: int = 1):
         self.positions = np.arange(len(indices))
         self.chunk_of = np.asarray(indices) // int(chunk_size)
         self.seed = int(seed)
         self.shuffle = shuffle
+        self.mix_chunks = max(1, int(mix_chunks))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,7 +257,7 @@ class ChunkShuffleSampler(Sampler):
             return
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        chunks = np.unique(self.chunk_of)
-        for c in rng.permutation(chunks):
-            members = self.positions[self.chunk_of == c]
+        chunks = rng.permutation(np.unique(self.chunk_of))
+        for b in range(0, len(chunks), self.mix_chunks):
+            members = self.positions[np.isin(self.chunk_of, chunks[b : b + self.mix_chunks])]
             yield from rng.permutation(members).tolist()

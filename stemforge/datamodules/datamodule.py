@@ -37,6 +37,12 @@ def _worker_init(worker_id: int) -> None:
         reseed(ds.augment, (int(info.seed) + worker_id) % (2**31))
 
 
+def _layout(config: dict) -> tuple[int, int]:
+    """(runs per specimen group, thicknesses per run) of a store from its simulation config."""
+    s = config.get("sampling", {})
+    return int(s.get("optics_per_specimen", 1) or 1), len(s.get("thicknesses_nm") or [1])
+
+
 class CBEDDataModule(pl.LightningDataModule):
     """Train / val / test loaders over a dataset written by ``scripts/simulate.py``.
 
@@ -60,6 +66,13 @@ class CBEDDataModule(pl.LightningDataModule):
     max_val_patterns : int, optional
         Validate (and test) on at most this many patterns, spread evenly over every zarr chunk of the split
         (each chunk decoded once per pass), rather than the first ones of a few chunks.
+    mix_chunks : int
+        Training batches mix the patterns of this many zarr chunks (see :class:`ChunkShuffleSampler`); use it when
+        a chunk holds one structure or orientation (the corpus) and the task classifies or regresses per
+        structure.
+    average : int
+        PACBED: average up to this many patterns of one specimen group and thickness per sample (training draws
+        1..``average``, validation and test use ``average``); see :class:`~stemforge.datamodules.cbed.CBEDDataset`.
     """
 
     def __init__(
@@ -75,6 +88,8 @@ class CBEDDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         max_val_patterns: int | None = None,
+        average: int = 1,
+        mix_chunks: int = 1,
     ):
         super().__init__()
         self.path = str(path)
@@ -88,6 +103,8 @@ class CBEDDataModule(pl.LightningDataModule):
         self.seed = seed
         self.pin_memory = pin_memory
         self.max_val_patterns = None if max_val_patterns is None else int(max_val_patterns)
+        self.average = int(average)
+        self.mix_chunks = max(1, int(mix_chunks))
         self.info: dict = {}
         self._sets: dict = {}
 
@@ -129,6 +146,7 @@ class CBEDDataModule(pl.LightningDataModule):
             "chunk_patterns": int(attrs["chunk_patterns"]),
             "dataset_config": attrs["config"],
             "versions": attrs["versions"],
+            "average": self.average,
         }
         aug_eval = self.augment if self.augment_val else None
         kw = dict(
@@ -136,13 +154,15 @@ class CBEDDataModule(pl.LightningDataModule):
             normalisation=self.normalisation,
             max_peaks=self.max_peaks,
             pixel_size_inv_A=calib["pixel_size_inv_A"],
+            average=self.average,
+            layout=_layout(attrs["config"]) if self.average > 1 else None,
         )
         if aug_eval is not None:  # a copy: the training workers re-seed theirs
             import copy
 
             aug_eval = copy.deepcopy(aug_eval)
         self._sets = {
-            "train": CBEDDataset(self.path, train, augment=self.augment, **kw),
+            "train": CBEDDataset(self.path, train, augment=self.augment, cache_chunks=self.mix_chunks, **kw),
             "val": CBEDDataset(self.path, val, augment=aug_eval, sample_seed=self.seed, **kw),
             "test": CBEDDataset(self.path, test, augment=aug_eval, sample_seed=self.seed + 1, **kw),
         }
@@ -150,7 +170,10 @@ class CBEDDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         # training drops a last batch of one sample: BatchNorm cannot normalise a single sample
         ds = self._sets[name]
-        sampler = ChunkShuffleSampler(ds.indices, self.info["chunk_patterns"], self.seed, shuffle=shuffle)
+        mix = self.mix_chunks if name == "train" else 1
+        sampler = ChunkShuffleSampler(
+            ds.indices, self.info["chunk_patterns"], self.seed, shuffle=shuffle, mix_chunks=mix
+        )
         return DataLoader(
             ds,
             batch_size=self.batch_size,

@@ -32,6 +32,7 @@ def split_indices(
     structure_names=None,
     structures=None,
     seed: int = 0,
+    group_runs: int = 1,
 ):
     """Split the valid patterns of a dataset.
 
@@ -51,6 +52,10 @@ def split_indices(
         Names by structure id (dataset attrs ``structures``).
     structures : list of pymatgen Structure
         By structure id, for the orientation method (lattice and proper point group).
+    group_runs : int
+        ``random``: keep blocks of this many consecutive runs together (a dataset's specimen groups, its
+        ``sampling.optics_per_specimen``: runs of one group share structure, orientation, energy and α), so that
+        validation holds orientations and optics never trained on.
 
     Returns
     -------
@@ -66,7 +71,9 @@ def split_indices(
     if method == "random":
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(f"val_fraction + test_fraction must lie in [0, 1), got {val_fraction} + {test_fraction}")
-        runs = np.asarray(labels["run_index"])
+        if int(group_runs) < 1:
+            raise ValueError(f"group_runs must be >= 1, got {group_runs}")
+        runs = np.asarray(labels["run_index"]) // int(group_runs)
         uniq = np.unique(runs[idx])
         perm = np.random.default_rng(seed).permutation(uniq)
         n_val = int(math.ceil(val_fraction * len(uniq))) if val_fraction > 0 else 0

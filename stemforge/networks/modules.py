@@ -439,6 +439,9 @@ class PhaseModule(_TaskModule):
         Classes; default ``net.num_phases``.
     label_smoothing : float
         Cross-entropy label smoothing.
+    min_confidence : float
+        Softmax probability below which an analysis calls a prediction "unknown" (recorded in the model card;
+        not used in training).
 
     Logs ``{train,val,test}/loss`` (cross-entropy, nats) and ``{…}/accuracy``. ``predict_step`` -> (B, num_phases)
     logits.
@@ -451,6 +454,7 @@ class PhaseModule(_TaskModule):
         net: nn.Module,
         num_phases: int | None = None,
         label_smoothing: float = 0.0,
+        min_confidence: float = 0.5,
         optimizer: Callable | None = None,
         scheduler: Callable | None = None,
         scheduler_interval: str = "epoch",
@@ -461,6 +465,9 @@ class PhaseModule(_TaskModule):
         super().__init__(net, optimizer, scheduler, scheduler_interval, monitor, channels_last, compile)
         num_phases = int(num_phases if num_phases is not None else net.num_phases)
         self.num_phases, self.label_smoothing = num_phases, float(label_smoothing)
+        if not 0.0 <= float(min_confidence) < 1.0:
+            raise ValueError(f"min_confidence must lie in [0, 1), got {min_confidence!r}")
+        self.min_confidence = float(min_confidence)
         for s in _STAGES:
             setattr(self, f"{s}_accuracy", MulticlassAccuracy(num_classes=num_phases, average="micro"))
 

@@ -94,7 +94,8 @@ class ResNetEncoder(nn.Module):
 
 
 class _PropertyNet(nn.Module):
-    """Encoder on the stacked (pattern, probe) + an MLP head with ``out_dim`` outputs."""
+    """Encoder on the stacked (pattern, probe) (or the pattern alone, ``use_probe=False``) + an MLP head with
+    ``out_dim`` outputs."""
 
     def __init__(
         self,
@@ -105,9 +106,13 @@ class _PropertyNet(nn.Module):
         max_width: int = 512,
         hidden: int = 128,
         dropout: float = 0.0,
+        use_probe: bool = True,
     ) -> None:
         super().__init__()
-        self.encoder = ResNetEncoder(2, width, num_stages, blocks_per_stage, max_width)
+        # without the probe channel: for labels constant over a specimen group (the phase), the probe (alpha,
+        # energy, defocus of that group) is a shortcut to memorise groups instead of learning the lattice
+        self.use_probe = bool(use_probe)
+        self.encoder = ResNetEncoder(2 if self.use_probe else 1, width, num_stages, blocks_per_stage, max_width)
         self.head = nn.Sequential(
             nn.Linear(self.encoder.out_features, hidden),
             nn.ReLU(inplace=True),
@@ -116,12 +121,32 @@ class _PropertyNet(nn.Module):
         )
         self.channels_last = False  # set by the LightningModule's channels_last flag
 
+    def from_features(self, f: Tensor) -> Tensor:  # pragma: no cover - each task defines it
+        raise NotImplementedError
+
+    def mc_predict(self, pattern: Tensor, probe: Tensor, samples: int) -> Tensor:
+        """``samples`` outputs (S, B, ...) with the head's dropout active, the encoder run once."""
+        from .layers import MCDropout
+
+        f = self.features(pattern, probe)
+        drops = [m for m in self.head.modules() if isinstance(m, MCDropout)]
+        if not any(m.p > 0 for m in drops):
+            raise ValueError(f"{type(self).__name__} has no dropout in its head; Monte-Carlo samples need one")
+        old = [m.mc for m in drops]
+        try:
+            for m in drops:
+                m.mc = True
+            return torch.stack([self.from_features(f) for _ in range(int(samples))])
+        finally:
+            for m, o in zip(drops, old):
+                m.mc = o
+
     def features(self, pattern: Tensor, probe: Tensor) -> Tensor:
         if pattern.ndim != 4 or pattern.shape[1] != 1 or probe.shape != pattern.shape:
             raise ValueError(
                 f"pattern and probe must both be (B, 1, H, W), got {tuple(pattern.shape)} and {tuple(probe.shape)}"
             )
-        x = torch.cat([pattern, probe], dim=1)
+        x = torch.cat([pattern, probe], dim=1) if self.use_probe else pattern
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.encoder(x)
@@ -146,8 +171,11 @@ class ThicknessNet(_PropertyNet):
         super().__init__(1, **encoder)
         self.scale_nm, self.offset_nm = float(scale_nm), float(offset_nm)
 
+    def from_features(self, f: Tensor) -> Tensor:
+        return self.offset_nm + self.scale_nm * self.head(f).squeeze(-1)
+
     def forward(self, pattern: Tensor, probe: Tensor) -> Tensor:
-        return self.offset_nm + self.scale_nm * self.head(self.features(pattern, probe)).squeeze(-1)
+        return self.from_features(self.features(pattern, probe))
 
 
 class PhaseNet(_PropertyNet):
@@ -159,8 +187,11 @@ class PhaseNet(_PropertyNet):
         super().__init__(int(num_phases), **encoder)
         self.num_phases = int(num_phases)
 
+    def from_features(self, f: Tensor) -> Tensor:
+        return self.head(f)
+
     def forward(self, pattern: Tensor, probe: Tensor) -> Tensor:
-        return self.head(self.features(pattern, probe))
+        return self.from_features(self.features(pattern, probe))
 
 
 class OrientationNet(_PropertyNet):
@@ -179,6 +210,9 @@ class OrientationNet(_PropertyNet):
 
     def forward_6d(self, pattern: Tensor, probe: Tensor) -> Tensor:
         return self.head(self.features(pattern, probe))
+
+    def from_features(self, f: Tensor) -> Tensor:
+        return rotation_6d_to_matrix(self.head(f))
 
     def forward(self, pattern: Tensor, probe: Tensor) -> Tensor:
         return rotation_6d_to_matrix(self.forward_6d(pattern, probe))

@@ -54,6 +54,7 @@ def model_card_facts(cfg: DictConfig, info: dict) -> dict:
             "pixel_size_inv_A": info["pixel_size_inv_A"],
             "normalisation": info["normalisation"],
             "probe_convention": "vacuum probe image on the same detector grid, centred at (H//2, W//2)",
+            "pacbed_average": int(info.get("average", 1)),
             **_optics_ranges(info["dataset_config"]),
         },
         "structures": info["structures"],

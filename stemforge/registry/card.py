@@ -218,7 +218,17 @@ def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
             "blob_sigma_px": sigma,
         }
     if family == "thickness":
-        spec = {"key": "thickness_nm", "definition": "specimen thickness", "unit": "nm", "output_shape": ["B"]}
+        average = int((facts.get("input") or {}).get("pacbed_average", 1) or 1)
+        spec = {
+            "key": "thickness_nm",
+            "definition": "specimen thickness"
+            + (f" from position-averaged CBED (PACBED, mean of up to {average} patterns)" if average > 1 else ""),
+            "unit": "nm",
+            "output_shape": ["B"],
+            # thickness fringes are specific to the crystal: the model is valid for these structures only
+            "structures": list(facts.get("structures") or []),
+            "pacbed_average": average,
+        }
         if sampling.get("thicknesses_nm"):
             spec["trained_range_nm"] = [min(sampling["thicknesses_nm"]), max(sampling["thicknesses_nm"])]
         return spec
@@ -229,6 +239,8 @@ def label_spec(family: str, facts: dict, hparams: dict, net_cfg: dict) -> dict:
             "unit": "1",
             "output_shape": ["B", len(facts["structures"])],
             "class_names": facts["structures"],
+            # below this softmax probability a prediction is "unknown" (stemforge.analysis.phase_map(method="ml"))
+            "min_confidence": float(hparams.get("min_confidence", 0.5)),
         }
     if family == "orientation":
         return {
