@@ -506,7 +506,8 @@ def orientation_map(
     ----------
     bragg_vectors : BraggVectors
         Peaks in px (with ``method="ml"`` also a DataCube, array or path); needs ``calibration.pixel_size_inv_A``
-        (Å⁻¹/px) and uses ``calibration.origin_px`` (else the detector centre). Peaks with |q| outside [library.q_min, library.k_max] are ignored.
+        (Å⁻¹/px) and uses ``calibration.origin_px`` (else the detector centre). Peaks with |q| outside
+        [library.q_min, library.k_max] are ignored.
     library : OrientationLibrary
         From :func:`stemforge.analysis.build_orientation_library`, at the data's beam energy.
     refine : bool
