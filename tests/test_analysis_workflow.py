@@ -91,3 +91,50 @@ def test_a_second_ml_model_runs_beside_the_first_and_is_reported():
     assert "shipped: model shipped-fake:0.0.0" in text and "ml: model fake:0.0.0" in text
     with pytest.raises(AnalysisError, match="unknown method 'other'"):
         analyse(cube, ["other"], ml={"model": demo}, **kw)
+
+
+def test_property_maps_are_scored_reported_and_written(tmp_path):
+    import torch
+    import zarr
+
+    from stemforge.analysis.results import write_results
+
+    class Thick(torch.nn.Module):  # a constant 42 nm everywhere
+        def forward(self, pattern, probe):
+            return torch.full((pattern.shape[0],), 42.0)
+
+    class Phase(torch.nn.Module):  # always confident in class 1
+        def forward(self, pattern, probe):
+            return torch.tensor([[0.0, 9.0]]).expand(pattern.shape[0], -1)
+
+    cube, gt, truth = strained_scan(dose=2e6)
+    cube.metadata = {**cube.metadata, "phases": ["Si"]}
+    cube.ground_truth = {
+        **gt,
+        "reflections_px": truth,
+        "thickness_A": np.full(cube.scan_shape, 400.0),
+        "phase": np.zeros(cube.scan_shape, int),
+    }
+    thick = FakeModel(Thick(), family="thickness", shape=(H, W), pixel=0.03)
+    thick.card["labels"] = {"structures": ["Si"], "pacbed_average": 9, "trained_range_nm": [2, 150]}
+    phase = FakeModel(Phase(), family="phase", shape=(H, W), pixel=0.03)
+    phase.card["labels"] = {"class_names": ["Cu", "Si"], "min_confidence": 0.5}
+    res = analyse(
+        cube,
+        ["classical"],
+        classical={"min_relative_intensity": 0.1},
+        strain_reference=[0, 1, None, None],
+        orientation={"enabled": False},
+        properties={"enabled": True, "thickness_model": thick, "phase_model": phase},
+        progress=False,
+    )
+    props = res["properties"]
+    assert props.scores["thickness_mae_nm"] == np.float32(2.0) or abs(props.scores["thickness_mae_nm"] - 2.0) < 1e-5
+    assert props.scores["phase_accuracy"] == 1.0 and props.scores["unknown_fraction"] == 0.0
+    assert props.thickness.info["structure"] == "Si" and props.thickness.info["window"] == [3, 3]
+    text, written = write_results(cube, res, tmp_path)
+    assert "thickness 42.0–42.0 nm" in text and "accuracy against the ground truth 1.000" in text
+    assert "thickness_properties.png" in written and "phase_properties.png" in written
+    g = zarr.open_group(str(tmp_path / "maps.zarr"), mode="r")
+    assert np.allclose(g["properties/thickness/thickness_nm"][:], 42.0)
+    assert g["properties"].attrs["phase_names"] == ["Cu", "Si"] and g["properties/phase/probability"].shape[-1] == 2

@@ -459,6 +459,8 @@ def predict_property_map(
         probe_b = probe_t.expand(pattern_t.shape[0], -1, -1, -1)
         with torch.no_grad():
             if n_mc > 1:
+                if not hasattr(reg.net, "mc_predict"):
+                    raise AnalysisError(f"{type(reg.net).__name__} has no Monte-Carlo dropout; use mc_samples=0")
                 try:
                     samples = reg.net.mc_predict(pattern_t, probe_b, n_mc).float()
                 except ValueError as err:

@@ -100,6 +100,12 @@ class ThicknessMap:
         return plot_thickness_map(self)
 
 
+def _has_mc_dropout(net) -> bool:
+    from stemforge.networks.layers import MCDropout
+
+    return hasattr(net, "mc_predict") and any(isinstance(m, MCDropout) and m.p > 0 for m in net.modules())
+
+
 def _card_structures(reg) -> list[str]:
     labels = reg.card.get("labels", {}) or {}
     return list(labels.get("structures") or reg.card.get("training", {}).get("structures") or [])
@@ -112,7 +118,7 @@ def thickness_map(
     *,
     structure: str | None = None,
     window: tuple[int, int] | int | None = None,
-    mc_samples: int = 16,
+    mc_samples: int | None = None,
     store: str | None = None,
     batch_size: int = 32,
     allow_out_of_range: bool = False,
@@ -134,8 +140,9 @@ def thickness_map(
     window : int or (int, int), optional
         Scan positions averaged into each pattern's PACBED (odd box, rows × cols); default 3 × 3 when the model
         was trained on PACBED, else 1. Use (n, 1) or (1, n) where thickness changes quickly along one direction.
-    mc_samples : int
-        Monte-Carlo-dropout passes of the model's head for ``uncertainty_nm`` (0: none).
+    mc_samples : int, optional
+        Monte-Carlo-dropout passes of the model's head for ``uncertainty_nm`` (0: none); default 16 when the
+        model's head has dropout, else 0.
     allow_out_of_range : bool
         Use the model outside its card's energy / α range or on an unlisted structure; recorded in ``info``.
     """
@@ -161,6 +168,8 @@ def thickness_map(
             "(pass structure=... to check)",
             stacklevel=2,
         )
+    if mc_samples is None:
+        mc_samples = 16 if _has_mc_dropout(reg.net) else 0
     average = int(reg.card.get("labels", {}).get("pacbed_average", 1) or 1)
     if window is None:
         window = (3, 3) if average > 1 else (1, 1)

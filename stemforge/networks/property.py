@@ -10,6 +10,8 @@ Every model takes ``forward(pattern, probe)`` with two (B, 1, H, W) tensors (any
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -20,19 +22,31 @@ from .rotations import rotation_6d_to_matrix
 __all__ = ["ResNetEncoder", "ThicknessNet", "PhaseNet", "OrientationNet"]
 
 
-class _BasicBlock(nn.Module):
-    """Pre-activation-free ResNet basic block: conv-BN-ReLU-conv-BN + (projected) shortcut, ReLU."""
+NORMS = ("batch", "group")
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm (8 groups or fewer), which does not depend on what else is in the batch."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+class _BasicBlock(nn.Module):
+    """Pre-activation-free ResNet basic block: conv-norm-ReLU-conv-norm + (projected) shortcut, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str = "batch") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
+        self.bn1 = _norm(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
+        self.bn2 = _norm(norm, cout)
         self.shortcut = (
             nn.Identity()
             if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), _norm(norm, cout))
         )
         nn.init.zeros_(self.bn2.weight)  # start as identity (stable early training)
 
@@ -57,6 +71,10 @@ class ResNetEncoder(nn.Module):
         Basic residual blocks per stage.
     max_width : int
         Cap on channels.
+    norm : {"batch", "group"}
+        Normalisation layers. ``"group"`` (GroupNorm) behaves the same in training and inference whatever the
+        batch holds; BatchNorm learned batch-composition shortcuts on the corpus, whose chunks are single
+        specimen groups (RESULTS.md, issue 17).
 
     Attributes
     ----------
@@ -71,20 +89,21 @@ class ResNetEncoder(nn.Module):
         num_stages: int = 4,
         blocks_per_stage: int = 2,
         max_width: int = 512,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         if num_stages < 1 or blocks_per_stage < 1 or width < 1:
             raise ValueError("width, num_stages and blocks_per_stage must be >= 1")
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(width),
+            _norm(norm, width),
             nn.ReLU(inplace=True),
         )
         layers, cin = [], width
         for s in range(num_stages):
             cout = min(width * 2**s, max_width)
             for b in range(blocks_per_stage):
-                layers.append(_BasicBlock(cin, cout, stride=2 if (b == 0 and s > 0) else 1))
+                layers.append(_BasicBlock(cin, cout, stride=2 if (b == 0 and s > 0) else 1, norm=norm))
                 cin = cout
         self.stages = nn.Sequential(*layers)
         self.out_features = cin
@@ -107,12 +126,13 @@ class _PropertyNet(nn.Module):
         hidden: int = 128,
         dropout: float = 0.0,
         use_probe: bool = True,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         # without the probe channel: for labels constant over a specimen group (the phase), the probe (alpha,
         # energy, defocus of that group) is a shortcut to memorise groups instead of learning the lattice
         self.use_probe = bool(use_probe)
-        self.encoder = ResNetEncoder(2 if self.use_probe else 1, width, num_stages, blocks_per_stage, max_width)
+        self.encoder = ResNetEncoder(2 if self.use_probe else 1, width, num_stages, blocks_per_stage, max_width, norm)
         self.head = nn.Sequential(
             nn.Linear(self.encoder.out_features, hidden),
             nn.ReLU(inplace=True),
