@@ -225,8 +225,8 @@ class CBEDDataset(Dataset):
             "index": np.int64(i),
             "dose_e": np.float32(np.nan if dose is None else dose),
         }
-        # np.ascontiguousarray would turn 0-d scalars into shape (1,): batch them as (B,)
-        return {k: torch.as_tensor(np.ascontiguousarray(v) if np.ndim(v) else np.asarray(v)) for k, v in sample.items()}
+        # copies: a view would keep its whole decoded chunk alive as long as the sample lives
+        return {k: torch.from_numpy(np.array(v)) for k, v in sample.items()}
 
 
 class ChunkShuffleSampler(Sampler):
