@@ -66,6 +66,20 @@ BENCHMARKS = {
             "ml_patterns_per_s": ("≥ 0.2 × classical", lambda v, r: v >= 0.2 * r.get("classical_patterns_per_s", 1e30)),
         },
     ),
+    "properties": (
+        "property_accuracy.py",
+        ["--quick"],
+        [],
+        {
+            "thickness_mae_nm": ("≤ 2", lambda v: v <= 2.0),
+            "phase_accuracy": ("≥ 0.99", lambda v: v >= 0.99),
+            "orientation_err_deg": ("≤ 1", lambda v: v <= 1.0),
+            "acom_ml_err_deg": (
+                "≤ 1, < classical",
+                lambda v, r: v <= 1.0 and v < r.get("acom_classical_err_deg", float("-inf")),
+            ),
+        },
+    ),
     "ml_inference": (
         "ml_inference.py",
         ["--batch-sizes", "16", "32"],
