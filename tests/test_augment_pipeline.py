@@ -19,7 +19,7 @@ from stemforge.conf import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
-PRESETS = ["none", "crystal4d", "counting", "default"]
+PRESETS = ["none", "crystal4d", "counting", "default", "corpus", "phase"]
 
 
 def _compose(preset: str):
@@ -51,9 +51,14 @@ def test_presets_instantiate_through_hydra(preset):
 def test_preset_keys_map_one_to_one_to_build_pipeline_arguments():
     params = set(inspect.signature(build_pipeline).parameters)
     for path in sorted((CONF / "augment").glob("*.yaml")):
-        keys = set(yaml.safe_load(path.read_text())) - {"_target_", "defaults"}
+        raw = yaml.safe_load(path.read_text())
+        keys = set(raw) - {"_target_", "defaults"}
         if path.stem == "default":
             assert keys == set()
+            continue
+        if "defaults" in raw:  # a preset built on another one: its composed keys are the arguments
+            assert keys <= params, (path.name, keys - params)
+            assert set(_compose(path.stem).augment) - {"_target_"} == params, path.name
             continue
         assert keys == params, (path.name, keys ^ params)
         assert yaml.safe_load(path.read_text())["_target_"] == "stemforge.augment.build_pipeline"
