@@ -30,6 +30,8 @@ def _worker_init(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     ds = info.dataset
     torch.set_num_threads(1)
+    if ds.sample_seed is None:  # PACBED draws: each worker its own stream (a fork copies the parent's)
+        ds._rng = np.random.default_rng(int(info.seed) % (2**32))
     if ds.augment is not None:
         from stemforge.augment import configure_worker, reseed
 
