@@ -71,8 +71,11 @@ PY4DSTEM_CLASSICAL = {"min_relative_intensity": 0.02, "min_spacing_px": 4}
 PY4DSTEM_SIDE = ROOT / "benchmarks" / "py4dstem_side.py"
 
 
-def make_scan(path: Path, shape, thickness_nm, strain_percent, structure: str = "Si", zone: str = "[110]") -> Path:
-    """Simulate a held-out scan once (``stemforge-simulate`` skips a complete identical scan)."""
+def make_scan(
+    path: Path, shape, thickness_nm, strain_percent, structure: str = "Si", zone: str = "[110]", extra=()
+) -> Path:
+    """Simulate a held-out scan once (``stemforge-simulate`` skips a complete identical scan); ``extra``: further
+    ``scan.*`` overrides (e.g. ``scan.energy_eV=2e5``)."""
     cmd = [
         sys.executable,
         "-m",
@@ -84,6 +87,7 @@ def make_scan(path: Path, shape, thickness_nm, strain_percent, structure: str = 
         f"scan.band_strain_percent=[{','.join(str(v) for v in strain_percent)}]",
         f"scan.structures=[{structure}]",
         f"scan.zone_axis='{zone}'",
+        *extra,
         "scan.progress=false",
         f"hydra.run.dir={path.parent}/hydra",
     ]

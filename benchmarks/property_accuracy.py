@@ -59,31 +59,12 @@ THICK_NM = 60.0
 
 
 def make_scan(path: Path, rows: int, structure: str, zone: str, energy_eV: float, angle_deg: float) -> Path:
-    """Simulate a held-out scan once (``stemforge-simulate`` skips a complete identical scan)."""
-    import subprocess
+    """Simulate a held-out scan once: unstrained, thickness steps along the columns (the accuracy benchmark's
+    ``make_scan``, at this scan's energy and in-plane angle)."""
+    from analysis_accuracy import make_scan as simulate
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "stemforge.cli.simulate",
-        "scan=multilayer",
-        f"scan.path={path}",
-        f"scan.scan_shape=[{rows},{len(THICKNESS_NM)}]",
-        f"scan.thickness_nm=[{','.join(f'{t:g}' for t in THICKNESS_NM)}]",
-        "scan.band_strain_percent=[0.0]",
-        f"scan.band_rotation_deg=[{angle_deg:g}]",
-        f"scan.structures=[{structure}]",
-        f"scan.zone_axis='{zone}'",
-        f"scan.energy_eV={energy_eV:g}",
-        "scan.progress=false",
-        f"hydra.run.dir={path.parent}/hydra",
-    ]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"error: simulating the scan {path.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    print(f"scan {path.name}: ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    return path
+    extra = [f"scan.band_rotation_deg=[{angle_deg:g}]", f"scan.energy_eV={energy_eV:g}"]
+    return simulate(path, (rows, len(THICKNESS_NM)), THICKNESS_NM, [0.0], structure, zone, extra)
 
 
 def ground_truth(path: Path) -> dict:
